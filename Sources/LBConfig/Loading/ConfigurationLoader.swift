@@ -1,0 +1,92 @@
+import Foundation
+import Yams
+
+/// Everything learnt from one config file: the model (only when there is no error), and every finding.
+public struct ConfigurationReport: Sendable {
+    public var file: String
+    /// nil when the file has errors: lbd never runs half a config.
+    public var configuration: Configuration?
+    public var diagnostics: [Diagnostic]
+    public var sourceMap: SourceMap
+
+    public var isValid: Bool { configuration != nil && diagnostics.errors.isEmpty }
+}
+
+/// Reads and validates config files. The only entry point from YAML text to a `Configuration`.
+public enum ConfigurationLoader {
+    /// Reads the file at `path`.
+    /// - Throws: `ConfigurationUnreadable` when the file cannot be read at all.
+    public static func check(path: String) throws -> ConfigurationReport {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationUnreadable(path: path, reason: readFailureReason(path: path, error: error))
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationUnreadable(path: path, reason: "the file is not UTF-8 text")
+        }
+        return check(yaml: text, file: path)
+    }
+
+    /// Validates YAML text; `file` is only used in diagnostics.
+    public static func check(yaml: String, file: String) -> ConfigurationReport {
+        var reader = DocumentReader(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            let diagnostic = syntaxDiagnostic(error, file: file)
+            return ConfigurationReport(file: file, configuration: nil, diagnostics: [diagnostic], sourceMap: SourceMap(file: file))
+        }
+        let parsed = reader.readDocument(root)
+        var diagnostics = reader.nodes.diagnostics
+        if let parsed {
+            diagnostics += Validator.validate(parsed, sourceMap: reader.nodes.sourceMap)
+        }
+        // File order, errors before warnings on the same spot: the order an operator fixes them in.
+        diagnostics = diagnostics.enumerated().sorted { lhs, rhs in
+            let l = lhs.element, r = rhs.element
+            if l.location != r.location { return l.location < r.location }
+            if l.severity != r.severity { return l.severity == .error }
+            return lhs.offset < rhs.offset
+        }.map(\.element)
+        let valid = parsed != nil && diagnostics.errors.isEmpty
+        return ConfigurationReport(file: file, configuration: valid ? parsed : nil, diagnostics: diagnostics,
+                                   sourceMap: reader.nodes.sourceMap)
+    }
+
+    /// The configuration, or every error found in it.
+    /// - Throws: `ConfigurationUnreadable`, or `ConfigurationError` with all diagnostics.
+    public static func load(path: String) throws -> (Configuration, warnings: [Diagnostic]) {
+        let report = try check(path: path)
+        guard let configuration = report.configuration else {
+            throw ConfigurationError(diagnostics: report.diagnostics)
+        }
+        return (configuration, report.diagnostics.warnings)
+    }
+
+    private static func syntaxDiagnostic(_ error: Error, file: String) -> Diagnostic {
+        let hint = "fix the YAML syntax at this position (indentation, a missing ':' or an unclosed quote or bracket)"
+        func at(_ mark: Mark) -> SourceLocation { SourceLocation(file: file, line: mark.line, column: mark.column) }
+        switch error {
+        case let YamlError.scanner(_, problem, mark, _), let YamlError.parser(_, problem, mark, _),
+             let YamlError.composer(_, problem, mark, _):
+            return Diagnostic(.error, at: at(mark), "YAML syntax: \(problem)", hint: hint)
+        case let YamlError.duplicatedKeysInMapping(duplicates, context):
+            return Diagnostic(.error, at: at(context.mark),
+                              "key \(duplicates.map { "\"\($0)\"" }.joined(separator: ", ")) appears twice in the same mapping",
+                              hint: "keep one of them; YAML does not merge repeated keys")
+        default:
+            return Diagnostic(.error, at: SourceLocation(file: file, line: 1, column: 1), "YAML: \(error)", hint: hint)
+        }
+    }
+
+    private static func readFailureReason(path: String, error: Error) -> String {
+        var isDirectory: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) { return "no such file" }
+        if isDirectory.boolValue { return "it is a directory" }
+        if !FileManager.default.isReadableFile(atPath: path) { return "permission denied" }
+        return "\(error.localizedDescription)"
+    }
+}

@@ -1,0 +1,398 @@
+import Yams
+
+/// Turns the YAML document into the model: structure, types and per-field ranges.
+/// Rules that relate several fields or several services are the `Validator`'s.
+struct DocumentReader {
+    var nodes: NodeReader
+
+    init(file: String) { nodes = NodeReader(file: file) }
+
+    static let topLevelKeys = ["virtual_services"]
+    static let serviceKeys = [
+        "name", "vip", "ports", "protocol", "mode", "scheduler", "persistence", "health_check",
+        "real_servers", "fallback", "tls", "forwarded_for",
+    ]
+    static let persistenceKeys = ["type", "timeout", "cookie"]
+    static let healthCheckKeys = [
+        "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
+        "calling_ae", "called_ae", "message", "command",
+    ]
+    static let realServerKeys = ["name", "address", "port", "weight"]
+    static let endpointKeys = ["address", "port"]
+    static let tlsKeys = ["certificate", "key"]
+
+    /// Ports a single virtual service may span; beyond that each port would need its own listener or IPVS service.
+    static let maximumPortsPerService = 1024
+
+    mutating func readDocument(_ root: Node?) -> Configuration? {
+        guard let root else {
+            nodes.error("the config file is empty", at: SourceLocation(file: nodes.file, line: 1, column: 1),
+                        hint: "start with a \"virtual_services:\" list; see examples/ and lb.yaml(5)")
+            return nil
+        }
+        guard let top = nodes.fields(of: root, at: .root, what: "the config file", allowed: Self.topLevelKeys),
+              let list = nodes.require("virtual_services", in: top, what: "the config file",
+                                       hint: "list the virtual services under \"virtual_services:\"")
+        else { return nil }
+        guard let items = nodes.sequence(list, key: "virtual_services") else { return nil }
+        if items.isEmpty {
+            nodes.error("\"virtual_services\" is empty", at: list, hint: "declare at least one virtual service")
+        }
+        var services: [VirtualService] = []
+        var complete = true
+        for (index, item) in items.enumerated() {
+            if let service = readService(item, at: .virtualService(index)) {
+                services.append(service)
+            } else {
+                complete = false
+            }
+        }
+        return complete ? Configuration(virtualServices: services) : nil
+    }
+
+    // MARK: Virtual service
+
+    private mutating func readService(_ node: Node, at path: ConfigPath) -> VirtualService? {
+        nodes.currentService = nil
+        guard let fields = nodes.fields(of: node, at: path, what: "virtual service", allowed: Self.serviceKeys) else {
+            return nil
+        }
+        // Name first, so every later diagnostic of this service carries it.
+        let name = nodes.require("name", in: fields, what: "virtual service", hint: "add `name: SomeName`")
+            .flatMap { nodes.name($0, key: "name") }
+        nodes.currentService = name
+        defer { nodes.currentService = nil }
+
+        let address = nodes.require("vip", in: fields, what: "virtual service", hint: "add `vip: ADDRESS`, the address clients connect to")
+            .flatMap { nodes.address($0, key: "vip") }
+        let ports = nodes.require("ports", in: fields, what: "virtual service", hint: "add `ports: [PORT]`")
+            .flatMap { readPorts($0, at: path / "ports") }
+        let transport = fields["protocol"].map { nodes.choice($0, key: "protocol", as: TransportProtocol.self) } ?? .tcp
+        let mode = nodes.require("mode", in: fields, what: "virtual service",
+                                 hint: "add `mode:` with one of \(ForwardingMode.allCases.map(\.rawValue).joined(separator: ", "))")
+            .flatMap { nodes.choice($0, key: "mode", as: ForwardingMode.self) }
+        let scheduler = fields["scheduler"].map { nodes.choice($0, key: "scheduler", as: Scheduler.self) } ?? .roundRobin
+        let persistence = fields["persistence"].map { readPersistence($0, at: path / "persistence") } ?? Persistence.none
+        let healthCheck = fields["health_check"].map { readHealthCheck($0, at: path / "health_check") }
+            ?? HealthCheck(probe: .connect)
+        let realServers = nodes.require("real_servers", in: fields, what: "virtual service",
+                                        hint: "list the servers that do the work under `real_servers:`")
+            .flatMap { readRealServers($0, at: path / "real_servers") }
+        let fallback = optionalSection(fields["fallback"]) { $0.readEndpoint($1, at: path / "fallback", what: "fallback") }
+        let tls = optionalSection(fields["tls"]) { $0.readTLS($1, at: path / "tls") }
+        let forwardedFor = fields["forwarded_for"].map { nodes.bool($0, key: "forwarded_for") }
+            ?? (mode == .l7HTTP)
+
+        guard let name, let address, let ports, let transport, let mode, let scheduler, let persistence,
+              let healthCheck, let realServers, let fallback, let tls, let forwardedFor
+        else { return nil }
+
+        return VirtualService(
+            name: name, address: address, ports: ports, transport: transport, mode: mode, scheduler: scheduler,
+            persistence: persistence, healthCheck: healthCheck, realServers: realServers,
+            fallback: fallback, tls: tls, forwardedFor: forwardedFor)
+    }
+
+    /// An optional section: `.some(nil)` when absent, nil when present but invalid (see `NodeReader.optionalValue`).
+    private mutating func optionalSection<T>(_ node: Node?, _ read: (inout DocumentReader, Node) -> T?) -> T?? {
+        guard let node else { return .some(nil) }
+        guard let value = read(&self, node) else { return nil }
+        return .some(value)
+    }
+
+    private mutating func readPorts(_ node: Node, at path: ConfigPath) -> [PortRange]? {
+        guard let items = nodes.sequence(node, key: "ports") else { return nil }
+        guard !items.isEmpty else {
+            nodes.error("\"ports\" is empty", at: node, hint: "list at least one port, e.g. ports: [104]")
+            return nil
+        }
+        var ranges: [PortRange] = []
+        var valid = true
+        for (index, item) in items.enumerated() {
+            nodes.record(item, at: path / index)
+            guard let text = nodes.scalarText(item, key: "ports") else { valid = false; continue }
+            guard let range = parsePortRange(text, node: item) else { valid = false; continue }
+            if let earlier = ranges.first(where: { $0.overlaps(range) }) {
+                nodes.error("port \(range) is listed twice (overlaps \(earlier))", at: item,
+                            hint: "list each port once")
+                valid = false
+                continue
+            }
+            ranges.append(range)
+        }
+        let total = ranges.reduce(0) { $0 + $1.count }
+        if total > Self.maximumPortsPerService {
+            nodes.error("\(total) ports in one virtual service is more than the \(Self.maximumPortsPerService) supported",
+                        at: node, hint: "split the service or narrow the ranges; each port is its own listener or IPVS service")
+            valid = false
+        }
+        return valid ? ranges : nil
+    }
+
+    private mutating func parsePortRange(_ text: String, node: Node) -> PortRange? {
+        let hint = "a port is a number from 1 to 65535; a range is written \"LOW-HIGH\", e.g. \"10123-10124\""
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        let numbers = parts.map { Int($0.trimmingWhitespace()) }
+        guard (1...2).contains(parts.count), numbers.allSatisfy({ $0 != nil }) else {
+            nodes.error("\"\(text)\" is not a port or a port range", at: node, hint: hint)
+            return nil
+        }
+        let values = numbers.compactMap { $0 }
+        guard values.allSatisfy({ (1...65535).contains($0) }) else {
+            nodes.error("port \(text) is outside 1...65535", at: node, hint: hint)
+            return nil
+        }
+        let lower = values[0], upper = values.count == 2 ? values[1] : values[0]
+        guard lower <= upper else {
+            nodes.error("port range \"\(text)\" runs backwards", at: node, hint: "write the lower port first: \"\(upper)-\(lower)\"")
+            return nil
+        }
+        return PortRange(lower: UInt16(lower), upper: UInt16(upper))
+    }
+
+    // MARK: Persistence
+
+    private mutating func readPersistence(_ node: Node, at path: ConfigPath) -> Persistence? {
+        guard let fields = nodes.fields(of: node, at: path, what: "persistence", allowed: Self.persistenceKeys),
+              let typeNode = nodes.require("type", in: fields, what: "persistence",
+                                           hint: "add `type:` with none, source-ip or http-cookie")
+        else { return nil }
+        guard let type = nodes.choice(typeNode, key: "persistence type", as: PersistenceType.self) else { return nil }
+        switch type {
+        case .none:
+            rejectKeys(["timeout", "cookie"], in: fields, because: "persistence type none")
+            return Persistence.none
+        case .sourceIP:
+            rejectKeys(["cookie"], in: fields, because: "persistence type source-ip")
+            guard let timeoutNode = fields["timeout"] else { return .sourceIP(timeout: Persistence.defaultSourceIPTimeout) }
+            guard let timeout = nodes.duration(timeoutNode, key: "timeout") else { return nil }
+            // IPVS keeps persistence in whole seconds; a week covers any clinical session.
+            guard timeout >= .seconds(1), timeout <= .seconds(7 * 86_400), timeout.isWholeSeconds else {
+                nodes.error("persistence timeout \(timeout.configText) is out of range", at: timeoutNode,
+                            hint: "use whole seconds from 1s to 7 days (10080m)")
+                return nil
+            }
+            return .sourceIP(timeout: timeout)
+        case .httpCookie:
+            rejectKeys(["timeout"], in: fields, because: "persistence type http-cookie")
+            guard let cookieNode = fields["cookie"] else { return .httpCookie(name: Persistence.defaultCookieName) }
+            guard let cookie = nodes.string(cookieNode, key: "cookie") else { return nil }
+            guard cookie.allSatisfy(\.isHTTPTokenCharacter) else {
+                nodes.error("\"\(cookie)\" is not a valid cookie name", at: cookieNode,
+                            hint: "use letters, digits and -_.!#$%&'*+^`|~ only (an HTTP token), e.g. LBSRV")
+                return nil
+            }
+            return .httpCookie(name: cookie)
+        }
+    }
+
+    private enum PersistenceType: String, CaseIterable {
+        case none, sourceIP = "source-ip", httpCookie = "http-cookie"
+    }
+
+    /// Keys that belong to another variant are errors: they would otherwise be silently ignored.
+    private mutating func rejectKeys(_ keys: [String], in fields: NodeReader.Fields, because context: String) {
+        for key in keys {
+            if let keyNode = fields.keyNode(key) {
+                nodes.error("\"\(key)\" does not apply to \(context)", at: keyNode,
+                            hint: "remove \"\(key)\" or change the type")
+            }
+        }
+    }
+
+    // MARK: Health check
+
+    private mutating func readHealthCheck(_ node: Node, at path: ConfigPath) -> HealthCheck? {
+        guard let fields = nodes.fields(of: node, at: path, what: "health_check", allowed: Self.healthCheckKeys),
+              let typeNode = nodes.require("type", in: fields, what: "health_check",
+                                           hint: "add `type:` with one of \(ProbeType.allCases.map(\.rawValue).joined(separator: ", "))")
+        else { return nil }
+        guard let type = nodes.choice(typeNode, key: "health_check type", as: ProbeType.self) else { return nil }
+
+        var valid = true
+        let ownKeys: Set<String> = Set(type.specificKeys)
+        let foreignKeys = ProbeType.allCases.flatMap(\.specificKeys).filter { !ownKeys.contains($0) }
+        for key in Set(foreignKeys).sorted() where fields.has(key) {
+            nodes.error("\"\(key)\" does not apply to a \(type.rawValue) health check", at: fields.keyNode(key)!,
+                        hint: "remove it, or use a check type it belongs to: "
+                            + ProbeType.allCases.filter { $0.specificKeys.contains(key) }.map(\.rawValue).joined(separator: ", "))
+            valid = false
+        }
+        if type == .none {
+            for key in ["port", "interval", "timeout", "rise", "fall"] where fields.has(key) {
+                nodes.error("\"\(key)\" does not apply when the health check type is none", at: fields.keyNode(key)!,
+                            hint: "remove it, or choose a check type")
+                valid = false
+            }
+        }
+
+        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
+        let interval = fields["interval"].map { nodes.duration($0, key: "interval") } ?? HealthCheck.defaultInterval
+        let explicitTimeout = nodes.optionalValue(fields["timeout"]) { $0.duration($1, key: "timeout") }
+        let rise = fields["rise"].map { nodes.integer($0, key: "rise", range: 1...100) } ?? HealthCheck.defaultRise
+        let fall = fields["fall"].map { nodes.integer($0, key: "fall", range: 1...100) } ?? HealthCheck.defaultFall
+
+        if let interval, interval < .milliseconds(100) || interval > .seconds(3600) {
+            nodes.error("health check interval \(interval.configText) is out of range", at: fields["interval"]!,
+                        hint: "use 100ms to 60m; short intervals load the real servers, long ones delay failover")
+            valid = false
+        }
+        if let timeout = explicitTimeout ?? nil, timeout < .milliseconds(10) {
+            nodes.error("health check timeout \(timeout.configText) is too short", at: fields["timeout"]!,
+                        hint: "use at least 10ms, and less than the interval")
+            valid = false
+        }
+
+        let probe = readProbe(type, fields: fields, at: path)
+        guard valid, let port, let interval, let explicitTimeout, let rise, let fall, let probe else { return nil }
+        // Without an explicit timeout a short interval gets half of itself, so checks never overlap.
+        let timeout = explicitTimeout ?? min(HealthCheck.defaultTimeout, interval / 2)
+        return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall)
+    }
+
+    private enum ProbeType: String, CaseIterable {
+        case httpGet = "http-get", httpsGet = "https-get", connect, dicomEcho = "dicom-echo",
+             hl7MLLP = "hl7-mllp", external, none
+
+        var specificKeys: [String] {
+            switch self {
+            case .httpGet, .httpsGet: return ["path", "expect_status", "expect_body"]
+            case .dicomEcho: return ["calling_ae", "called_ae"]
+            case .hl7MLLP: return ["message"]
+            case .external: return ["command"]
+            case .connect, .none: return []
+            }
+        }
+    }
+
+    private mutating func readProbe(_ type: ProbeType, fields: NodeReader.Fields, at path: ConfigPath) -> HealthCheck.Probe? {
+        switch type {
+        case .none: return HealthCheck.Probe.none
+        case .connect: return .connect
+        case .httpGet, .httpsGet:
+            guard let http = readHTTPProbe(fields, at: path) else { return nil }
+            return type == .httpGet ? .httpGet(http) : .httpsGet(http)
+        case .dicomEcho:
+            let calling = fields["calling_ae"].map { readAETitle($0, key: "calling_ae") }
+                ?? HealthCheck.DICOMEchoProbe.defaultCallingAE
+            let called = fields["called_ae"].map { readAETitle($0, key: "called_ae") }
+                ?? HealthCheck.DICOMEchoProbe.defaultCalledAE
+            guard let calling, let called else { return nil }
+            return .dicomEcho(.init(callingAE: calling, calledAE: called))
+        case .hl7MLLP:
+            guard let node = fields["message"] else { return .hl7MLLP(.init()) }
+            guard let text = nodes.string(node, key: "message") else { return nil }
+            // YAML block scalars end segments with \n; HL7 v2 separates segments with \r.
+            let message = text.trimmingWhitespace().split(whereSeparator: { $0 == "\n" || $0 == "\r" }).joined(separator: "\r")
+            guard message.hasPrefix("MSH|"), message.count >= 8 else {
+                nodes.error("the HL7 check message must start with an MSH segment (\"MSH|^~\\&|...\")", at: node,
+                            hint: "write one segment per line; the first is MSH, with the field separator right after it")
+                return nil
+            }
+            return .hl7MLLP(.init(message: message))
+        case .external:
+            guard let node = nodes.require("command", in: fields, what: "external health_check",
+                                           hint: "add `command: /path/to/script`; it runs with the real server's address and port in its environment")
+            else { return nil }
+            return nodes.string(node, key: "command").map { .external(command: $0) }
+        }
+    }
+
+    private mutating func readHTTPProbe(_ fields: NodeReader.Fields, at path: ConfigPath) -> HealthCheck.HTTPProbe? {
+        var valid = true
+        var probe = HealthCheck.HTTPProbe()
+        if let node = fields["path"] {
+            if let text = nodes.string(node, key: "path") {
+                if text.hasPrefix("/"), !text.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false }) {
+                    probe.path = text
+                } else {
+                    nodes.error("health check path \"\(text)\" must start with / and contain no spaces or control characters",
+                                at: node, hint: "write the request path, e.g. /status (percent-encode spaces)")
+                    valid = false
+                }
+            } else { valid = false }
+        }
+        if let node = fields["expect_status"] {
+            if let items = nodes.sequence(node, key: "expect_status"), !items.isEmpty {
+                let codes = items.map { nodes.integer($0, key: "expect_status", range: 100...599, hint: "HTTP status codes run from 100 to 599") }
+                if codes.contains(where: { $0 == nil }) { valid = false } else { probe.expectStatus = codes.compactMap { $0 } }
+            } else {
+                if case .sequence = node { nodes.error("\"expect_status\" is empty", at: node, hint: "list the accepted codes, e.g. [200]") }
+                valid = false
+            }
+        }
+        if let node = fields["expect_body"] {
+            if let text = nodes.string(node, key: "expect_body") { probe.expectBody = text } else { valid = false }
+        }
+        return valid ? probe : nil
+    }
+
+    /// DICOM AE titles (PS3.5 "AE" VR): 1–16 characters of the default repertoire, no backslash, not only spaces.
+    private mutating func readAETitle(_ node: Node, key: String) -> String? {
+        guard let text = nodes.string(node, key: key) else { return nil }
+        let printable = text.unicodeScalars.allSatisfy { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F && $0 != "\\" }
+        guard text.count <= 16, printable else {
+            nodes.error("\"\(text)\" is not a valid DICOM AE title", at: node,
+                        hint: "an AE title has 1 to 16 printable ASCII characters and no backslash, e.g. LB-CHECK")
+            return nil
+        }
+        return text.trimmingWhitespace()
+    }
+
+    // MARK: Real servers, fallback, TLS
+
+    private mutating func readRealServers(_ node: Node, at path: ConfigPath) -> [RealServer]? {
+        guard let items = nodes.sequence(node, key: "real_servers") else { return nil }
+        var servers: [RealServer] = []
+        var valid = true
+        for (index, item) in items.enumerated() {
+            if let server = readRealServer(item, at: path / index) { servers.append(server) } else { valid = false }
+        }
+        return valid ? servers : nil
+    }
+
+    private mutating func readRealServer(_ node: Node, at path: ConfigPath) -> RealServer? {
+        guard let fields = nodes.fields(of: node, at: path, what: "real server", allowed: Self.realServerKeys) else {
+            return nil
+        }
+        let address = nodes.require("address", in: fields, what: "real server", hint: "add `address: IP`")
+            .flatMap { nodes.address($0, key: "address") }
+        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
+        let weight = fields["weight"].map {
+            nodes.integer($0, key: "weight", range: 0...65535,
+                          hint: "weights run from 0 (takes no new connections) to 65535")
+        } ?? RealServer.defaultWeight
+        let name = nodes.optionalValue(fields["name"]) { $0.name($1, key: "name") }
+        guard let address, let port, let weight, let name else { return nil }
+        // Unnamed servers are named after where they live, so lbctl can still address them.
+        let resolvedName = name ?? (port.map { address.withPort($0) } ?? address.description)
+        return RealServer(name: resolvedName, address: address, port: port, weight: weight)
+    }
+
+    private mutating func readEndpoint(_ node: Node, at path: ConfigPath, what: String) -> Endpoint? {
+        guard let fields = nodes.fields(of: node, at: path, what: what, allowed: Self.endpointKeys) else { return nil }
+        let address = nodes.require("address", in: fields, what: what, hint: "add `address: IP`")
+            .flatMap { nodes.address($0, key: "address") }
+        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
+        guard let address, let port else { return nil }
+        return Endpoint(address: address, port: port)
+    }
+
+    private mutating func readTLS(_ node: Node, at path: ConfigPath) -> TLSSettings? {
+        guard let fields = nodes.fields(of: node, at: path, what: "tls", allowed: Self.tlsKeys) else { return nil }
+        let certificate = nodes.require("certificate", in: fields, what: "tls", hint: "add `certificate: /path/to/chain.pem`")
+            .flatMap { nodes.string($0, key: "certificate") }
+        let key = nodes.require("key", in: fields, what: "tls", hint: "add `key: /path/to/key.pem`")
+            .flatMap { nodes.string($0, key: "key") }
+        guard let certificate, let key else { return nil }
+        return TLSSettings(certificatePath: certificate, keyPath: key)
+    }
+}
+
+extension Character {
+    /// RFC 9110 token characters, the grammar of a cookie name.
+    var isHTTPTokenCharacter: Bool {
+        guard let ascii = asciiValue, ascii > 0x20, ascii < 0x7F else { return false }
+        return isLetter || isNumber || "!#$%&'*+-.^_`|~".contains(self)
+    }
+}

@@ -1,0 +1,152 @@
+/// The whole declarative description lbd makes the machine match.
+///
+/// Model values hold no source positions, so two loads of the same file compare equal and a planner can diff them;
+/// positions live in `SourceMap`, next to the model, for diagnostics.
+public struct Configuration: Hashable, Sendable {
+    public var virtualServices: [VirtualService]
+
+    public init(virtualServices: [VirtualService]) {
+        self.virtualServices = virtualServices
+    }
+
+    public func virtualService(named name: String) -> VirtualService? {
+        virtualServices.first { $0.name == name }
+    }
+}
+
+/// How traffic for a VIP reaches its real servers.
+public enum ForwardingMode: String, CaseIterable, Hashable, Sendable {
+    case l4DirectRouting = "l4-dr"
+    case l4NAT = "l4-nat"
+    case l4SNAT = "l4-snat"
+    case l7HTTP = "l7-http"
+    case l7TCP = "l7-tcp"
+
+    /// Forwarded by the kernel's IPVS; packets never reach lbd.
+    public var isLayer4: Bool { !isLayer7 }
+    /// Terminated and re-originated by lbd's own proxy.
+    public var isLayer7: Bool { self == .l7HTTP || self == .l7TCP }
+}
+
+public enum TransportProtocol: String, CaseIterable, Hashable, Sendable {
+    case tcp, udp
+}
+
+/// Names follow the config file; `ipvsName` is what the kernel calls the same algorithm.
+public enum Scheduler: String, CaseIterable, Hashable, Sendable {
+    case roundRobin = "roundrobin"
+    case weightedRoundRobin = "weighted-roundrobin"
+    case leastConnections = "leastconn"
+    case weightedLeastConnections = "weighted-leastconn"
+    case sourceHash = "source-hash"
+    case maglev = "maglev"
+
+    public var ipvsName: String {
+        switch self {
+        case .roundRobin: return "rr"
+        case .weightedRoundRobin: return "wrr"
+        case .leastConnections: return "lc"
+        case .weightedLeastConnections: return "wlc"
+        case .sourceHash: return "sh"
+        case .maglev: return "mh"
+        }
+    }
+}
+
+/// Keeps one client on one real server.
+public enum Persistence: Hashable, Sendable {
+    case none
+    /// Same client address → same real server while the entry is younger than `timeout`.
+    case sourceIP(timeout: Duration)
+    /// lbd inserts a cookie naming the server by an opaque id (l7-http only).
+    case httpCookie(name: String)
+
+    public static let defaultSourceIPTimeout: Duration = .seconds(300)
+    public static let defaultCookieName = "LBSRV"
+
+    public var typeName: String {
+        switch self {
+        case .none: return "none"
+        case .sourceIP: return "source-ip"
+        case .httpCookie: return "http-cookie"
+        }
+    }
+}
+
+/// A host:port outside the VIP's pool, e.g. the sorry server.
+public struct Endpoint: Hashable, Sendable {
+    public var address: IPAddress
+    /// nil: the port the client connected to on the VIP.
+    public var port: UInt16?
+
+    public init(address: IPAddress, port: UInt16? = nil) {
+        self.address = address
+        self.port = port
+    }
+}
+
+public struct RealServer: Hashable, Sendable {
+    public static let defaultWeight = 100
+
+    public var name: String
+    public var address: IPAddress
+    /// nil: the port the client connected to on the VIP (no port translation).
+    public var port: UInt16?
+    public var weight: Int
+
+    public init(name: String, address: IPAddress, port: UInt16? = nil, weight: Int = RealServer.defaultWeight) {
+        self.name = name
+        self.address = address
+        self.port = port
+        self.weight = weight
+    }
+
+    /// The port this server is reached on when a client came in on `vipPort`.
+    public func port(forVIPPort vipPort: UInt16) -> UInt16 { port ?? vipPort }
+}
+
+public struct TLSSettings: Hashable, Sendable {
+    public var certificatePath: String
+    public var keyPath: String
+
+    public init(certificatePath: String, keyPath: String) {
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+    }
+}
+
+public struct VirtualService: Hashable, Sendable {
+    public var name: String
+    public var address: IPAddress
+    public var ports: [PortRange]
+    public var transport: TransportProtocol
+    public var mode: ForwardingMode
+    public var scheduler: Scheduler
+    public var persistence: Persistence
+    public var healthCheck: HealthCheck
+    public var realServers: [RealServer]
+    public var fallback: Endpoint?
+    public var tls: TLSSettings?
+    /// l7-http only: append the client address to X-Forwarded-For.
+    public var forwardedFor: Bool
+
+    public init(
+        name: String, address: IPAddress, ports: [PortRange], transport: TransportProtocol = .tcp,
+        mode: ForwardingMode, scheduler: Scheduler = .roundRobin, persistence: Persistence = .none,
+        healthCheck: HealthCheck, realServers: [RealServer], fallback: Endpoint? = nil,
+        tls: TLSSettings? = nil, forwardedFor: Bool = false
+    ) {
+        self.name = name
+        self.address = address
+        self.ports = ports
+        self.transport = transport
+        self.mode = mode
+        self.scheduler = scheduler
+        self.persistence = persistence
+        self.healthCheck = healthCheck
+        self.realServers = realServers
+        self.fallback = fallback
+        self.tls = tls
+        self.forwardedFor = forwardedFor
+    }
+}

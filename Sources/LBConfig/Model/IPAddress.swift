@@ -1,0 +1,83 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An IPv4 or IPv6 address, parsed and printed by the C library so its text form is the canonical one
+/// (`::ffff:10.0.0.1` and `0:0:0:0:0:ffff:a00:1` compare equal).
+public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
+    case v4(UInt32)                 // host byte order, for readable arithmetic
+    case v6([UInt8])                // 16 bytes, network order
+
+    public init?(_ text: String) {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            self = .v4(UInt32(bigEndian: v4.s_addr))
+            return
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            self = .v6(withUnsafeBytes(of: &v6) { Array($0) })
+            return
+        }
+        return nil
+    }
+
+    public var family: Family {
+        switch self {
+        case .v4: return .ipv4
+        case .v6: return .ipv6
+        }
+    }
+
+    public enum Family: String, Sendable { case ipv4, ipv6 }
+
+    public var description: String {
+        switch self {
+        case .v4(let host):
+            var addr = in_addr(s_addr: host.bigEndian)
+            var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            guard inet_ntop(AF_INET, &addr, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        case .v6(let bytes):
+            var addr = in6_addr()
+            withUnsafeMutableBytes(of: &addr) { $0.copyBytes(from: bytes) }
+            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            guard inet_ntop(AF_INET6, &addr, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+
+    /// `ADDR:PORT` for IPv4, `[ADDR]:PORT` for IPv6, the form operators paste into tools.
+    public func withPort(_ port: UInt16) -> String {
+        switch self {
+        case .v4: return "\(self):\(port)"
+        case .v6: return "[\(self)]:\(port)"
+        }
+    }
+
+    /// 0.0.0.0 / :: — a wildcard, not a host.
+    public var isUnspecified: Bool {
+        switch self {
+        case .v4(let a): return a == 0
+        case .v6(let b): return b.allSatisfy { $0 == 0 }
+        }
+    }
+
+    public var isMulticastOrBroadcast: Bool {
+        switch self {
+        case .v4(let a): return (a >> 28) == 0xE || a == 0xFFFF_FFFF
+        case .v6(let b): return b[0] == 0xFF
+        }
+    }
+
+    public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {
+        switch (lhs, rhs) {
+        case let (.v4(a), .v4(b)): return a < b
+        case let (.v6(a), .v6(b)): return a.lexicographicallyPrecedes(b)
+        case (.v4, .v6): return true
+        case (.v6, .v4): return false
+        }
+    }
+}

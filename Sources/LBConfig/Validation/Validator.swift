@@ -1,0 +1,225 @@
+/// Rules that relate several fields of a service, or several services, once every value has been read.
+///
+/// Pure: model and source map in, diagnostics out.
+public struct Validator {
+    public let configuration: Configuration
+    public let sourceMap: SourceMap
+    private var diagnostics: [Diagnostic] = []
+
+    public init(configuration: Configuration, sourceMap: SourceMap) {
+        self.configuration = configuration
+        self.sourceMap = sourceMap
+    }
+
+    public static func validate(_ configuration: Configuration, sourceMap: SourceMap) -> [Diagnostic] {
+        var validator = Validator(configuration: configuration, sourceMap: sourceMap)
+        for (index, service) in configuration.virtualServices.enumerated() {
+            validator.checkService(service, at: .virtualService(index))
+        }
+        validator.checkUniqueNames()
+        validator.checkUniqueListeners()
+        validator.checkLayer7AndSNATShareNoRealServer()
+        validator.checkDirectRoutingVIPsNotProxied()
+        return validator.diagnostics
+    }
+
+    // MARK: One service
+
+    private mutating func checkService(_ service: VirtualService, at path: ConfigPath) {
+        let name = service.name
+        let mode = service.mode.rawValue
+
+        if service.mode.isLayer7, service.transport == .udp {
+            error(name, at: path / "protocol", "protocol udp cannot be used with mode \(mode)",
+                  hint: "lbd's proxy handles TCP only; use l4-nat, l4-snat or l4-dr for UDP services")
+        }
+        if case .httpCookie = service.persistence, service.mode != .l7HTTP {
+            error(name, at: path / "persistence" / "type", "http-cookie persistence needs mode l7-http, not \(mode)",
+                  hint: "only the HTTP proxy sees cookies; use source-ip persistence, or switch the service to l7-http")
+        }
+        if service.tls != nil, service.mode != .l7HTTP {
+            error(name, key: path / "tls", "tls (termination) needs mode l7-http, not \(mode)",
+                  hint: "remove the tls section; in \(mode) mode encrypted traffic passes through to the real servers untouched")
+        }
+        if service.forwardedFor, service.mode != .l7HTTP, sourceMap.contains(path / "forwarded_for") {
+            error(name, key: path / "forwarded_for", "forwarded_for needs mode l7-http, not \(mode)",
+                  hint: "only the HTTP proxy can add headers; remove forwarded_for")
+        }
+        if service.scheduler == .maglev, service.mode.isLayer7 {
+            error(name, at: path / "scheduler", "the maglev scheduler is available for Layer 4 modes only",
+                  hint: "use source-hash for a hash-based choice in \(mode), or a Layer 4 mode")
+        }
+        if service.realServers.isEmpty {
+            error(name, at: path / "real_servers", "no real servers are listed",
+                  hint: "list at least one server under real_servers; a service with none can only refuse clients")
+        }
+        let check = service.healthCheck
+        if check.probe != .none, check.timeout >= check.interval {
+            error(name, at: path / "health_check" / "timeout",
+                  "health check timeout \(check.timeout.configText) must be shorter than the interval \(check.interval.configText)",
+                  hint: "a check must finish before the next one starts; lower timeout or raise interval")
+        }
+        checkRealServers(service, at: path)
+        checkWarnings(service, at: path)
+    }
+
+    private mutating func checkRealServers(_ service: VirtualService, at path: ConfigPath) {
+        var names: [String: Int] = [:]
+        var endpoints: [String: Int] = [:]
+        for (index, server) in service.realServers.enumerated() {
+            let serverPath = path / "real_servers" / index
+            if let first = names[server.name] {
+                error(service.name, at: serverPath / "name",
+                      "real server name \"\(server.name)\" is already used at line \(line(path / "real_servers" / first))",
+                      hint: "give each real server of a service its own name; lbctl drain/halt address servers by name")
+            }
+            names[server.name] = names[server.name] ?? index
+            let endpoint = server.port.map { server.address.withPort($0) } ?? server.address.description
+            if let first = endpoints[endpoint] {
+                error(service.name, at: serverPath, "real server \(endpoint) is listed twice (also at line \(line(path / "real_servers" / first)))",
+                      hint: "list each address and port once; use weight to send it a larger share")
+            }
+            endpoints[endpoint] = endpoints[endpoint] ?? index
+
+            if service.mode.isLayer4, server.address.family != service.address.family {
+                error(service.name, at: serverPath / "address",
+                      "real server \(server.address) is \(server.address.family.rawValue) but the VIP \(service.address) is \(service.address.family.rawValue)",
+                      hint: "IPVS forwards within one address family; use a real server address of the VIP's family, or an l7 mode")
+            }
+            if service.mode == .l4DirectRouting, let port = server.port {
+                checkNoTranslationInDR(service, port: port, at: serverPath / "port", what: "real server \"\(server.name)\"")
+            }
+        }
+        if let fallback = service.fallback {
+            if service.mode.isLayer4, fallback.address.family != service.address.family {
+                error(service.name, at: path / "fallback" / "address",
+                      "fallback \(fallback.address) is \(fallback.address.family.rawValue) but the VIP is \(service.address.family.rawValue)",
+                      hint: "IPVS forwards within one address family; use a fallback of the VIP's family")
+            }
+            if service.mode == .l4DirectRouting, let port = fallback.port {
+                checkNoTranslationInDR(service, port: port, at: path / "fallback" / "port", what: "the fallback server")
+            }
+        }
+    }
+
+    /// Direct routing only rewrites the Ethernet destination: the packet still says VIP:port when it arrives.
+    private mutating func checkNoTranslationInDR(_ service: VirtualService, port: UInt16, at path: ConfigPath, what: String) {
+        let vipPorts = service.ports.allPorts
+        guard vipPorts != [port] else { return }
+        error(service.name, at: path,
+              "port translation is impossible in l4-dr: \(what) is given port \(port) but clients connect to port \(service.ports.summary)",
+              hint: "in direct routing the real server receives the client's packet unchanged (addressed to the VIP and its port), so it must listen on the same port; remove `port` or use l4-nat, l4-snat or an l7 mode to translate ports")
+    }
+
+    private mutating func checkWarnings(_ service: VirtualService, at path: ConfigPath) {
+        if case .sourceIP = service.persistence, service.realServers.count == 1 {
+            warning(service.name, at: path / "persistence",
+                    "source-ip persistence with a single real server has no effect",
+                    hint: "fine while there is one server; add the others, or use persistence type none")
+        }
+        if service.healthCheck.probe == .none {
+            warning(service.name, at: path / "health_check",
+                    "no health check: a failed real server keeps receiving clients",
+                    hint: "add a health check (connect, http-get, dicom-echo, ...) so failures are routed around")
+        }
+        if !service.realServers.isEmpty, service.realServers.allSatisfy({ $0.weight == 0 }) {
+            warning(service.name, at: path / "real_servers",
+                    "every real server has weight 0, so no new connection will be accepted",
+                    hint: "give at least one server a positive weight")
+        }
+    }
+
+    // MARK: Across services
+
+    private mutating func checkUniqueNames() {
+        var seen: [String: Int] = [:]
+        for (index, service) in configuration.virtualServices.enumerated() {
+            if let first = seen[service.name] {
+                error(service.name, at: .virtualService(index) / "name",
+                      "the name \"\(service.name)\" is already used by the virtual service at line \(line(.virtualService(first) / "name"))",
+                      hint: "give each virtual service a unique name; lbctl, the logs and the metrics refer to services by name")
+            } else {
+                seen[service.name] = index
+            }
+        }
+    }
+
+    /// An address, port and protocol can be answered by one virtual service only.
+    private mutating func checkUniqueListeners() {
+        for (index, service) in configuration.virtualServices.enumerated() {
+            for (rangeIndex, range) in service.ports.enumerated() {
+                guard let (otherIndex, other) = configuration.virtualServices.prefix(index).enumerated().first(where: {
+                    $0.element.address == service.address && $0.element.transport == service.transport
+                        && $0.element.ports.contains(where: { $0.overlaps(range) })
+                }) else { continue }
+                let overlap = other.ports.first { $0.overlaps(range) }!
+                let shared = max(range.lower, overlap.lower)
+                error(service.name, at: .virtualService(index) / "ports" / rangeIndex,
+                      "\(service.address.withPort(shared))/\(service.transport.rawValue) is already served by virtual service \"\(other.name)\" (line \(line(.virtualService(otherIndex) / "name")))",
+                      hint: "an address, port and protocol belong to one virtual service; give one of them another VIP address or port")
+            }
+        }
+    }
+
+    /// The guide's netfilter rule: l4-snat's source-NAT rules match every packet to its RIP:PORT, the proxy's too.
+    private mutating func checkLayer7AndSNATShareNoRealServer() {
+        let services = configuration.virtualServices.enumerated()
+        let layer7 = services.filter { $0.element.mode.isLayer7 }
+        // The proxy speaks TCP only, so a UDP SNAT service's rules cannot catch its connections.
+        let snat = services.filter { $0.element.mode == .l4SNAT && $0.element.transport == .tcp }
+        guard !layer7.isEmpty, !snat.isEmpty else { return }
+        for (snatIndex, snatService) in snat {
+            var reported: Set<String> = []
+            for (serverIndex, server) in snatService.realServers.enumerated() {
+                for port in Set(snatService.ports.allPorts.map(server.port(forVIPPort:))).sorted() {
+                    for (l7Index, l7Service) in layer7 where l7Service.reaches(server.address, port: port) {
+                        let endpoint = server.address.withPort(port)
+                        guard reported.insert("\(endpoint)|\(l7Service.name)").inserted else { continue }
+                        error(snatService.name, at: .virtualService(snatIndex) / "real_servers" / serverIndex,
+                              "real server \(endpoint) is used by this l4-snat virtual service and by the \(l7Service.mode.rawValue) virtual service \"\(l7Service.name)\" (line \(line(.virtualService(l7Index) / "name")))",
+                              hint: "the source-NAT rules l4-snat installs for \(endpoint) would also rewrite the proxy's own connections to it; have the real server listen on a different port for one of the two services, or put both services in the same mode")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A DR VIP is also configured on the real servers; proxying on the same address invites ARP and routing surprises.
+    private mutating func checkDirectRoutingVIPsNotProxied() {
+        for (index, service) in configuration.virtualServices.enumerated() where service.mode == .l4DirectRouting {
+            guard let proxied = configuration.virtualServices.first(where: { $0.mode.isLayer7 && $0.address == service.address })
+            else { continue }
+            warning(service.name, at: .virtualService(index) / "vip",
+                    "VIP \(service.address) is used for l4-dr and by the \(proxied.mode.rawValue) virtual service \"\(proxied.name)\"",
+                    hint: "direct routing puts the VIP on the real servers too; give the Layer 7 service its own address unless you have planned ARP suppression for both")
+        }
+    }
+
+    // MARK: Reporting
+
+    private func line(_ path: ConfigPath) -> Int { sourceMap.location(of: path).line }
+
+    private mutating func error(_ service: String, at path: ConfigPath, _ message: String, hint: String) {
+        diagnostics.append(Diagnostic(.error, at: sourceMap.location(of: path), service: service, message, hint: hint))
+    }
+
+    /// Points at the key itself (`tls:`), for findings about a whole section rather than its value.
+    private mutating func error(_ service: String, key path: ConfigPath, _ message: String, hint: String) {
+        diagnostics.append(Diagnostic(.error, at: sourceMap.keyLocation(of: path), service: service, message, hint: hint))
+    }
+
+    private mutating func warning(_ service: String, at path: ConfigPath, _ message: String, hint: String) {
+        diagnostics.append(Diagnostic(.warning, at: sourceMap.location(of: path), service: service, message, hint: hint))
+    }
+}
+
+extension VirtualService {
+    /// Whether this service sends traffic to `address:port` (a real server or its fallback).
+    func reaches(_ address: IPAddress, port: UInt16) -> Bool {
+        let vipPorts = ports.allPorts
+        let targets = realServers.map { ($0.address, $0.port) } + (fallback.map { [($0.address, $0.port)] } ?? [])
+        return targets.contains { target in
+            target.0 == address && (target.1.map { $0 == port } ?? vipPorts.contains(port))
+        }
+    }
+}

@@ -1,0 +1,4 @@
+/// The version both executables report.
+public enum LBVersion {
+    public static let current = "0.1.0"
+}
