@@ -42,7 +42,8 @@ public enum ConfigurationLoader {
         let parsed = reader.readDocument(root)
         var diagnostics = reader.nodes.diagnostics
         if let parsed {
-            diagnostics += Validator.validate(parsed, sourceMap: reader.nodes.sourceMap)
+            diagnostics += Validator.validate(parsed, sourceMap: reader.nodes.sourceMap,
+                                              incompleteSections: reader.incompleteSections)
         }
         // File order, errors before warnings on the same spot: the order an operator fixes them in.
         diagnostics = diagnostics.enumerated().sorted { lhs, rhs in

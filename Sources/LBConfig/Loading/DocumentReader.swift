@@ -24,6 +24,12 @@ struct DocumentReader {
     /// Ports a single virtual service may span; beyond that each port would need its own listener or IPVS service.
     static let maximumPortsPerService = 1024
 
+    /// Sections that had an error while being read; the validator does not pile further findings on them.
+    private(set) var incompleteSections: Set<ConfigPath> = []
+
+    /// Reads as much as can be understood. The result is only usable when no error was recorded: invalid optional
+    /// values are read as absent and services missing a required key are left out, so that the validator can still
+    /// report everything else in one pass.
     mutating func readDocument(_ root: Node?) -> Configuration? {
         guard let root else {
             nodes.error("the config file is empty", at: SourceLocation(file: nodes.file, line: 1, column: 1),
@@ -39,83 +45,76 @@ struct DocumentReader {
             nodes.error("\"virtual_services\" is empty", at: list, hint: "declare at least one virtual service")
         }
         var services: [VirtualService] = []
-        var complete = true
         for (index, item) in items.enumerated() {
-            if let service = readService(item, at: .virtualService(index)) {
-                services.append(service)
-            } else {
-                complete = false
-            }
+            if let service = readService(item, at: .virtualService(index)) { services.append(service) }
         }
-        return complete ? Configuration(virtualServices: services) : nil
+        return Configuration(virtualServices: services)
+    }
+
+    /// Runs `read` and remembers `path` as incomplete if it recorded an error.
+    private mutating func section<T>(_ path: ConfigPath, _ read: (inout DocumentReader) -> T) -> T {
+        let before = nodes.diagnostics.count
+        let value = read(&self)
+        if nodes.diagnostics.count > before { incompleteSections.insert(path) }
+        return value
     }
 
     // MARK: Virtual service
 
     private mutating func readService(_ node: Node, at path: ConfigPath) -> VirtualService? {
-        nodes.currentService = nil
+        // Name the service before anything else is read, so every diagnostic about it carries the name.
+        nodes.currentService = node.mapping?["name"]?.scalar?.string
+        defer { nodes.currentService = nil }
         guard let fields = nodes.fields(of: node, at: path, what: "virtual service", allowed: Self.serviceKeys) else {
             return nil
         }
-        // Name first, so every later diagnostic of this service carries it.
         let name = nodes.require("name", in: fields, what: "virtual service", hint: "add `name: SomeName`")
             .flatMap { nodes.name($0, key: "name") }
-        nodes.currentService = name
-        defer { nodes.currentService = nil }
-
         let address = nodes.require("vip", in: fields, what: "virtual service", hint: "add `vip: ADDRESS`, the address clients connect to")
             .flatMap { nodes.address($0, key: "vip") }
         let ports = nodes.require("ports", in: fields, what: "virtual service", hint: "add `ports: [PORT]`")
             .flatMap { readPorts($0, at: path / "ports") }
-        let transport = fields["protocol"].map { nodes.choice($0, key: "protocol", as: TransportProtocol.self) } ?? .tcp
+        let transport = fields["protocol"].flatMap { nodes.choice($0, key: "protocol", as: TransportProtocol.self) } ?? .tcp
         let mode = nodes.require("mode", in: fields, what: "virtual service",
                                  hint: "add `mode:` with one of \(ForwardingMode.allCases.map(\.rawValue).joined(separator: ", "))")
             .flatMap { nodes.choice($0, key: "mode", as: ForwardingMode.self) }
-        let scheduler = fields["scheduler"].map { nodes.choice($0, key: "scheduler", as: Scheduler.self) } ?? .roundRobin
-        let persistence = fields["persistence"].map { readPersistence($0, at: path / "persistence") } ?? Persistence.none
-        let healthCheck = fields["health_check"].map { readHealthCheck($0, at: path / "health_check") }
-            ?? HealthCheck(probe: .connect)
-        let realServers = nodes.require("real_servers", in: fields, what: "virtual service",
-                                        hint: "list the servers that do the work under `real_servers:`")
-            .flatMap { readRealServers($0, at: path / "real_servers") }
-        let fallback = optionalSection(fields["fallback"]) { $0.readEndpoint($1, at: path / "fallback", what: "fallback") }
-        let tls = optionalSection(fields["tls"]) { $0.readTLS($1, at: path / "tls") }
-        let forwardedFor = fields["forwarded_for"].map { nodes.bool($0, key: "forwarded_for") }
-            ?? (mode == .l7HTTP)
+        let scheduler = fields["scheduler"].flatMap { nodes.choice($0, key: "scheduler", as: Scheduler.self) } ?? .roundRobin
+        let persistence = section(path / "persistence") { reader in
+            fields["persistence"].flatMap { reader.readPersistence($0, at: path / "persistence") }
+        } ?? Persistence.none
+        let healthCheck = section(path / "health_check") { reader in
+            fields["health_check"].flatMap { reader.readHealthCheck($0, at: path / "health_check") }
+        } ?? HealthCheck(probe: .connect)
+        let realServers = section(path / "real_servers") { reader in
+            reader.nodes.require("real_servers", in: fields, what: "virtual service",
+                                 hint: "list the servers that do the work under `real_servers:`")
+                .flatMap { reader.readRealServers($0, at: path / "real_servers") }
+        }
+        let fallback = fields["fallback"].flatMap { readEndpoint($0, at: path / "fallback", what: "fallback") }
+        let tls = fields["tls"].flatMap { readTLS($0, at: path / "tls") }
+        let forwardedFor = fields["forwarded_for"].flatMap { nodes.bool($0, key: "forwarded_for") } ?? (mode == .l7HTTP)
 
-        guard let name, let address, let ports, let transport, let mode, let scheduler, let persistence,
-              let healthCheck, let realServers, let fallback, let tls, let forwardedFor
-        else { return nil }
-
+        // Without these the service cannot be reasoned about at all; their errors are already recorded.
+        guard let name, let address, let ports, let mode, let realServers else { return nil }
         return VirtualService(
             name: name, address: address, ports: ports, transport: transport, mode: mode, scheduler: scheduler,
             persistence: persistence, healthCheck: healthCheck, realServers: realServers,
             fallback: fallback, tls: tls, forwardedFor: forwardedFor)
     }
 
-    /// An optional section: `.some(nil)` when absent, nil when present but invalid (see `NodeReader.optionalValue`).
-    private mutating func optionalSection<T>(_ node: Node?, _ read: (inout DocumentReader, Node) -> T?) -> T?? {
-        guard let node else { return .some(nil) }
-        guard let value = read(&self, node) else { return nil }
-        return .some(value)
-    }
-
+    /// The valid ranges; nil when none is usable.
     private mutating func readPorts(_ node: Node, at path: ConfigPath) -> [PortRange]? {
-        guard let items = nodes.sequence(node, key: "ports") else { return nil }
+        guard let items = nodes.sequence(node, key: "ports", singleValueAllowed: true) else { return nil }
         guard !items.isEmpty else {
             nodes.error("\"ports\" is empty", at: node, hint: "list at least one port, e.g. ports: [104]")
             return nil
         }
         var ranges: [PortRange] = []
-        var valid = true
         for (index, item) in items.enumerated() {
             nodes.record(item, at: path / index)
-            guard let text = nodes.scalarText(item, key: "ports") else { valid = false; continue }
-            guard let range = parsePortRange(text, node: item) else { valid = false; continue }
+            guard let text = nodes.scalarText(item, key: "ports"), let range = parsePortRange(text, node: item) else { continue }
             if let earlier = ranges.first(where: { $0.overlaps(range) }) {
-                nodes.error("port \(range) is listed twice (overlaps \(earlier))", at: item,
-                            hint: "list each port once")
-                valid = false
+                nodes.error("port \(range) is listed twice (overlaps \(earlier))", at: item, hint: "list each port once")
                 continue
             }
             ranges.append(range)
@@ -124,9 +123,8 @@ struct DocumentReader {
         if total > Self.maximumPortsPerService {
             nodes.error("\(total) ports in one virtual service is more than the \(Self.maximumPortsPerService) supported",
                         at: node, hint: "split the service or narrow the ranges; each port is its own listener or IPVS service")
-            valid = false
         }
-        return valid ? ranges : nil
+        return ranges.isEmpty ? nil : ranges
     }
 
     private mutating func parsePortRange(_ text: String, node: Node) -> PortRange? {
@@ -209,42 +207,40 @@ struct DocumentReader {
         else { return nil }
         guard let type = nodes.choice(typeNode, key: "health_check type", as: ProbeType.self) else { return nil }
 
-        var valid = true
         let ownKeys: Set<String> = Set(type.specificKeys)
         let foreignKeys = ProbeType.allCases.flatMap(\.specificKeys).filter { !ownKeys.contains($0) }
-        for key in Set(foreignKeys).sorted() where fields.has(key) {
-            nodes.error("\"\(key)\" does not apply to a \(type.rawValue) health check", at: fields.keyNode(key)!,
+        for key in Set(foreignKeys).sorted() {
+            guard let keyNode = fields.keyNode(key) else { continue }
+            nodes.error("\"\(key)\" does not apply to health check type \(type.rawValue)", at: keyNode,
                         hint: "remove it, or use a check type it belongs to: "
                             + ProbeType.allCases.filter { $0.specificKeys.contains(key) }.map(\.rawValue).joined(separator: ", "))
-            valid = false
         }
         if type == .none {
-            for key in ["port", "interval", "timeout", "rise", "fall"] where fields.has(key) {
-                nodes.error("\"\(key)\" does not apply when the health check type is none", at: fields.keyNode(key)!,
+            for key in ["port", "interval", "timeout", "rise", "fall"] {
+                guard let keyNode = fields.keyNode(key) else { continue }
+                nodes.error("\"\(key)\" does not apply when the health check type is none", at: keyNode,
                             hint: "remove it, or choose a check type")
-                valid = false
             }
         }
 
-        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
-        let interval = fields["interval"].map { nodes.duration($0, key: "interval") } ?? HealthCheck.defaultInterval
-        let explicitTimeout = nodes.optionalValue(fields["timeout"]) { $0.duration($1, key: "timeout") }
-        let rise = fields["rise"].map { nodes.integer($0, key: "rise", range: 1...100) } ?? HealthCheck.defaultRise
-        let fall = fields["fall"].map { nodes.integer($0, key: "fall", range: 1...100) } ?? HealthCheck.defaultFall
+        let port = fields["port"].flatMap { nodes.port($0, key: "port") }
+        var interval = fields["interval"].flatMap { nodes.duration($0, key: "interval") } ?? HealthCheck.defaultInterval
+        var explicitTimeout = fields["timeout"].flatMap { nodes.duration($0, key: "timeout") }
+        let rise = fields["rise"].flatMap { nodes.integer($0, key: "rise", range: 1...100) } ?? HealthCheck.defaultRise
+        let fall = fields["fall"].flatMap { nodes.integer($0, key: "fall", range: 1...100) } ?? HealthCheck.defaultFall
 
-        if let interval, interval < .milliseconds(100) || interval > .seconds(3600) {
-            nodes.error("health check interval \(interval.configText) is out of range", at: fields["interval"]!,
+        if interval < .milliseconds(100) || interval > .seconds(3600), let node = fields["interval"] {
+            nodes.error("health check interval \(interval.configText) is out of range", at: node,
                         hint: "use 100ms to 60m; short intervals load the real servers, long ones delay failover")
-            valid = false
+            interval = HealthCheck.defaultInterval
         }
-        if let timeout = explicitTimeout ?? nil, timeout < .milliseconds(10) {
-            nodes.error("health check timeout \(timeout.configText) is too short", at: fields["timeout"]!,
+        if let timeout = explicitTimeout, timeout < .milliseconds(10), let node = fields["timeout"] {
+            nodes.error("health check timeout \(timeout.configText) is too short", at: node,
                         hint: "use at least 10ms, and less than the interval")
-            valid = false
+            explicitTimeout = nil
         }
 
-        let probe = readProbe(type, fields: fields, at: path)
-        guard valid, let port, let interval, let explicitTimeout, let rise, let fall, let probe else { return nil }
+        guard let probe = readProbe(type, fields: fields, at: path) else { return nil }
         // Without an explicit timeout a short interval gets half of itself, so checks never overlap.
         let timeout = explicitTimeout ?? min(HealthCheck.defaultTimeout, interval / 2)
         return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall)
@@ -270,7 +266,7 @@ struct DocumentReader {
         case .none: return HealthCheck.Probe.none
         case .connect: return .connect
         case .httpGet, .httpsGet:
-            guard let http = readHTTPProbe(fields, at: path) else { return nil }
+            let http = readHTTPProbe(fields, at: path)
             return type == .httpGet ? .httpGet(http) : .httpsGet(http)
         case .dicomEcho:
             let calling = fields["calling_ae"].map { readAETitle($0, key: "calling_ae") }
@@ -298,33 +294,31 @@ struct DocumentReader {
         }
     }
 
-    private mutating func readHTTPProbe(_ fields: NodeReader.Fields, at path: ConfigPath) -> HealthCheck.HTTPProbe? {
-        var valid = true
+    private mutating func readHTTPProbe(_ fields: NodeReader.Fields, at path: ConfigPath) -> HealthCheck.HTTPProbe {
         var probe = HealthCheck.HTTPProbe()
-        if let node = fields["path"] {
-            if let text = nodes.string(node, key: "path") {
-                if text.hasPrefix("/"), !text.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false }) {
-                    probe.path = text
-                } else {
-                    nodes.error("health check path \"\(text)\" must start with / and contain no spaces or control characters",
-                                at: node, hint: "write the request path, e.g. /status (percent-encode spaces)")
-                    valid = false
-                }
-            } else { valid = false }
-        }
-        if let node = fields["expect_status"] {
-            if let items = nodes.sequence(node, key: "expect_status"), !items.isEmpty {
-                let codes = items.map { nodes.integer($0, key: "expect_status", range: 100...599, hint: "HTTP status codes run from 100 to 599") }
-                if codes.contains(where: { $0 == nil }) { valid = false } else { probe.expectStatus = codes.compactMap { $0 } }
+        if let node = fields["path"], let text = nodes.string(node, key: "path") {
+            let printable = !text.contains { $0.isWhitespace || ($0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false) }
+            if text.hasPrefix("/"), printable {
+                probe.path = text
             } else {
-                if case .sequence = node { nodes.error("\"expect_status\" is empty", at: node, hint: "list the accepted codes, e.g. [200]") }
-                valid = false
+                nodes.error("health check path \"\(text)\" must start with / and contain no spaces or control characters",
+                            at: node, hint: "write the request path, e.g. /status (percent-encode spaces)")
+            }
+        }
+        if let node = fields["expect_status"], let items = nodes.sequence(node, key: "expect_status", singleValueAllowed: true) {
+            let codes = items.compactMap {
+                nodes.integer($0, key: "expect_status", range: 100...599, hint: "HTTP status codes run from 100 to 599")
+            }
+            if items.isEmpty {
+                nodes.error("\"expect_status\" is empty", at: node, hint: "list the accepted codes, e.g. [200]")
+            } else if codes.count == items.count {
+                probe.expectStatus = codes
             }
         }
         if let node = fields["expect_body"] {
-            if let text = nodes.string(node, key: "expect_body") { probe.expectBody = text } else { valid = false }
+            probe.expectBody = nodes.string(node, key: "expect_body")
         }
-        return valid ? probe : nil
+        return probe
     }
 
     /// DICOM AE titles (PS3.5 "AE" VR): 1–16 characters of the default repertoire, no backslash, not only spaces.
@@ -343,12 +337,7 @@ struct DocumentReader {
 
     private mutating func readRealServers(_ node: Node, at path: ConfigPath) -> [RealServer]? {
         guard let items = nodes.sequence(node, key: "real_servers") else { return nil }
-        var servers: [RealServer] = []
-        var valid = true
-        for (index, item) in items.enumerated() {
-            if let server = readRealServer(item, at: path / index) { servers.append(server) } else { valid = false }
-        }
-        return valid ? servers : nil
+        return items.enumerated().compactMap { index, item in readRealServer(item, at: path / index) }
     }
 
     private mutating func readRealServer(_ node: Node, at path: ConfigPath) -> RealServer? {
@@ -357,13 +346,13 @@ struct DocumentReader {
         }
         let address = nodes.require("address", in: fields, what: "real server", hint: "add `address: IP`")
             .flatMap { nodes.address($0, key: "address") }
-        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
-        let weight = fields["weight"].map {
+        let port = fields["port"].flatMap { nodes.port($0, key: "port") }
+        let weight = fields["weight"].flatMap {
             nodes.integer($0, key: "weight", range: 0...65535,
                           hint: "weights run from 0 (takes no new connections) to 65535")
         } ?? RealServer.defaultWeight
-        let name = nodes.optionalValue(fields["name"]) { $0.name($1, key: "name") }
-        guard let address, let port, let weight, let name else { return nil }
+        let name = fields["name"].flatMap { nodes.name($0, key: "name") }
+        guard let address else { return nil }
         // Unnamed servers are named after where they live, so lbctl can still address them.
         let resolvedName = name ?? (port.map { address.withPort($0) } ?? address.description)
         return RealServer(name: resolvedName, address: address, port: port, weight: weight)
@@ -373,8 +362,8 @@ struct DocumentReader {
         guard let fields = nodes.fields(of: node, at: path, what: what, allowed: Self.endpointKeys) else { return nil }
         let address = nodes.require("address", in: fields, what: what, hint: "add `address: IP`")
             .flatMap { nodes.address($0, key: "address") }
-        let port = nodes.optionalValue(fields["port"]) { $0.port($1, key: "port") }
-        guard let address, let port else { return nil }
+        let port = fields["port"].flatMap { nodes.port($0, key: "port") }
+        guard let address else { return nil }
         return Endpoint(address: address, port: port)
     }
 

@@ -93,14 +93,6 @@ struct NodeReader {
         return nil
     }
 
-    /// For keys whose absence is meaningful (no port = the VIP's port): `.some(nil)` when absent,
-    /// `nil` when present but invalid, so `guard let` rejects only the invalid case.
-    mutating func optionalValue<T>(_ node: Node?, _ read: (inout NodeReader, Node) -> T?) -> T?? {
-        guard let node else { return .some(nil) }
-        guard let value = read(&self, node) else { return nil }
-        return .some(value)
-    }
-
     // MARK: Scalars
 
     /// Text of a scalar; nil (with an error) for a mapping, a sequence or an empty value.
@@ -219,11 +211,11 @@ struct NodeReader {
         return nil
     }
 
-    /// A list; a single scalar is accepted as a list of one (`ports: 104`).
-    mutating func sequence(_ node: Node, key: String) -> [Node]? {
+    /// A list; with `singleValueAllowed` a lone scalar is read as a list of one (`ports: 104`).
+    mutating func sequence(_ node: Node, key: String, singleValueAllowed: Bool = false) -> [Node]? {
         switch node {
         case .sequence(let sequence): return Array(sequence)
-        case .scalar(let scalar) where !isNull(scalar): return [node]
+        case .scalar(let scalar) where singleValueAllowed && !isNull(scalar): return [node]
         default:
             error("\"\(key)\" must be a list, found \(describe(node))", at: node, hint: "write it as [a, b] or as '- item' lines")
             return nil

@@ -4,15 +4,19 @@
 public struct Validator {
     public let configuration: Configuration
     public let sourceMap: SourceMap
+    /// Sections whose reading already failed: rules about them stay silent rather than add a second, derived error.
+    public let incompleteSections: Set<ConfigPath>
     private var diagnostics: [Diagnostic] = []
 
-    public init(configuration: Configuration, sourceMap: SourceMap) {
+    public init(configuration: Configuration, sourceMap: SourceMap, incompleteSections: Set<ConfigPath> = []) {
         self.configuration = configuration
         self.sourceMap = sourceMap
+        self.incompleteSections = incompleteSections
     }
 
-    public static func validate(_ configuration: Configuration, sourceMap: SourceMap) -> [Diagnostic] {
-        var validator = Validator(configuration: configuration, sourceMap: sourceMap)
+    public static func validate(_ configuration: Configuration, sourceMap: SourceMap,
+                                incompleteSections: Set<ConfigPath> = []) -> [Diagnostic] {
+        var validator = Validator(configuration: configuration, sourceMap: sourceMap, incompleteSections: incompleteSections)
         for (index, service) in configuration.virtualServices.enumerated() {
             validator.checkService(service, at: .virtualService(index))
         }
@@ -49,12 +53,12 @@ public struct Validator {
             error(name, at: path / "scheduler", "the maglev scheduler is available for Layer 4 modes only",
                   hint: "use source-hash for a hash-based choice in \(mode), or a Layer 4 mode")
         }
-        if service.realServers.isEmpty {
+        if service.realServers.isEmpty, !incompleteSections.contains(path / "real_servers") {
             error(name, at: path / "real_servers", "no real servers are listed",
                   hint: "list at least one server under real_servers; a service with none can only refuse clients")
         }
         let check = service.healthCheck
-        if check.probe != .none, check.timeout >= check.interval {
+        if check.probe != .none, check.timeout >= check.interval, !incompleteSections.contains(path / "health_check") {
             error(name, at: path / "health_check" / "timeout",
                   "health check timeout \(check.timeout.configText) must be shorter than the interval \(check.interval.configText)",
                   hint: "a check must finish before the next one starts; lower timeout or raise interval")
@@ -148,11 +152,11 @@ public struct Validator {
     private mutating func checkUniqueListeners() {
         for (index, service) in configuration.virtualServices.enumerated() {
             for (rangeIndex, range) in service.ports.enumerated() {
-                guard let (otherIndex, other) = configuration.virtualServices.prefix(index).enumerated().first(where: {
-                    $0.element.address == service.address && $0.element.transport == service.transport
-                        && $0.element.ports.contains(where: { $0.overlaps(range) })
-                }) else { continue }
-                let overlap = other.ports.first { $0.overlaps(range) }!
+                let earlier = configuration.virtualServices.prefix(index).enumerated().lazy.compactMap { otherIndex, other in
+                    other.address == service.address && other.transport == service.transport
+                        ? other.ports.first(where: { $0.overlaps(range) }).map { (otherIndex, other, $0) } : nil
+                }
+                guard let (otherIndex, other, overlap) = earlier.first else { continue }
                 let shared = max(range.lower, overlap.lower)
                 error(service.name, at: .virtualService(index) / "ports" / rangeIndex,
                       "\(service.address.withPort(shared))/\(service.transport.rawValue) is already served by virtual service \"\(other.name)\" (line \(line(.virtualService(otherIndex) / "name")))",
