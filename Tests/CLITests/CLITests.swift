@@ -1,0 +1,204 @@
+import Foundation
+import Testing
+
+/// Runs the built `lbctl` and `lbd` as an operator would: exit status, standard output, standard error.
+struct Run {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+enum Binaries {
+    /// The test bundle is built next to the package's executables.
+    static let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static func run(_ tool: String, _ arguments: [String]) throws -> Run {
+        let process = Process()
+        process.executableURL = directory.appendingPathComponent(tool)
+        process.arguments = arguments
+        process.currentDirectoryURL = repository
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Read before waiting so a large output cannot fill the pipe and stall the child.
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Run(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                   stderr: String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+/// A scratch directory removed when the test ends.
+final class Scratch {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("lb-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = url.appendingPathComponent(name).path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
+
+@Suite("lbctl config and lbd --check, as an operator runs them")
+struct CLITests {
+    static let agfa = "examples/agfa-enterprise-imaging.yaml"
+
+    @Test func checkAcceptsTheAGFAExample() throws {
+        let run = try Binaries.run("lbctl", ["config", "check", Self.agfa])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout == "\(Self.agfa): valid, 21 virtual services, 0 warnings\n")
+        #expect(run.stderr.isEmpty)
+    }
+
+    @Test func showPrintsTheTwentyOneServices() throws {
+        let run = try Binaries.run("lbctl", ["config", "show", Self.agfa])
+        #expect(run.status == 0, "\(run.stderr)")
+        let lines = run.stdout.split(separator: "\n")
+        #expect(lines.count == 22, "a header and 21 rows")
+        #expect(lines.first?.hasPrefix("NAME") == true)
+        let rows = lines.dropFirst()
+        #expect(rows.allSatisfy { $0.contains(" l7-http ") || $0.contains(" l7-tcp ") })
+        let dicom = try #require(rows.first { $0.hasPrefix("CoreServerDICOM-104 ") })
+        for column in ["10.20.0.10", "l7-tcp", "104", "leastconn", "none", "http-get / 200 port 80", "ei-core-1=10.20.1.11*100"] {
+            #expect(dicom.contains(column), "\(column) in \(dicom)")
+        }
+    }
+
+    @Test func showAndCheckSpeakJSON() throws {
+        let show = try Binaries.run("lbctl", ["config", "show", "--format", "json", Self.agfa])
+        #expect(show.status == 0)
+        let services = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [[String: Any]])
+        #expect(services.count == 21)
+        #expect(services[0]["name"] as? String == "CoreServerClient-80")
+        #expect(services[0]["persistence"] as? String == "http-cookie LBSRV")
+        #expect((services[0]["real_servers"] as? [[String: Any]])?.count == 2)
+
+        let check = try Binaries.run("lbctl", ["config", "check", "--format", "json", Self.agfa])
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(check.stdout.utf8)) as? [String: Any])
+        #expect(result["valid"] as? Bool == true)
+        #expect(result["virtual_services"] as? Int == 21)
+    }
+
+    /// One RIP:PORT behind an l7-http VIP and an l4-snat VIP: the guide's firewall-rule conflict.
+    @Test func snatAndLayer7SharingARealServerIsRejected() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("conflict.yaml", """
+            virtual_services:
+              - name: CoreServerClient-8080
+                vip: 10.20.0.10
+                ports: [8080]
+                mode: l7-http
+                real_servers:
+                  - {name: ei-core-1, address: 10.20.1.11}
+              - name: Viewer-SNAT
+                vip: 10.20.0.30
+                ports: [8080]
+                mode: l4-snat
+                real_servers:
+                  - {name: ei-core-1, address: 10.20.1.11}
+            """)
+        let run = try Binaries.run("lbctl", ["config", "check", file])
+        #expect(run.status == 1)
+        #expect(run.stderr.contains("\(file):13:9: error: virtual service \"Viewer-SNAT\": real server 10.20.1.11:8080 is used by this l4-snat virtual service and by the l7-http virtual service \"CoreServerClient-8080\" (line 2)"),
+                "\(run.stderr)")
+        #expect(run.stdout.contains("invalid, 1 error"))
+
+        let json = try Binaries.run("lbctl", ["config", "check", "--format", "json", file])
+        #expect(json.status == 1)
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let error = try #require((result["errors"] as? [[String: Any]])?.first)
+        #expect(error["line"] as? Int == 13)
+        #expect(error["column"] as? Int == 9)
+        #expect(error["virtual_service"] as? String == "Viewer-SNAT")
+    }
+
+    @Test func misspelledKeyIsRejectedWithItsLine() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("typo.yaml", """
+            virtual_services:
+              - name: CoreServerHL7-2310
+                vip: 10.20.0.10
+                ports: [2310]
+                mode: l7-tcp
+                helth_check: {type: connect}
+                real_servers: [{address: 10.20.1.11}]
+            """)
+        let run = try Binaries.run("lbctl", ["config", "check", file])
+        #expect(run.status == 1)
+        #expect(run.stderr.contains("\(file):6:5: error: virtual service \"CoreServerHL7-2310\": unknown key \"helth_check\" in virtual service; did you mean \"health_check\"?"),
+                "\(run.stderr)")
+        #expect(run.stderr.contains("hint: keys allowed here:"))
+        // show refuses the same file the same way, and prints no table.
+        let show = try Binaries.run("lbctl", ["config", "show", file])
+        #expect(show.status == 1)
+        #expect(show.stdout.isEmpty)
+        #expect(show.stderr.contains("helth_check"))
+    }
+
+    @Test func unreadableFileExitsTwo() throws {
+        let run = try Binaries.run("lbctl", ["config", "check", "/nonexistent/lb.yaml"])
+        #expect(run.status == 2)
+        #expect(run.stderr == "lbctl: /nonexistent/lb.yaml: cannot read config file: no such file\n")
+        let directory = try Binaries.run("lbctl", ["config", "show", "/"])
+        #expect(directory.status == 2)
+        #expect(directory.stderr.contains("it is a directory"))
+    }
+
+    @Test func warningsDoNotFailTheCheck() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("warn.yaml", """
+            virtual_services:
+              - name: single
+                vip: 10.20.0.10
+                ports: [9080]
+                mode: l7-http
+                persistence: {type: source-ip}
+                real_servers: [{address: 10.20.1.11}]
+            """)
+        let run = try Binaries.run("lbctl", ["config", "check", file])
+        #expect(run.status == 0)
+        #expect(run.stderr.contains("\(file):6:18: warning: virtual service \"single\": source-ip persistence with a single real server has no effect"), "\(run.stderr)")
+        #expect(run.stdout == "\(file): valid, 1 virtual service, 1 warning\n")
+    }
+
+    @Test func lbdCheckValidatesAndRejects() throws {
+        let ok = try Binaries.run("lbd", ["--config", Self.agfa, "--check"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        #expect(ok.stdout == "\(Self.agfa): valid, 21 virtual services, 0 warnings\n")
+
+        let scratch = try Scratch()
+        let file = try scratch.write("bad.yaml", "virtual_services:\n  - {name: x, vip: 10.0.0.1, ports: [80], mode: l7-tcp, protocol: udp, real_servers: [{address: 10.0.1.1}]}\n")
+        let bad = try Binaries.run("lbd", ["--config", file, "--check"])
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("\(file):2:67: error: virtual service \"x\": protocol udp cannot be used with mode l7-tcp"), "\(bad.stderr)")
+        #expect(bad.stderr.contains("config rejected; nothing applied"))
+
+        let missing = try Binaries.run("lbd", ["--config", "/nonexistent.yaml", "--check"])
+        #expect(missing.status == 2)
+    }
+
+    @Test func lbdWithoutCheckLogsWhatItWouldRun() throws {
+        let run = try Binaries.run("lbd", ["--config", "examples/quickstart.yaml"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("would run demo-web on 127.0.0.1 tcp 18080 via proxy (lbd)"), "\(run.stderr)")
+        #expect(run.stderr.contains("would run demo-dicom on 127.0.0.1 tcp 11104 via proxy (lbd)"))
+    }
+
+    @Test func helpAndUsageErrors() throws {
+        let help = try Binaries.run("lbctl", ["config", "check", "--help"])
+        #expect(help.status == 0)
+        #expect(help.stdout.contains("file:line:column"))
+        let usage = try Binaries.run("lbctl", ["config", "check"])
+        #expect(usage.status == 64, "missing argument is a usage error")
+        let badFormat = try Binaries.run("lbctl", ["config", "check", "--format", "xml", Self.agfa])
+        #expect(badFormat.status == 64)
+    }
+}
