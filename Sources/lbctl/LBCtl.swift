@@ -8,9 +8,8 @@ struct LBCtl: ParsableCommand {
         commandName: "lbctl",
         abstract: "Operate the lb load balancer: inspect configs and, through lbd, its virtual services.",
         discussion: """
-            lbctl works on a config file directly (the `config` commands need neither root nor a running lbd) \
-            and, in later versions, talks to a running lbd over its control socket.
-
+            The config commands work on a file directly and need neither root nor a running lbd; later \
+            versions add commands that talk to a running lbd over its control socket. \
             Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
             """,
         version: LBVersion.current,

@@ -10,17 +10,15 @@ struct LBD: ParsableCommand {
         abstract: "The lb agent: makes this machine serve the virtual services of a config file.",
         discussion: """
             lbd reads a declarative config (lb.yaml(5)) and makes the machine match it: Layer 4 services are \
-            programmed into the kernel's IPVS, Layer 7 services are served by lbd's own proxy.
-
+            programmed into the kernel's IPVS, Layer 7 services are served by lbd's own proxy. \
             This version validates the config and logs the services it would run; the data paths arrive in \
-            later versions. An invalid config is rejected whole and nothing is applied.
-
+            later versions. An invalid config is rejected whole and nothing is applied. \
             Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
             """,
         version: LBVersion.current
     )
 
-    @Option(name: .shortAndLong, help: "The config file.")
+    @Option(name: .shortAndLong, help: "The config file (lb.yaml(5)); default /etc/lb/lb.yaml.")
     var config: String = "/etc/lb/lb.yaml"
 
     @Flag(help: "Validate the config, print findings and exit.")
