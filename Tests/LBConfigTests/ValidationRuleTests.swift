@@ -294,3 +294,29 @@ struct ValidationRuleTests {
                       "every real server has weight 0", at: "- {name: a, address: 10.0.1.1, weight: 0}")
     }
 }
+
+@Suite("Proxy timeouts and limits")
+struct ProxySettingsTests {
+    @Test func readAndDefaulted() throws {
+        let yaml = document(service(extra: ["timeouts: {connect: 2s, idle: 30m, header: 5s, body: 1m}",
+                                            "limits: {max_connections: 500, max_header_bytes: 16384, max_headers: 50}"]))
+        let service = try #require(check(yaml).configuration?.virtualServices.first)
+        #expect(service.timeouts == ProxyTimeouts(connect: .seconds(2), idle: .seconds(1800), header: .seconds(5), body: .seconds(60)))
+        #expect(service.limits == ProxyLimits(maxConnections: 500, maxHeaderBytes: 16384, maxHeaders: 50))
+        let plain = try #require(check(document(service())).configuration?.virtualServices.first)
+        #expect(plain.timeouts == .default && plain.limits == .default)
+        #expect(plain.limits.maxHeaderBytes == 32 * 1024)
+    }
+
+    @Test func rangesAndModes() {
+        expectError(document(service(extra: ["timeouts: {connect: 5m}"])), "connect timeout 5m is out of range", at: "5m")
+        expectError(document(service(extra: ["limits: {max_header_bytes: 100}"])), "\"max_header_bytes\" is 100, outside 1024...1048576", at: "100}")
+        expectError(document(service(mode: "l4-nat", extra: ["timeouts: {idle: 5m}"])),
+                    "timeouts apply to lbd's proxy, not to mode l4-nat", at: "timeouts")
+        expectError(document(service(mode: "l7-tcp", extra: ["timeouts: {idle: 5m, header: 5s}"])),
+                    "the header timeout applies to HTTP requests, not to mode l7-tcp", at: "header")
+        expectError(document(service(mode: "l7-tcp", extra: ["limits: {max_headers: 20}"])),
+                    "max_headers applies to HTTP requests, not to mode l7-tcp", at: "max_headers")
+        expectError(document(service(extra: ["timeouts: {conect: 5s}"])), "did you mean \"connect\"?", at: "conect")
+    }
+}

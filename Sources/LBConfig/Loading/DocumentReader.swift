@@ -10,8 +10,10 @@ struct DocumentReader {
     static let topLevelKeys = ["virtual_services"]
     static let serviceKeys = [
         "name", "vip", "ports", "protocol", "mode", "scheduler", "persistence", "health_check",
-        "real_servers", "fallback", "tls", "forwarded_for",
+        "real_servers", "fallback", "tls", "forwarded_for", "timeouts", "limits",
     ]
+    static let timeoutKeys = ["connect", "idle", "header", "body"]
+    static let limitKeys = ["max_connections", "max_header_bytes", "max_headers"]
     static let persistenceKeys = ["type", "timeout", "cookie"]
     static let healthCheckKeys = [
         "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
@@ -93,13 +95,51 @@ struct DocumentReader {
         let fallback = fields["fallback"].flatMap { readEndpoint($0, at: path / "fallback", what: "fallback") }
         let tls = fields["tls"].flatMap { readTLS($0, at: path / "tls") }
         let forwardedFor = fields["forwarded_for"].flatMap { nodes.bool($0, key: "forwarded_for") } ?? (mode == .l7HTTP)
+        let timeouts = fields["timeouts"].flatMap { readTimeouts($0, at: path / "timeouts") } ?? .default
+        let limits = fields["limits"].flatMap { readLimits($0, at: path / "limits") } ?? .default
 
         // Without these the service cannot be reasoned about at all; their errors are already recorded.
         guard let name, let address, let ports, let mode, let realServers else { return nil }
         return VirtualService(
             name: name, address: address, ports: ports, transport: transport, mode: mode, scheduler: scheduler,
             persistence: persistence, healthCheck: healthCheck, realServers: realServers,
-            fallback: fallback, tls: tls, forwardedFor: forwardedFor)
+            fallback: fallback, tls: tls, forwardedFor: forwardedFor, timeouts: timeouts, limits: limits)
+    }
+
+    // MARK: Proxy timeouts and limits
+
+    private mutating func readTimeouts(_ node: Node, at path: ConfigPath) -> ProxyTimeouts? {
+        guard let fields = nodes.fields(of: node, at: path, what: "timeouts", allowed: Self.timeoutKeys) else { return nil }
+        var timeouts = ProxyTimeouts.default
+        func read(_ key: String, range: ClosedRange<Duration>, into value: inout Duration) {
+            guard let node = fields[key], let duration = nodes.duration(node, key: key) else { return }
+            guard range.contains(duration) else {
+                nodes.error("\(key) timeout \(duration.configText) is out of range", at: node,
+                            hint: "use \(range.lowerBound.configText) to \(range.upperBound.configText)")
+                return
+            }
+            value = duration
+        }
+        read("connect", range: .milliseconds(10) ... .seconds(60), into: &timeouts.connect)
+        read("idle", range: .seconds(1) ... .seconds(86_400), into: &timeouts.idle)
+        read("header", range: .milliseconds(100) ... .seconds(600), into: &timeouts.header)
+        read("body", range: .milliseconds(100) ... .seconds(3600), into: &timeouts.body)
+        return timeouts
+    }
+
+    private mutating func readLimits(_ node: Node, at path: ConfigPath) -> ProxyLimits? {
+        guard let fields = nodes.fields(of: node, at: path, what: "limits", allowed: Self.limitKeys) else { return nil }
+        var limits = ProxyLimits.default
+        if let node = fields["max_connections"], let value = nodes.integer(node, key: "max_connections", range: 1...1_000_000) {
+            limits.maxConnections = value
+        }
+        if let node = fields["max_header_bytes"], let value = nodes.integer(node, key: "max_header_bytes", range: 1024...1_048_576) {
+            limits.maxHeaderBytes = value
+        }
+        if let node = fields["max_headers"], let value = nodes.integer(node, key: "max_headers", range: 8...10_000) {
+            limits.maxHeaders = value
+        }
+        return limits
     }
 
     /// The valid ranges; nil when none is usable.

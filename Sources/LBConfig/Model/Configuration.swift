@@ -129,12 +129,17 @@ public struct VirtualService: Hashable, Sendable {
     public var tls: TLSSettings?
     /// l7-http only: append the client address to X-Forwarded-For.
     public var forwardedFor: Bool
+    /// Layer 7 modes only.
+    public var timeouts: ProxyTimeouts
+    /// Layer 7 modes only.
+    public var limits: ProxyLimits
 
     public init(
         name: String, address: IPAddress, ports: [PortRange], transport: TransportProtocol = .tcp,
         mode: ForwardingMode, scheduler: Scheduler = .roundRobin, persistence: Persistence = .none,
         healthCheck: HealthCheck, realServers: [RealServer], fallback: Endpoint? = nil,
-        tls: TLSSettings? = nil, forwardedFor: Bool = false
+        tls: TLSSettings? = nil, forwardedFor: Bool = false, timeouts: ProxyTimeouts = .default,
+        limits: ProxyLimits = .default
     ) {
         self.name = name
         self.address = address
@@ -148,5 +153,7 @@ public struct VirtualService: Hashable, Sendable {
         self.fallback = fallback
         self.tls = tls
         self.forwardedFor = forwardedFor
+        self.timeouts = timeouts
+        self.limits = limits
     }
 }

@@ -49,6 +49,21 @@ public struct Validator {
             error(name, key: path / "forwarded_for", "forwarded_for needs mode l7-http, not \(mode)",
                   hint: "only the HTTP proxy can add headers; remove forwarded_for")
         }
+        if service.mode.isLayer4 {
+            for key in ["timeouts", "limits"] where sourceMap.contains(path / key) {
+                error(name, key: path / key, "\(key) apply to lbd's proxy, not to mode \(mode)",
+                      hint: "remove \(key); the kernel's IPVS keeps its own connection timeouts")
+            }
+        } else if service.mode == .l7TCP {
+            for key in ["header", "body"] where sourceMap.contains(path / "timeouts" / key) {
+                error(name, key: path / "timeouts" / key, "the \(key) timeout applies to HTTP requests, not to mode l7-tcp",
+                      hint: "remove it; use the idle timeout to bound silent TCP connections")
+            }
+            for key in ["max_header_bytes", "max_headers"] where sourceMap.contains(path / "limits" / key) {
+                error(name, key: path / "limits" / key, "\(key) applies to HTTP requests, not to mode l7-tcp",
+                      hint: "remove it; l7-tcp does not parse the stream")
+            }
+        }
         if service.scheduler == .maglev, service.mode.isLayer7 {
             error(name, at: path / "scheduler", "the maglev scheduler is available for Layer 4 modes only",
                   hint: "use source-hash for a hash-based choice in \(mode), or a Layer 4 mode")
