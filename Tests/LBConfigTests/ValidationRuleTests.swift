@@ -300,9 +300,9 @@ struct ProxySettingsTests {
     @Test func readAndDefaulted() throws {
         let yaml = document(service(extra: ["timeouts: {connect: 2s, idle: 30m, header: 5s, body: 1m}",
                                             "limits: {max_connections: 500, max_header_bytes: 16384, max_headers: 50}"]))
-        let service = try #require(check(yaml).configuration?.virtualServices.first)
-        #expect(service.timeouts == ProxyTimeouts(connect: .seconds(2), idle: .seconds(1800), header: .seconds(5), body: .seconds(60)))
-        #expect(service.limits == ProxyLimits(maxConnections: 500, maxHeaderBytes: 16384, maxHeaders: 50))
+        let configured = try #require(check(yaml).configuration?.virtualServices.first)
+        #expect(configured.timeouts == ProxyTimeouts(connect: .seconds(2), idle: .seconds(1800), header: .seconds(5), body: .seconds(60)))
+        #expect(configured.limits == ProxyLimits(maxConnections: 500, maxHeaderBytes: 16384, maxHeaders: 50))
         let plain = try #require(check(document(service())).configuration?.virtualServices.first)
         #expect(plain.timeouts == .default && plain.limits == .default)
         #expect(plain.limits.maxHeaderBytes == 32 * 1024)
