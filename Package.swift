@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // The declarative model of virtual services: YAML loading, validation, normalized views.
@@ -20,11 +21,24 @@ let package = Package(
             name: "LBConfig",
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
+        // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.
+        .target(
+            name: "LBProxy",
+            dependencies: [
+                "LBConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The agent.
         .executableTarget(
             name: "lbd",
             dependencies: [
                 "LBConfig",
+                "LBProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -38,6 +52,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
+        .testTarget(name: "LBProxyTests", dependencies: ["LBProxy"]),
         // Drives the built lbctl/lbd binaries as a user would (exit codes, output).
         .testTarget(name: "CLITests", dependencies: ["lbctl", "lbd"]),
     ]

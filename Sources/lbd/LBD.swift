@@ -1,18 +1,20 @@
 import ArgumentParser
 import Foundation
 import LBConfig
+import LBProxy
 import Logging
 
 @main
-struct LBD: ParsableCommand {
+struct LBD: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lbd",
         abstract: "The lb agent: makes this machine serve the virtual services of a config file.",
         discussion: """
             lbd reads a declarative config (lb.yaml(5)) and makes the machine match it: Layer 4 services are \
             programmed into the kernel's IPVS, Layer 7 services are served by lbd's own proxy. \
-            This version validates the config and logs the services it would run; the data paths arrive in \
-            later versions. An invalid config is rejected whole and nothing is applied. \
+            This version runs the Layer 7 services (l7-http, l7-tcp); Layer 4 services are validated and \
+            reported but not yet programmed. An invalid config is rejected whole and nothing is applied. \
+            SIGTERM or SIGINT stops accepting new connections and lets open ones finish for up to the drain timeout. \
             Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
             """,
         version: LBVersion.current
@@ -27,13 +29,21 @@ struct LBD: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(help: "Event loop threads for the Layer 7 proxy; default one per core.")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    @Option(help: "Seconds that open connections may take to finish after SIGTERM before they are closed.")
+    var drainTimeout: Int = 30
+
     func validate() throws {
+        guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
+        guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown log level \"\(logLevel)\"; use trace, debug, info, notice, warning, error or critical")
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -61,13 +71,59 @@ struct LBD: ParsableCommand {
             return
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
-        for service in configuration.virtualServices {
-            let summary = ServiceSummary(service)
-            let path = service.mode.isLayer4 ? "IPVS (kernel)" : "proxy (lbd)"
-            logger.info("would run \(summary.name) on \(summary.vip) \(summary.protocol) \(summary.ports.joined(separator: ",")) via \(path)",
-                        metadata: ["mode": "\(summary.mode)", "real_servers": "\(summary.realServers.count)",
-                                   "health_check": "\(summary.healthCheck)"])
+        for service in configuration.virtualServices where service.mode.isLayer4 {
+            logger.warning("Layer 4 service not started: IPVS support is not in this version",
+                           metadata: ["service": "\(service.name)", "mode": "\(service.mode.rawValue)"])
         }
-        logger.notice("this version only validates; no service was started")
+
+        let engine = ProxyEngine(threads: threads, logger: logger)
+        do {
+            try await engine.start(configuration.virtualServices)
+        } catch {
+            logger.critical("\(error); nothing started")
+            await engine.shutdown(drainTimeout: .zero)
+            throw ExitCode(1)
+        }
+        let signal = await StopSignal.wait()
+        logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
+        await engine.shutdown(drainTimeout: .seconds(drainTimeout))
+        logger.notice("stopped")
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, the two ways an operator or systemd asks lbd to stop.
+enum StopSignal {
+    static func wait() async -> String {
+        await withCheckedContinuation { continuation in
+            let queue = DispatchQueue(label: "lbd.signals")
+            let fired = NIOLockedFlag()
+            var sources: [DispatchSourceSignal] = []
+            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+                source.setEventHandler {
+                    guard fired.set() else { return }
+                    sources.forEach { $0.cancel() }
+                    continuation.resume(returning: name)
+                }
+                source.resume()
+                sources.append(source)
+            }
+        }
+    }
+}
+
+/// A flag that can be set once, from any thread.
+final class NIOLockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+
+    /// True the first time only.
+    func set() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if value { return false }
+        value = true
+        return true
     }
 }

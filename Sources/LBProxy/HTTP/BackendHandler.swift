@@ -1,0 +1,82 @@
+import NIOCore
+import NIOHTTP1
+
+/// The real-server end of an l7-http exchange: passes response parts to the client's `HTTPFrontHandler` and reads
+/// from the real server only while the client can take more.
+final class BackendHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    /// The client currently served; nil while the connection idles in the keep-alive pool.
+    weak var front: HTTPFrontHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var responseKeepAlive = true
+    private(set) var isClosed = false
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var channel: Channel? { context?.channel }
+
+    func write(_ part: HTTPClientRequestPart) {
+        context?.write(wrapOutboundOut(part), promise: nil)
+    }
+
+    func flush() { context?.flush() }
+
+    /// Closes on the front's request; the front is detached first, so the close is not reported back as a failure.
+    func close() {
+        isClosed = true
+        front = nil
+        context?.close(promise: nil)
+    }
+
+    func resumeReading() {
+        if pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            responseKeepAlive = head.isKeepAlive
+            front?.responseHead(head)
+        case .body(let body):
+            front?.responseBody(body)
+        case .end(let trailers):
+            front?.responseEnd(trailers, backendReusable: responseKeepAlive && !isClosed)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        front?.responseFlush()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let front, !front.clientWritable {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { front?.backendBecameWritable() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isClosed = true
+        front?.backendFailed(nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        isClosed = true
+        front?.backendFailed(error)
+        context.close(promise: nil)
+    }
+}

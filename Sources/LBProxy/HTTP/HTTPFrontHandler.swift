@@ -1,0 +1,318 @@
+import LBConfig
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Proxies the requests of one client connection, one at a time (NIO's pipelining handler holds back the next
+/// request until the current response is complete).
+///
+/// Per request: choose a server (cookie, then source-IP stickiness, then the scheduler), take an idle keep-alive
+/// connection to it or open one (moving on to another server if that fails), forward the request with
+/// X-Forwarded-For / X-Forwarded-Proto, and stream the response back with the persistence cookie when needed.
+/// Both directions respect backpressure: a side is read only while the other can take the bytes.
+final class HTTPFrontHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        /// Between requests; the header timer runs.
+        case idle
+        /// A request head arrived; waiting for a connection to a real server. Body parts are held (reads paused).
+        case connecting(buffered: [HTTPClientRequestPart], requestEnded: Bool)
+        /// Request and response flow between the client and `backend`.
+        case forwarding(backend: BackendHandler, requestEnded: Bool)
+        /// An error response is being sent, or the connection is closing.
+        case closing
+    }
+
+    private let service: VirtualService
+    private let connector: BackendConnector
+    private let logger: Logger
+    private let scheme: String
+    private var state = State.idle
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var requestTimer: Scheduled<Void>?
+    /// Per request.
+    private var clientKeepAlive = true
+    private var clientCookie: String?
+    private var selection: Selection?
+    private var responseStarted = false
+
+    init(service: VirtualService, connector: BackendConnector, logger: Logger, scheme: String) {
+        self.service = service
+        self.connector = connector
+        self.logger = logger
+        self.scheme = scheme
+    }
+
+    // MARK: Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        armTimer(service.timeouts.header, reason: "request head not received in time")
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        requestTimer?.cancel()
+        if case .forwarding(let backend, _) = state {
+            // The client went away mid-exchange: the backend connection is in an unknown state.
+            backend.close()
+        }
+        finishSelection()
+        state = .closing
+        context.fireChannelInactive()
+    }
+
+    /// The slowloris guard: a head (or the next body piece) must arrive before the timer fires.
+    private func armTimer(_ duration: Duration, reason: String) {
+        requestTimer?.cancel()
+        guard let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        requestTimer = context.eventLoop.scheduleTask(in: TimeAmount(duration)) {
+            loopBound.value.requestTimedOut(reason)
+        }
+    }
+
+    private func requestTimedOut(_ reason: String) {
+        logger.info("closing slow client: \(reason)", metadata: ["client": "\(context?.channel.remoteAddress?.description ?? "?")"])
+        switch state {
+        case .idle, .connecting:
+            sendError(.requestTimeout, "Request Timeout\n")
+        case .forwarding(let backend, let requestEnded):
+            guard !requestEnded else { return }
+            backend.close()
+            if responseStarted { context?.close(promise: nil) } else { sendError(.requestTimeout, "Request Timeout\n") }
+        case .closing:
+            break
+        }
+    }
+
+    // MARK: Client → real server
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            startRequest(head, context: context)
+        case .body(let body):
+            armTimer(service.timeouts.body, reason: "request body stalled")
+            forward(.body(.byteBuffer(body)))
+        case .end(let trailers):
+            requestTimer?.cancel()
+            forward(.end(trailers))
+        }
+    }
+
+    private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard case .idle = state else { return }
+        armTimer(service.timeouts.body, reason: "request body stalled")
+        clientKeepAlive = head.isKeepAlive
+        responseStarted = false
+        let client = IPAddress(context.channel.remoteAddress)
+        var cookie: String?
+        if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
+        clientCookie = cookie
+
+        var outbound = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: head.headers)
+        outbound.headers.removeHopByHop()
+        if service.forwardedFor, let client {
+            let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
+            outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? "\(client)" : "\(previous), \(client)")
+            outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
+        }
+        state = .connecting(buffered: [.head(outbound)], requestEnded: false)
+
+        let port = UInt16(context.channel.localAddress?.port ?? 0)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        guard let chosen = connector.pool.select(client: client, cookie: cookie, port: port) else {
+            logger.error("no real server for request", metadata: ["uri": "\(head.uri)"])
+            sendError(.serviceUnavailable, "Service Unavailable\n")
+            return
+        }
+        if let reused = IdleConnections.forLoop(context.eventLoop, service: service.name).take(for: chosen) {
+            attach(backend: reused, selection: chosen)
+            return
+        }
+        connector.connect(to: chosen, client: client, port: port, on: context.eventLoop) { channel in
+            do {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(BackendHandler())
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.whenComplete { result in
+            let front = loopBound.value
+            switch result {
+            case .success(let (channel, selection)):
+                guard let backend = try? channel.pipeline.syncOperations.handler(type: BackendHandler.self) else {
+                    channel.close(promise: nil)
+                    front.connector.pool.release(selection)
+                    front.sendError(.badGateway, "Bad Gateway\n")
+                    return
+                }
+                front.attach(backend: backend, selection: selection)
+            case .failure(let error):
+                front.logger.error("no real server for request: \(error)", metadata: ["uri": "\(head.uri)"])
+                front.sendError(.serviceUnavailable, "Service Unavailable\n")
+            }
+        }
+    }
+
+    private func attach(backend: BackendHandler, selection: Selection) {
+        guard case .connecting(let buffered, let requestEnded) = state else {
+            // The client left while we were connecting.
+            connector.pool.release(selection)
+            backend.close()
+            return
+        }
+        self.selection = selection
+        backend.front = self
+        state = .forwarding(backend: backend, requestEnded: requestEnded)
+        for part in buffered { backend.write(part) }
+        backend.flush()
+        if pendingRead, backend.isWritable {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    private func forward(_ part: HTTPClientRequestPart) {
+        let ended: Bool
+        if case .end = part { ended = true } else { ended = false }
+        switch state {
+        case .connecting(var buffered, let requestEnded):
+            buffered.append(part)
+            state = .connecting(buffered: buffered, requestEnded: requestEnded || ended)
+        case .forwarding(let backend, let requestEnded):
+            backend.write(part)
+            state = .forwarding(backend: backend, requestEnded: requestEnded || ended)
+        case .idle, .closing:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .forwarding(let backend, _) = state { backend.flush() }
+        context.fireChannelReadComplete()
+    }
+
+    /// Reads from the client only while the real server can take what we read.
+    func read(context: ChannelHandlerContext) {
+        switch state {
+        case .connecting:
+            pendingRead = true
+        case .forwarding(let backend, let requestEnded) where !requestEnded && !backend.isWritable:
+            pendingRead = true
+        default:
+            context.read()
+        }
+    }
+
+    func backendBecameWritable() {
+        if pendingRead, case .forwarding = state {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    // MARK: Real server → client
+
+    func responseHead(_ head: HTTPResponseHead) {
+        guard let context else { return }
+        responseStarted = true
+        var outbound = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
+        outbound.headers.removeHopByHop()
+        if !clientKeepAlive { outbound.headers.replaceOrAdd(name: "Connection", value: "close") }
+        if case .httpCookie(let name) = service.persistence, let value = selection?.cookieValue, value != clientCookie {
+            var cookie = "\(name)=\(value); Path=/; HttpOnly"
+            if scheme == "https" { cookie += "; Secure" }
+            outbound.headers.add(name: "Set-Cookie", value: cookie)
+        }
+        context.write(wrapOutboundOut(.head(outbound)), promise: nil)
+    }
+
+    func responseBody(_ body: ByteBuffer) {
+        context?.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+    }
+
+    func responseFlush() {
+        context?.flush()
+    }
+
+    var clientWritable: Bool { context?.channel.isWritable ?? false }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .forwarding(let backend, _) = state { backend.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// The response is complete: recycle the real-server connection if both sides allow it.
+    func responseEnd(_ trailers: HTTPHeaders?, backendReusable: Bool) {
+        guard let context, case .forwarding(let backend, let requestEnded) = state else { return }
+        let selection = self.selection
+        self.selection = nil
+        if backendReusable, requestEnded, let selection, selection.serverIndex != nil {
+            backend.front = nil
+            IdleConnections.forLoop(context.eventLoop, service: service.name).put(backend, selection: selection, pool: connector.pool)
+        } else {
+            backend.close()
+            if let selection { connector.pool.release(selection) }
+        }
+        state = .idle
+        let keepAlive = clientKeepAlive && requestEnded
+        let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
+        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
+        if let promise {
+            state = .closing
+            promise.futureResult.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+        } else {
+            armTimer(service.timeouts.header, reason: "request head not received in time")
+        }
+    }
+
+    /// The real server failed or closed before the response was complete.
+    func backendFailed(_ error: Error?) {
+        guard case .forwarding = state else { return }
+        logger.warning("real server connection ended early", metadata: [
+            "server": "\(selection?.name ?? "?")", "reason": "\(error.map { "\($0)" } ?? "closed")"])
+        finishSelection()
+        if responseStarted {
+            // Part of the response is already on its way: the only honest signal left is to close.
+            state = .closing
+            context?.close(promise: nil)
+        } else {
+            sendError(.badGateway, "Bad Gateway\n")
+        }
+    }
+
+    private func finishSelection() {
+        if let selection { connector.pool.release(selection) }
+        selection = nil
+    }
+
+    // MARK: Errors
+
+    /// Sends a small error response and closes the connection.
+    private func sendError(_ status: HTTPResponseStatus, _ text: String) {
+        requestTimer?.cancel()
+        guard let context else { return }
+        if case .forwarding(let backend, _) = state { backend.close() }
+        finishSelection()
+        state = .closing
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in
+            channel.close(promise: nil)
+        }
+    }
+}

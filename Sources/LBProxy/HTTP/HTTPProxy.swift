@@ -1,0 +1,71 @@
+import LBConfig
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// l7-http: sets up a client connection's pipeline. NIO's HTTP/1 parser does the framing and refuses malformed
+/// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers) with a
+/// 400 and a close; `HTTPFrontHandler` does the proxying.
+struct HTTPProxy: Sendable {
+    let service: VirtualService
+    let connector: BackendConnector
+    let logger: Logger
+
+    func initialize(client channel: Channel) -> EventLoopFuture<Void> {
+        do {
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderListSize = service.limits.maxHeaderBytes
+            limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
+            limits.maxHeaderFieldCount = service.limits.maxHeaders
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
+            try sync.addHandler(IdleCloser())
+            try sync.configureHTTPServerPipeline(
+                withPipeliningAssistance: true, withErrorHandling: true,
+                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+            try sync.addHandler(HTTPFrontHandler(service: service, connector: connector, logger: logger,
+                                                 scheme: service.tls == nil ? "http" : "https"))
+            return channel.eventLoop.makeSucceededVoidFuture()
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+    }
+}
+
+/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
+let hopByHopHeaders: Set<String> = [
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization",
+]
+
+extension HTTPHeaders {
+    /// Removes hop-by-hop headers, including any named in Connection.
+    mutating func removeHopByHop() {
+        let named = self[canonicalForm: "connection"].map { String($0).lowercased() }
+        for name in hopByHopHeaders.union(named) where name != "transfer-encoding" {
+            remove(name: name)
+        }
+    }
+
+    /// The value of one cookie from the Cookie header(s).
+    func cookie(named name: String) -> String? {
+        for header in self["cookie"] {
+            for pair in header.split(separator: ";") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, parts[0].trimmingCharacters(in: " ") == name {
+                    return String(parts[1].trimmingCharacters(in: " \""))
+                }
+            }
+        }
+        return nil
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var slice = self
+        while let first = slice.first, set.contains(first) { slice = slice.dropFirst() }
+        while let last = slice.last, set.contains(last) { slice = slice.dropLast() }
+        return slice
+    }
+}

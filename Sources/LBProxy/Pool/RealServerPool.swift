@@ -1,0 +1,170 @@
+import LBConfig
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Where one client connection or request goes, and why.
+public struct Selection: Sendable, Equatable {
+    public enum Reason: String, Sendable { case cookie, sticky, scheduled, fallback }
+
+    /// nil for the fallback server, which is outside the pool.
+    public var serverIndex: Int?
+    public var name: String
+    public var address: IPAddress
+    public var port: UInt16
+    public var reason: Reason
+    /// The opaque id a persistence cookie carries for this server.
+    public var cookieValue: String?
+}
+
+/// The real servers of one virtual service with their live state: health, operator weight, active connections,
+/// and the source-IP stick table. Shared by every event loop, so all state sits behind one lock; each choice is a
+/// few comparisons.
+public final class RealServerPool: Sendable {
+    public let service: VirtualService
+
+    struct Member {
+        var server: RealServer
+        var healthy = true
+        var activeConnections = 0
+        var totalConnections = 0
+        /// The id the cookie carries; derived from the service and server names, never from the address.
+        let cookieValue: String
+    }
+
+    struct State {
+        var members: [Member]
+        var scheduler: SchedulerState
+        var sticky: [IPAddress: (index: Int, expires: NIODeadline)] = [:]
+        var lastStickySweep = NIODeadline.now()
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    public init(service: VirtualService) {
+        self.service = service
+        let members = service.realServers.map { server in
+            Member(server: server, cookieValue: Self.cookieValue(service: service.name, server: server.name))
+        }
+        self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
+    }
+
+    static func cookieValue(service: String, server: String) -> String {
+        let hash = fnv1a(Array("\(service)/\(server)".utf8))
+        return String(hash, radix: 16, uppercase: false).leftPadded(to: 16)
+    }
+
+    /// Chooses a server for a new connection or request and counts it as active until `release`.
+    /// - Parameters:
+    ///   - client: the client's address, for source-ip persistence and source-hash.
+    ///   - cookie: the persistence cookie the client sent, if any.
+    ///   - port: the VIP port the client used (servers without a port get this one).
+    ///   - excluding: servers that already failed for this client (redispatch).
+    public func select(client: IPAddress?, cookie: String? = nil, port: UInt16, excluding: Set<Int> = []) -> Selection? {
+        let now = NIODeadline.now()
+        return state.withLockedValue { state -> Selection? in
+            func usable(_ index: Int) -> Bool {
+                let member = state.members[index]
+                return member.healthy && member.server.weight > 0 && !excluding.contains(index)
+            }
+            func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
+                state.members[index].activeConnections += 1
+                state.members[index].totalConnections += 1
+                let member = state.members[index]
+                return Selection(serverIndex: index, name: member.server.name, address: member.server.address,
+                                 port: member.server.port(forVIPPort: port), reason: reason, cookieValue: member.cookieValue)
+            }
+
+            // 1. A cookie naming a usable server wins; an unknown or dead one falls through to scheduling.
+            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usable(index) {
+                return take(index, .cookie)
+            }
+            // 2. Source-IP stickiness, while the entry is fresh and its server usable.
+            var timeout: Duration?
+            if case .sourceIP(let configured) = service.persistence { timeout = configured }
+            if let timeout, let client {
+                Self.sweepIfDue(&state, now: now)
+                if let entry = state.sticky[client], entry.expires > now, usable(entry.index) {
+                    state.sticky[client] = (entry.index, now + TimeAmount(timeout))
+                    return take(entry.index, .sticky)
+                }
+            }
+            // 3. The scheduler, over the usable servers.
+            let candidates = state.members.indices.filter(usable).map {
+                Candidate(index: $0, weight: state.members[$0].server.weight, activeConnections: state.members[$0].activeConnections)
+            }
+            let key = client.map(\.bytes) ?? []
+            if let chosen = state.scheduler.choose(from: candidates, clientKey: key) {
+                if let timeout, let client { state.sticky[client] = (chosen.index, now + TimeAmount(timeout)) }
+                return take(chosen.index, .scheduled)
+            }
+            // 4. Nobody can take it: the sorry server, if there is one.
+            if let fallback = service.fallback {
+                return Selection(serverIndex: nil, name: "fallback", address: fallback.address,
+                                 port: fallback.port ?? port, reason: .fallback, cookieValue: nil)
+            }
+            return nil
+        }
+    }
+
+    /// The connection or request chosen by `select` has ended.
+    public func release(_ selection: Selection) {
+        guard let index = selection.serverIndex else { return }
+        state.withLockedValue { $0.members[index].activeConnections -= 1 }
+    }
+
+    /// Health transitions from the checkers. Returns false for an unknown server name.
+    @discardableResult
+    public func setHealthy(_ name: String, _ healthy: Bool) -> Bool {
+        state.withLockedValue { state in
+            guard let index = state.members.firstIndex(where: { $0.server.name == name }) else { return false }
+            state.members[index].healthy = healthy
+            return true
+        }
+    }
+
+    public struct MemberStatus: Sendable, Equatable {
+        public var name: String
+        public var healthy: Bool
+        public var weight: Int
+        public var activeConnections: Int
+        public var totalConnections: Int
+    }
+
+    public var status: [MemberStatus] {
+        state.withLockedValue { state in
+            state.members.map {
+                MemberStatus(name: $0.server.name, healthy: $0.healthy, weight: $0.server.weight,
+                             activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
+            }
+        }
+    }
+
+    /// Drops expired stick-table entries at most every few seconds, so the table stays bounded by recent clients.
+    private static func sweepIfDue(_ state: inout State, now: NIODeadline) {
+        guard now - state.lastStickySweep > .seconds(5) else { return }
+        state.lastStickySweep = now
+        state.sticky = state.sticky.filter { $0.value.expires > now }
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        self = .nanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+}
+
+extension String {
+    func leftPadded(to length: Int) -> String {
+        count >= length ? self : String(repeating: "0", count: length - count) + self
+    }
+}
+
+extension IPAddress {
+    /// Network-order bytes, for hashing.
+    var bytes: [UInt8] {
+        switch self {
+        case .v4(let value): return withUnsafeBytes(of: value.bigEndian) { Array($0) }
+        case .v6(let bytes): return bytes
+        }
+    }
+}

@@ -1,0 +1,58 @@
+import LBConfig
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Opens connections to real servers, moving on to the next server when one refuses (redispatch), so that a dead
+/// server costs a client nothing as long as another can take it.
+struct BackendConnector: Sendable {
+    let pool: RealServerPool
+    let connectTimeout: Duration
+    let logger: Logger
+
+    /// Connects on `eventLoop` (the client's, so both channels share one thread and need no locks).
+    /// `configure` sets up the new channel's pipeline before it becomes active.
+    func connect(
+        client: IPAddress?, cookie: String? = nil, port: UInt16, on eventLoop: EventLoop,
+        configure: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<(Channel, Selection)> {
+        guard let selection = pool.select(client: client, cookie: cookie, port: port) else {
+            return eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: pool.service.name))
+        }
+        return connect(to: selection, client: client, port: port, on: eventLoop, excluding: [], configure: configure)
+    }
+
+    /// Connects to an already chosen server (its active count taken), falling back to others if it refuses.
+    func connect(
+        to selection: Selection, client: IPAddress?, port: UInt16, on eventLoop: EventLoop, excluding: Set<Int> = [],
+        configure: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<(Channel, Selection)> {
+        let target: SocketAddress
+        do {
+            target = try SocketAddress(ipAddress: selection.address.description, port: Int(selection.port))
+        } catch {
+            pool.release(selection)
+            return eventLoop.makeFailedFuture(error)
+        }
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(connectTimeout))
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer(configure)
+        return bootstrap.connect(to: target)
+            .map { ($0, selection) }
+            .flatMapError { [pool, logger] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
+                pool.release(selection)
+                logger.warning("connect to real server failed, trying another",
+                               metadata: ["service": "\(pool.service.name)", "server": "\(selection.name)",
+                                          "address": "\(selection.address.withPort(selection.port))", "reason": "\(error)"])
+                // The fallback is the last resort: there is nothing left to try after it.
+                guard let index = selection.serverIndex else { return eventLoop.makeFailedFuture(error) }
+                let excluded = excluding.union([index])
+                guard let next = pool.select(client: client, port: port, excluding: excluded) else {
+                    return eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: pool.service.name))
+                }
+                return connect(to: next, client: client, port: port, on: eventLoop, excluding: excluded, configure: configure)
+            }
+    }
+}

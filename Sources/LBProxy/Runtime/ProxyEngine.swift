@@ -1,0 +1,67 @@
+import LBConfig
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// lbd's Layer 7 data plane: runs the l7-http and l7-tcp virtual services it is given on a pool of event loops
+/// (one per core by default) and exposes each service's real-server pool so health checks can steer it.
+public final class ProxyEngine: Sendable {
+    public let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let listeners = NIOLockedValueBox<[String: ServiceListener]>([:])
+
+    public init(threads: Int = System.coreCount, logger: Logger) {
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        self.logger = logger
+    }
+
+    /// Starts the given services; if any cannot bind, the ones already started are stopped and the error thrown.
+    public func start(_ services: [VirtualService]) async throws {
+        var started: [ServiceListener] = []
+        do {
+            for service in services where service.mode.isLayer7 {
+                let listener = ServiceListener(service: service, pool: RealServerPool(service: service), logger: logger)
+                try await listener.start(group: group)
+                started.append(listener)
+            }
+        } catch {
+            for listener in started {
+                await listener.stopAccepting()
+                await listener.closeAll()
+            }
+            throw error
+        }
+        listeners.withLockedValue { listeners in
+            for listener in started { listeners[listener.service.name] = listener }
+        }
+    }
+
+    /// The live pool of a running service.
+    public func pool(for service: String) -> RealServerPool? {
+        listeners.withLockedValue { $0[service]?.pool }
+    }
+
+    public var activeConnections: Int {
+        listeners.withLockedValue { Array($0.values) }.reduce(0) { $0 + $1.activeConnections }
+    }
+
+    /// Graceful stop: no new connections; existing ones may finish for up to `drainTimeout`, then are closed.
+    public func shutdown(drainTimeout: Duration) async {
+        let all = listeners.withLockedValue { listeners in
+            defer { listeners = [:] }
+            return Array(listeners.values)
+        }
+        for listener in all { await listener.stopAccepting() }
+        let deadline = ContinuousClock.now + drainTimeout
+        while ContinuousClock.now < deadline, all.contains(where: { $0.activeConnections > 0 }) {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let remaining = all.reduce(0) { $0 + $1.activeConnections }
+        if remaining > 0 {
+            logger.warning("drain timeout reached, closing remaining connections", metadata: ["connections": "\(remaining)"])
+        }
+        for listener in all { await listener.closeAll() }
+        try? await group.shutdownGracefully()
+    }
+}
