@@ -33,11 +33,24 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Health checks of real servers; reports transitions to the agent.
+        .target(
+            name: "LBHealth",
+            dependencies: [
+                "LBConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The agent.
         .executableTarget(
             name: "lbd",
             dependencies: [
                 "LBConfig",
+                "LBHealth",
                 "LBProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -52,7 +65,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
-        .testTarget(name: "LBProxyTests", dependencies: ["LBProxy"]),
+        .testTarget(name: "LBProxyTests", dependencies: ["LBProxy", "LBHealth"]),
         // Drives the built lbctl/lbd binaries as a user would (exit codes, output).
         .testTarget(name: "CLITests", dependencies: ["lbctl", "lbd"]),
     ]

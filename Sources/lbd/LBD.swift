@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LBConfig
+import LBHealth
 import LBProxy
 import Logging
 
@@ -84,8 +85,15 @@ struct LBD: AsyncParsableCommand {
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
+        // Health transitions steer the proxy's pools; the agent is the only place that knows both.
+        let health = HealthMonitor(group: engine.group, logger: logger) { transition in
+            engine.pool(for: transition.service)?.setHealthy(transition.server, transition.healthy)
+        }
+        health.start(configuration.virtualServices.filter { $0.mode.isLayer7 })
+
         let signal = await StopSignal.wait()
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
+        health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         logger.notice("stopped")
     }

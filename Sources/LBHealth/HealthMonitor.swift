@@ -1,0 +1,117 @@
+import LBConfig
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A change of a real server's health, as the agent receives it.
+public struct HealthTransition: Sendable, Equatable {
+    public var service: String
+    public var server: String
+    public var healthy: Bool
+    public var reason: String
+}
+
+/// Checks every real server of the services it is given, on their own schedules, and reports each transition
+/// (after `fall` failures in a row, or `rise` passes in a row) to the agent. Servers start as healthy, so a
+/// freshly started lbd serves at once; the first failures take a server out within `fall` intervals.
+public final class HealthMonitor: Sendable {
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let onTransition: @Sendable (HealthTransition) -> Void
+    private let tasks = NIOLockedValueBox<[RepeatedTask]>([])
+
+    public init(group: EventLoopGroup, logger: Logger, onTransition: @escaping @Sendable (HealthTransition) -> Void) {
+        self.group = group
+        self.logger = logger
+        self.onTransition = onTransition
+    }
+
+    /// Check types this version carries out itself; the others are replaced by a connect check.
+    public static func isImplemented(_ probe: HealthCheck.Probe) -> Bool {
+        switch probe {
+        case .none, .connect, .httpGet: return true
+        case .httpsGet, .dicomEcho, .hl7MLLP, .external: return false
+        }
+    }
+
+    public func start(_ services: [VirtualService]) {
+        for service in services where service.healthCheck.probe != .none {
+            let check = service.healthCheck
+            if !Self.isImplemented(check.probe) {
+                logger.warning("\(check.probe.typeName) checks are not available in this version; using a connect check on the same port",
+                               metadata: ["service": "\(service.name)"])
+            }
+            for server in service.realServers {
+                let port = check.port ?? server.port ?? service.ports.first?.lower ?? 0
+                let target = ProbeTarget(address: server.address, port: port)
+                schedule(service: service.name, server: server.name, check: check, target: target)
+            }
+        }
+    }
+
+    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget) {
+        let eventLoop = group.next()
+        let state = NIOLockedValueBox(CheckState())
+        let interval = TimeAmount(check.interval)
+        // Spread the first checks over the interval so a large config does not probe everything at once.
+        let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
+        let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
+            Probe.run(check.probe, target: target, timeout: check.timeout, on: eventLoop).map { result in
+                if let transition = state.withLockedValue({ $0.record(result, rise: check.rise, fall: check.fall) }) {
+                    let event = HealthTransition(service: service, server: server, healthy: transition.healthy, reason: transition.reason)
+                    self.report(event, target: target)
+                }
+            }
+        }
+        tasks.withLockedValue { $0.append(task) }
+    }
+
+    private func report(_ event: HealthTransition, target: ProbeTarget) {
+        let metadata: Logger.Metadata = ["service": "\(event.service)", "server": "\(event.server)",
+                                         "address": "\(target)", "reason": "\(event.reason)"]
+        if event.healthy {
+            logger.notice("real server up", metadata: metadata)
+        } else {
+            logger.error("real server down", metadata: metadata)
+        }
+        onTransition(event)
+    }
+
+    public func stop() {
+        let all = tasks.withLockedValue { tasks in
+            defer { tasks = [] }
+            return tasks
+        }
+        for task in all { task.cancel() }
+    }
+}
+
+/// Consecutive-result counting for one server: pure, so rise/fall behaviour is unit-tested.
+public struct CheckState: Sendable {
+    public private(set) var healthy = true
+    private var passes = 0
+    private var failures = 0
+
+    public init() {}
+
+    /// Returns the transition this result causes, if any.
+    public mutating func record(_ result: ProbeResult, rise: Int, fall: Int) -> (healthy: Bool, reason: String)? {
+        switch result {
+        case .pass:
+            failures = 0
+            passes += 1
+            if !healthy, passes >= rise {
+                healthy = true
+                return (true, "\(passes) checks passed")
+            }
+        case .fail(let reason):
+            passes = 0
+            failures += 1
+            if healthy, failures >= fall {
+                healthy = false
+                return (false, "\(reason) (\(failures) checks failed in a row)")
+            }
+        }
+        return nil
+    }
+}
