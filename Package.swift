@@ -65,7 +65,14 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
-        .testTarget(name: "LBProxyTests", dependencies: ["LBProxy", "LBHealth"]),
+        .testTarget(
+            name: "LBProxyTests",
+            dependencies: [
+                "LBProxy", "LBHealth",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // Drives the built lbctl/lbd binaries as a user would (exit codes, output).
         .testTarget(name: "CLITests", dependencies: ["lbctl", "lbd"]),
     ]

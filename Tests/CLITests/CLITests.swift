@@ -185,11 +185,46 @@ struct CLITests {
         #expect(missing.status == 2)
     }
 
-    @Test func lbdWithoutCheckLogsWhatItWouldRun() throws {
-        let run = try Binaries.run("lbd", ["--config", "examples/quickstart.yaml"])
-        #expect(run.status == 0, "\(run.stderr)")
-        #expect(run.stderr.contains("would run demo-web on 127.0.0.1 tcp 18080 via proxy (lbd)"), "\(run.stderr)")
-        #expect(run.stderr.contains("would run demo-dicom on 127.0.0.1 tcp 11104 via proxy (lbd)"))
+    /// lbd runs the Layer 7 services until SIGTERM, then drains and exits 0.
+    @Test func lbdServesUntilSIGTERM() throws {
+        let scratch = try Scratch()
+        let port = 24_000 + Int(getpid() % 500)
+        let file = try scratch.write("run.yaml", """
+            virtual_services:
+              - name: demo-tcp
+                vip: 127.0.0.1
+                ports: [\(port)]
+                mode: l7-tcp
+                health_check: {type: none}
+                real_servers: [{address: 127.0.0.1, port: \(port + 1)}]
+              - name: kernel-nat
+                vip: 10.99.0.1
+                ports: [80]
+                mode: l4-nat
+                real_servers: [{address: 10.99.1.1}]
+            """)
+        let process = Process()
+        process.executableURL = Binaries.directory.appendingPathComponent("lbd")
+        process.arguments = ["--config", file, "--threads", "1", "--drain-timeout", "1"]
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        // Wait for the listener, then ask it to stop.
+        var listening = false
+        for _ in 0..<100 where !listening {
+            Thread.sleep(forTimeInterval: 0.05)
+            listening = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8))?
+                .contains(String(format: ":%04X 00000000:0000 0A", port)) ?? false
+        }
+        #expect(listening, "lbd listens on 127.0.0.1:\(port)")
+        process.terminate()
+        process.waitUntilExit()
+        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 0, "\(log)")
+        #expect(log.contains("service=demo-tcp") && log.contains("listening"))
+        #expect(log.contains("Layer 4 service not started: IPVS support is not in this version"), "said plainly, not silently skipped")
+        #expect(log.contains("received SIGTERM"))
+        #expect(log.contains("stopped"))
     }
 
     @Test func helpAndUsageErrors() throws {

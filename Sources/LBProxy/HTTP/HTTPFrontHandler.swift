@@ -40,7 +40,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var selection: Selection?
     private var responseStarted = false
 
-    init(service: VirtualService, connector: BackendConnector, logger: Logger, scheme: String) {
+    private let rawWriter: RawResponseWriter
+
+    init(service: VirtualService, connector: BackendConnector, logger: Logger, scheme: String, rawWriter: RawResponseWriter) {
+        self.rawWriter = rawWriter
         self.service = service
         self.connector = connector
         self.logger = logger
@@ -56,6 +59,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// NIO's error handler has already answered a malformed request with 400; the connection must not carry on.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError {
+            logger.info("malformed request refused: \(error)", metadata: ["client": "\(context.channel.remoteAddress?.description ?? "?")"])
+        }
+        requestTimer?.cancel()
+        state = .closing
+        context.channel.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -82,7 +95,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private func requestTimedOut(_ reason: String) {
         logger.info("closing slow client: \(reason)", metadata: ["client": "\(context?.channel.remoteAddress?.description ?? "?")"])
         switch state {
-        case .idle, .connecting:
+        case .idle:
+            // No complete head yet, so no request is open in NIO's HTTP handlers: answer beneath them.
+            state = .closing
+            rawWriter.sendAndClose("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        case .connecting:
             sendError(.requestTimeout, "Request Timeout\n")
         case .forwarding(let backend, let requestEnded):
             guard !requestEnded else { return }
@@ -314,5 +331,21 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in
             channel.close(promise: nil)
         }
+    }
+}
+
+/// Sits first in the pipeline, below the HTTP codec, to answer a client that never completed a request head
+/// (NIO's HTTP handlers only allow a response to an open request).
+final class RawResponseWriter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func sendAndClose(_ text: String) {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -18,13 +18,15 @@ struct HTTPProxy: Sendable {
             limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
             limits.maxHeaderFieldCount = service.limits.maxHeaders
             let sync = channel.pipeline.syncOperations
+            let rawWriter = RawResponseWriter()
+            try sync.addHandler(rawWriter)
             try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
             try sync.addHandler(IdleCloser())
             try sync.configureHTTPServerPipeline(
                 withPipeliningAssistance: true, withErrorHandling: true,
                 withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
             try sync.addHandler(HTTPFrontHandler(service: service, connector: connector, logger: logger,
-                                                 scheme: service.tls == nil ? "http" : "https"))
+                                                 scheme: service.tls == nil ? "http" : "https", rawWriter: rawWriter))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {
             return channel.eventLoop.makeFailedFuture(error)

@@ -88,7 +88,9 @@ final class GlueHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerClosed()
+        // After an orderly end of input the partner is already finishing its writes and will close itself;
+        // closing it now would drop the bytes still queued for its peer. Otherwise (a reset) close it at once.
+        if !inputClosed { partner?.partnerClosed() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

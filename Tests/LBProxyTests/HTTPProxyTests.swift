@@ -1,0 +1,262 @@
+import Foundation
+import LBConfig
+import NIOCore
+import NIOPosix
+import Testing
+@testable import LBProxy
+
+/// A running proxy with two HTTP backends, for one test.
+final class HTTPFixture: @unchecked Sendable {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let base = Ports.block()
+    var vipPort: UInt16 { base }
+    var backends: [HTTPBackend] = []
+    let engine: ProxyEngine
+    let service: VirtualService
+
+    /// `extra` lines go under the service; backends listen on base+1 and base+2.
+    init(extra: [String] = [], fallback: Bool = false, serverCount: Int = 2) async throws {
+        for index in 1...serverCount {
+            backends.append(try HTTPBackend(name: "web-\(index)", port: base + UInt16(index), group: group))
+        }
+        var yaml = """
+              - name: web
+                vip: 127.0.0.1
+                ports: [\(base)]
+                mode: l7-http
+                health_check: {type: none}
+                real_servers:
+
+            """
+        for index in 1...serverCount {
+            yaml += "      - {name: web-\(index), address: 127.0.0.1, port: \(base + UInt16(index))}\n"
+        }
+        for line in extra { yaml += "    \(line)\n" }
+        if fallback {
+            backends.append(try HTTPBackend(name: "sorry", port: base + 9, group: group))
+            yaml += "    fallback: {address: 127.0.0.1, port: \(base + 9)}\n"
+        }
+        service = try makeService(yaml)
+        engine = ProxyEngine(threads: 2, logger: testLogger)
+        try await engine.start([service])
+    }
+
+    var pool: RealServerPool { engine.pool(for: "web")! }
+
+    func stop() async {
+        await engine.shutdown(drainTimeout: .seconds(1))
+        for backend in backends { try? backend.stop() }
+        try? await group.shutdownGracefully()
+    }
+}
+
+@Suite("l7-http proxy, real sockets on loopback", .serialized)
+struct HTTPProxyTests {
+    @Test func roundRobinSpreadsRequests() async throws {
+        let fixture = try await HTTPFixture()
+        var seen: [String: Int] = [:]
+        for _ in 0..<10 {
+            let response = try get(fixture.vipPort)
+            #expect(statusLine(response) == "HTTP/1.1 200 OK")
+            seen[header("X-Backend", in: response) ?? "?", default: 0] += 1
+        }
+        #expect(seen == ["web-1": 5, "web-2": 5])
+        await fixture.stop()
+    }
+
+    @Test func cookiePersistenceHoldsFor100Requests() async throws {
+        let fixture = try await HTTPFixture(extra: ["persistence: {type: http-cookie, cookie: EISRV}"])
+        let first = try get(fixture.vipPort)
+        let setCookie = try #require(header("Set-Cookie", in: first))
+        #expect(setCookie.hasSuffix("; Path=/; HttpOnly"))
+        let value = try #require(setCookie.split(separator: ";").first.map(String.init))
+        #expect(value.hasPrefix("EISRV="))
+        #expect(!value.contains("127.0.0.1"), "the cookie never reveals the server's address")
+        let pinned = header("X-Backend", in: first)
+        for _ in 0..<100 {
+            let response = try get(fixture.vipPort, headers: ["Cookie: theme=dark; \(value)"])
+            #expect(header("X-Backend", in: response) == pinned)
+            #expect(header("Set-Cookie", in: response) == nil, "a valid cookie is not set again")
+        }
+        await fixture.stop()
+    }
+
+    @Test func cookieForUnknownOrDeadServerIsReplaced() async throws {
+        let fixture = try await HTTPFixture(extra: ["persistence: {type: http-cookie}"])
+        let bogus = try get(fixture.vipPort, headers: ["Cookie: LBSRV=deadbeefdeadbeef"])
+        #expect(statusLine(bogus) == "HTTP/1.1 200 OK")
+        #expect(header("Set-Cookie", in: bogus)?.hasPrefix("LBSRV=") == true)
+
+        let first = try get(fixture.vipPort)
+        let cookie = try #require(header("Set-Cookie", in: first)?.split(separator: ";").first.map(String.init))
+        let pinned = try #require(header("X-Backend", in: first))
+        fixture.pool.setHealthy(pinned, false)
+        let moved = try get(fixture.vipPort, headers: ["Cookie: \(cookie)"])
+        #expect(header("X-Backend", in: moved) != pinned)
+        let replaced = try #require(header("Set-Cookie", in: moved))
+        #expect(!replaced.hasPrefix(cookie + ";"), "the cookie now names the server that answered")
+        await fixture.stop()
+    }
+
+    @Test func sourceIPPersistence() async throws {
+        let fixture = try await HTTPFixture(extra: ["persistence: {type: source-ip, timeout: 60s}"])
+        // Distinct loopback sources act as distinct clients.
+        var assignment: [String: String] = [:]
+        for round in 0..<5 {
+            for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+                let backend = try #require(header("X-Backend", in: try get(fixture.vipPort, from: source)))
+                if round == 0 { assignment[source] = backend } else { #expect(assignment[source] == backend, "\(source)") }
+            }
+        }
+        #expect(Set(assignment.values).count == 2, "four clients still spread over both servers")
+        await fixture.stop()
+    }
+
+    @Test func forwardedHeadersAreAppended() async throws {
+        let fixture = try await HTTPFixture()
+        let response = try get(fixture.vipPort, headers: ["X-Forwarded-For: 10.9.9.9"], from: "127.0.0.7")
+        #expect(header("X-Seen-Forwarded-For", in: response) == "10.9.9.9, 127.0.0.7")
+        #expect(header("X-Seen-Forwarded-Proto", in: response) == "http")
+        let plain = try get(fixture.vipPort, from: "127.0.0.8")
+        #expect(header("X-Seen-Forwarded-For", in: plain) == "127.0.0.8")
+        await fixture.stop()
+
+        let off = try await HTTPFixture(extra: ["forwarded_for: false"])
+        #expect(header("X-Seen-Forwarded-For", in: try get(off.vipPort)) == "")
+        await off.stop()
+    }
+
+    @Test func keepAliveOnBothSides() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let client = try RawClient(port: fixture.vipPort)
+        for index in 0..<20 {
+            client.send("POST /item/\(index) HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello")
+            let response = client.readResponse()
+            #expect(statusLine(response) == "HTTP/1.1 200 OK")
+            #expect(header("X-Seen-Body-Bytes", in: response) == "5")
+        }
+        // Twenty requests on one client connection; the pool reused its server connection too.
+        #expect(fixture.pool.status.first?.totalConnections == 20)
+        #expect(fixture.pool.status.first?.activeConnections == 0)
+        await fixture.stop()
+    }
+
+    @Test func failoverCostsNoRequestAndServerRejoins() async throws {
+        let fixture = try await HTTPFixture()
+        try fixture.backends[1].stop()
+        // No health check ran yet: every request must still succeed by redispatch.
+        for _ in 0..<20 {
+            let response = try get(fixture.vipPort)
+            #expect(statusLine(response) == "HTTP/1.1 200 OK")
+            #expect(header("X-Backend", in: response) == "web-1")
+        }
+        try fixture.backends[1].start()
+        var seen: Set<String> = []
+        for _ in 0..<4 { seen.insert(header("X-Backend", in: try get(fixture.vipPort)) ?? "?") }
+        #expect(seen == ["web-1", "web-2"])
+        await fixture.stop()
+    }
+
+    @Test func fallbackServerWhenAllAreDown() async throws {
+        let fixture = try await HTTPFixture(fallback: true)
+        fixture.pool.setHealthy("web-1", false)
+        fixture.pool.setHealthy("web-2", false)
+        #expect(header("X-Backend", in: try get(fixture.vipPort)) == "sorry")
+        fixture.pool.setHealthy("web-2", true)
+        #expect(header("X-Backend", in: try get(fixture.vipPort)) == "web-2")
+        await fixture.stop()
+    }
+
+    @Test func cleanServiceUnavailableWhenAllAreDown() async throws {
+        let fixture = try await HTTPFixture()
+        fixture.pool.setHealthy("web-1", false)
+        fixture.pool.setHealthy("web-2", false)
+        let response = try get(fixture.vipPort)
+        #expect(statusLine(response) == "HTTP/1.1 503 Service Unavailable")
+        #expect(header("Connection", in: response) == "close")
+        await fixture.stop()
+    }
+
+    @Test func largeResponseStreamsIntact() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let size = 8 * 1024 * 1024
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        let bytes = client.readAll()
+        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
+        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        #expect(bytes.count - headLength == size)
+        #expect(bytes[headLength...].allSatisfy { $0 == UInt8(ascii: "x") })
+        await fixture.stop()
+    }
+}
+
+/// Request smuggling and limits: each case is raw bytes on a socket, refused with 400 and a close, and the proxy
+/// keeps serving other clients.
+@Suite("l7-http request safety", .serialized)
+struct RequestSafetyTests {
+    static let cases: [(String, String)] = [
+        ("Content-Length and Transfer-Encoding together",
+         "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("two different Content-Length values",
+         "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+        ("an invalid chunk size",
+         "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("a header section over the limit",
+         "GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + String(repeating: "a", count: 40 * 1024) + "\r\n\r\n"),
+        ("too many headers",
+         "GET / HTTP/1.1\r\nHost: t\r\n" + (0..<150).map { "X-H\($0): v\r\n" }.joined() + "\r\n"),
+        ("an obsolete line-folded header",
+         "GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n"),
+    ]
+
+    @Test(arguments: 0..<cases.count)
+    func malformedRequestIsRefused(_ index: Int) async throws {
+        let (name, bytes) = Self.cases[index]
+        let fixture = try await HTTPFixture()
+        let client = try RawClient(port: fixture.vipPort)
+        client.send(bytes)
+        let response = client.readAllText()
+        #expect(response.hasPrefix("HTTP/1.1 400 Bad Request"), "\(name): \(response.prefix(80))")
+        #expect(fixture.backends.allSatisfy { $0.requests.current == 0 }, "\(name) must not reach a real server")
+        // Other clients are unaffected.
+        #expect(statusLine(try get(fixture.vipPort)) == "HTTP/1.1 200 OK")
+        await fixture.stop()
+    }
+
+    @Test func slowClientIsCutOffAfterTheHeaderTimeout() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {header: 300ms}"])
+        let slow = try RawClient(port: fixture.vipPort)
+        slow.send("GET / HTTP/1.1\r\nHost: t\r\n")  // never finishes the head
+        let started = ContinuousClock.now
+        let response = slow.readAllText()
+        #expect(response.hasPrefix("HTTP/1.1 408 Request Timeout"))
+        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(statusLine(try get(fixture.vipPort)) == "HTTP/1.1 200 OK")
+        await fixture.stop()
+    }
+
+    @Test func stalledBodyIsCutOff() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {body: 300ms}"])
+        let slow = try RawClient(port: fixture.vipPort)
+        slow.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-part")
+        let response = slow.readAllText()
+        #expect(response.isEmpty || response.hasPrefix("HTTP/1.1 408"), "\(response.prefix(60))")
+        await fixture.stop()
+    }
+
+    @Test func connectionLimitPerService() async throws {
+        let fixture = try await HTTPFixture(extra: ["limits: {max_connections: 2}"])
+        let first = try RawClient(port: fixture.vipPort)
+        let second = try RawClient(port: fixture.vipPort)
+        first.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        second.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        _ = first.readResponse()
+        _ = second.readResponse()
+        let third = try RawClient(port: fixture.vipPort)
+        third.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(third.readAllText().isEmpty, "the third connection is closed at once")
+        await fixture.stop()
+    }
+}
+

@@ -1,0 +1,284 @@
+import Foundation
+import LBConfig
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+@testable import LBProxy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Ports for one test: each test takes its own block so suites can run in parallel.
+enum Ports {
+    private static let counter = NIOLockedCounter()
+    /// A block of 10 ports from a range lbd does not use elsewhere in the tests.
+    static func block() -> UInt16 { UInt16(20_000 + Int(getpid() % 100) * 100 + counter.next() * 10) }
+}
+
+final class NIOLockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int {
+        lock.lock(); defer { lock.unlock() }
+        value += 1
+        return value
+    }
+    var current: Int {
+        lock.lock(); defer { lock.unlock() }
+        return value
+    }
+}
+
+let testLogger: Logger = {
+    var logger = Logger(label: "lb-test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Builds a virtual service from YAML fragments, through the real loader.
+func makeService(_ yaml: String) throws -> VirtualService {
+    let report = ConfigurationLoader.check(yaml: "virtual_services:\n" + yaml, file: "test.yaml")
+    guard let service = report.configuration?.virtualServices.first else {
+        throw TestFailure("config rejected: \(report.diagnostics)")
+    }
+    return service
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+// MARK: Backends
+
+/// A small HTTP/1.1 server on loopback that answers with its name and reports what it received in headers.
+final class HTTPBackend: @unchecked Sendable {
+    let name: String
+    let port: UInt16
+    private var channel: Channel?
+    private let group: EventLoopGroup
+    let requests = NIOLockedCounter()
+
+    init(name: String, port: UInt16, group: EventLoopGroup) throws {
+        self.name = name
+        self.port = port
+        self.group = group
+        try start()
+    }
+
+    func start() throws {
+        let name = self.name, requests = self.requests
+        channel = try ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(EchoingHTTPHandler(name: name, requests: requests))
+                }
+            }
+            .bind(host: "127.0.0.1", port: Int(port)).wait()
+    }
+
+    func stop() throws {
+        try channel?.close().wait()
+        channel = nil
+    }
+}
+
+/// Answers every request with 200 and the backend's name; echoes X-Forwarded-For and the body size back.
+final class EchoingHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let name: String
+    let requests: NIOLockedCounter
+    var head: HTTPRequestHead?
+    var bodyBytes = 0
+
+    init(name: String, requests: NIOLockedCounter) {
+        self.name = name
+        self.requests = requests
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            bodyBytes = 0
+        case .body(let body):
+            bodyBytes += body.readableBytes
+        case .end:
+            _ = requests.next()
+            guard let head else { return }
+            var headers = HTTPHeaders()
+            headers.add(name: "X-Backend", value: name)
+            headers.add(name: "X-Seen-Forwarded-For", value: head.headers["x-forwarded-for"].joined(separator: ", "))
+            headers.add(name: "X-Seen-Forwarded-Proto", value: head.headers["x-forwarded-proto"].joined(separator: ", "))
+            headers.add(name: "X-Seen-Body-Bytes", value: "\(bodyBytes)")
+            headers.add(name: "X-Seen-Connection", value: head.headers["connection"].joined(separator: ","))
+            var body = ByteBuffer(string: name)
+            if head.uri.hasPrefix("/big/"), let size = Int(head.uri.dropFirst(5)) {
+                body = ByteBuffer(repeating: UInt8(ascii: "x"), count: size)
+            }
+            headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}
+
+/// A TCP server that greets with its name, echoes everything, and half-closes after the client does.
+final class EchoBackend: @unchecked Sendable {
+    let name: String
+    let port: UInt16
+    private var channel: Channel?
+
+    init(name: String, port: UInt16, group: EventLoopGroup) throws {
+        self.name = name
+        self.port = port
+        let greeting = "hello from \(name)\n"
+        channel = try ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EchoHandler(greeting: greeting))
+                }
+            }
+            .bind(host: "127.0.0.1", port: Int(port)).wait()
+    }
+
+    func stop() throws { try channel?.close().wait() }
+}
+
+final class EchoHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let greeting: String
+    init(greeting: String) { self.greeting = greeting }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: greeting)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            // Everything echoed, then our own FIN: the client must still get all of it.
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "bye\n"))).whenComplete { _ in
+                context.close(mode: .output, promise: nil)
+            }
+        }
+    }
+}
+
+// MARK: A raw client
+
+/// A blocking TCP client on plain sockets: the test decides every byte, as an attacker would.
+final class RawClient: @unchecked Sendable {
+    let fd: Int32
+
+    init(port: UInt16, from source: String? = nil) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket() failed") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            inet_pton(AF_INET, source, &local.sin_addr)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else { throw TestFailure("bind to \(source) failed") }
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            throw TestFailure("connect to \(port) failed: errno \(errno)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) { send(Array(text.utf8)) }
+
+    func send(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if sent <= 0 { return }
+            offset += sent
+        }
+    }
+
+    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads until the peer closes (or the 5 s receive timeout).
+    func readAll() -> [UInt8] {
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            result += buffer[0..<count]
+        }
+        return result
+    }
+
+    func readAllText() -> String { String(decoding: readAll(), as: UTF8.self) }
+
+    /// Reads one HTTP response with a Content-Length body.
+    func readResponse() -> String {
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let text = String(decoding: data, as: UTF8.self)
+            if let headEnd = text.range(of: "\r\n\r\n") {
+                let head = text[..<headEnd.lowerBound].lowercased()
+                let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                    .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+                let have = data.count - text[..<headEnd.upperBound].utf8.count
+                if have >= length { return text }
+            }
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { return String(decoding: data, as: UTF8.self) }
+            data += buffer[0..<count]
+        }
+    }
+}
+
+/// The value of a header in a raw response.
+func header(_ name: String, in response: String) -> String? {
+    for line in response.components(separatedBy: "\r\n") {
+        let parts = line.split(separator: ":", maxSplits: 1)
+        if parts.count == 2, parts[0].lowercased() == name.lowercased() {
+            return parts[1].trimmingCharacters(in: .whitespaces)
+        }
+    }
+    return nil
+}
+
+func statusLine(_ response: String) -> String {
+    response.components(separatedBy: "\r\n").first ?? ""
+}
+
+/// One HTTP GET on a fresh connection.
+func get(_ port: UInt16, _ path: String = "/", headers: [String] = [], from source: String? = nil) throws -> String {
+    let client = try RawClient(port: port, from: source)
+    client.send("GET \(path) HTTP/1.1\r\nHost: test\r\n" + headers.map { $0 + "\r\n" }.joined() + "Connection: close\r\n\r\n")
+    return client.readResponse()
+}

@@ -1,0 +1,222 @@
+import Foundation
+import LBConfig
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+@testable import LBProxy
+
+final class TCPFixture: @unchecked Sendable {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let base = Ports.block()
+    var vipPort: UInt16 { base }
+    var backends: [EchoBackend] = []
+    let engine: ProxyEngine
+
+    init(extra: [String] = []) async throws {
+        backends = [try EchoBackend(name: "dicom-1", port: base + 1, group: group),
+                    try EchoBackend(name: "dicom-2", port: base + 2, group: group)]
+        var yaml = """
+              - name: dicom
+                vip: 127.0.0.1
+                ports: [\(base)]
+                mode: l7-tcp
+                health_check: {type: none}
+                real_servers:
+                  - {name: dicom-1, address: 127.0.0.1, port: \(base + 1)}
+                  - {name: dicom-2, address: 127.0.0.1, port: \(base + 2)}
+
+            """
+        for line in extra { yaml += "    \(line)\n" }
+        engine = ProxyEngine(threads: 2, logger: testLogger)
+        try await engine.start([try makeService(yaml)])
+    }
+
+    func stop() async {
+        await engine.shutdown(drainTimeout: .seconds(1))
+        for backend in backends { try? backend.stop() }
+        try? await group.shutdownGracefully()
+    }
+}
+
+@Suite("l7-tcp proxy, real sockets on loopback", .serialized)
+struct TCPProxyTests {
+    @Test func halfCloseDeliversTheWholeReply() async throws {
+        let fixture = try await TCPFixture()
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("ASSOCIATE\n")
+        client.send("DATA\n")
+        client.shutdownWrite()
+        // After our FIN the server still echoes, says bye and closes: all of it must arrive.
+        let reply = client.readAllText()
+        #expect(reply.hasPrefix("hello from dicom-"))
+        #expect(reply.hasSuffix("ASSOCIATE\nDATA\nbye\n"), "\(reply)")
+        await fixture.stop()
+    }
+
+    @Test func roundRobinAndPortTranslation() async throws {
+        let fixture = try await TCPFixture()
+        var greetings: [String] = []
+        for _ in 0..<4 {
+            let client = try RawClient(port: fixture.vipPort)
+            client.shutdownWrite()
+            greetings.append(String(client.readAllText().split(separator: "\n").first ?? ""))
+        }
+        #expect(greetings == ["hello from dicom-1", "hello from dicom-2", "hello from dicom-1", "hello from dicom-2"])
+        await fixture.stop()
+    }
+
+    @Test func sourceIPStickiness() async throws {
+        let fixture = try await TCPFixture(extra: ["persistence: {type: source-ip, timeout: 30s}"])
+        for source in ["127.0.0.20", "127.0.0.21"] {
+            var seen: Set<String> = []
+            for _ in 0..<4 {
+                let client = try RawClient(port: fixture.vipPort, from: source)
+                client.shutdownWrite()
+                seen.insert(String(client.readAllText().split(separator: "\n").first ?? ""))
+            }
+            #expect(seen.count == 1, "\(source) stayed on one server")
+        }
+        await fixture.stop()
+    }
+
+    /// 16 MiB each way through one connection, checked byte for byte: backpressure keeps memory bounded and
+    /// nothing is lost or reordered.
+    @Test func largeTransferIsByteExact() async throws {
+        let fixture = try await TCPFixture()
+        let client = try RawClient(port: fixture.vipPort)
+        let chunk = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        let chunks = 256
+        // A thread of its own: blocking reads must not sit on Swift's small cooperative pool.
+        let received = NIOLockedValueBox<[UInt8]>([])
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            let bytes = client.readAll()
+            received.withLockedValue { $0 = bytes }
+            done.signal()
+        }
+        for _ in 0..<chunks { client.send(chunk) }
+        client.shutdownWrite()
+        done.wait()
+        let receivedBytes = received.withLockedValue { $0 }
+        let greetingLength = "hello from dicom-1\n".utf8.count
+        let payload = receivedBytes.dropFirst(greetingLength).dropLast("bye\n".utf8.count)
+        #expect(payload.count == chunk.count * chunks)
+        var offset = payload.startIndex
+        var matches = payload.count == chunk.count * chunks
+        while matches, offset < payload.endIndex {
+            matches = payload[offset..<offset + chunk.count].elementsEqual(chunk)
+            offset += chunk.count
+        }
+        #expect(matches, "every chunk arrives intact and in order")
+        await fixture.stop()
+    }
+
+    @Test func deadServerIsSkippedAndAllDownClosesAtOnce() async throws {
+        let fixture = try await TCPFixture()
+        try fixture.backends[0].stop()
+        for _ in 0..<4 {
+            let client = try RawClient(port: fixture.vipPort)
+            client.shutdownWrite()
+            #expect(client.readAllText().hasPrefix("hello from dicom-2"))
+        }
+        try fixture.backends[1].stop()
+        let client = try RawClient(port: fixture.vipPort)
+        let started = ContinuousClock.now
+        #expect(client.readAllText().isEmpty)
+        #expect(ContinuousClock.now - started < .seconds(2), "closed at once, not left hanging")
+        await fixture.stop()
+    }
+
+    @Test func idleTimeoutClosesSilentConnections() async throws {
+        let fixture = try await TCPFixture(extra: ["timeouts: {idle: 1s}"])
+        let client = try RawClient(port: fixture.vipPort)
+        let started = ContinuousClock.now
+        let reply = client.readAllText()
+        #expect(reply.hasPrefix("hello from"))
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed >= .milliseconds(900) && elapsed < .seconds(4), "\(elapsed)")
+        await fixture.stop()
+    }
+
+    @Test func gracefulStopLetsOpenConnectionsFinish() async throws {
+        let fixture = try await TCPFixture()
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("before\n")
+        // Wait until the connection is established through to a real server.
+        for _ in 0..<100 where fixture.engine.activeConnections == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(fixture.engine.activeConnections == 1)
+        let stopping = Task { await fixture.engine.shutdown(drainTimeout: .seconds(5)) }
+        try await Task.sleep(for: .milliseconds(300))
+        // New connections are refused while the open one still works.
+        #expect(throws: TestFailure.self) { _ = try RawClient(port: fixture.vipPort) }
+        client.send("after\n")
+        client.shutdownWrite()
+        let reply = client.readAllText()
+        #expect(reply.hasSuffix("before\nafter\nbye\n"), "\(reply)")
+        await stopping.value
+        for backend in fixture.backends { try? backend.stop() }
+        try? await fixture.group.shutdownGracefully()
+    }
+}
+
+@Suite("Schedulers and pool (pure)")
+struct SchedulerTests {
+    func pick(_ algorithm: Scheduler, _ candidates: [Candidate], times: Int, key: [UInt8] = [1, 2, 3, 4]) -> [Int] {
+        var state = SchedulerState(algorithm)
+        return (0..<times).compactMap { _ in state.choose(from: candidates, clientKey: key)?.index }
+    }
+
+    @Test func weightedRoundRobinIsSmoothAndProportional() {
+        let picks = pick(.weightedRoundRobin, [Candidate(index: 0, weight: 5, activeConnections: 0),
+                                               Candidate(index: 1, weight: 1, activeConnections: 0),
+                                               Candidate(index: 2, weight: 1, activeConnections: 0)], times: 7)
+        #expect(picks == [0, 0, 1, 0, 2, 0, 0], "nginx's smooth order for weights 5,1,1")
+    }
+
+    @Test func leastConnectionsPrefersTheIdleAndRotatesTies() {
+        let busy = [Candidate(index: 0, weight: 1, activeConnections: 3), Candidate(index: 1, weight: 1, activeConnections: 1)]
+        #expect(pick(.leastConnections, busy, times: 1) == [1])
+        let idle = [Candidate(index: 0, weight: 1, activeConnections: 0), Candidate(index: 1, weight: 1, activeConnections: 0)]
+        #expect(pick(.leastConnections, idle, times: 4) == [0, 1, 0, 1])
+        let weighted = [Candidate(index: 0, weight: 100, activeConnections: 4), Candidate(index: 1, weight: 10, activeConnections: 1)]
+        #expect(pick(.weightedLeastConnections, weighted, times: 1) == [0], "4/100 < 1/10")
+    }
+
+    @Test func sourceHashIsStableAndMovesOnlyTheLostServersClients() {
+        let three = (0..<3).map { Candidate(index: $0, weight: 1, activeConnections: 0) }
+        let two = [three[0], three[2]]
+        var moved = 0
+        for client in 0..<300 {
+            let key: [UInt8] = [10, 0, UInt8(client / 256), UInt8(client % 256)]
+            let before = pick(.sourceHash, three, times: 2, key: key)
+            #expect(before[0] == before[1])
+            let after = pick(.sourceHash, two, times: 1, key: key)[0]
+            if before[0] != 1 { #expect(after == before[0], "clients of surviving servers stay put") } else { moved += 1 }
+        }
+        #expect((60...140).contains(moved), "about a third of clients were on the lost server: \(moved)")
+    }
+
+    @Test func poolSkipsUnhealthyAndZeroWeight() throws {
+        let service = try makeService("""
+              - name: p
+                vip: 10.0.0.1
+                ports: [80]
+                mode: l7-tcp
+                real_servers:
+                  - {name: a, address: 10.0.1.1}
+                  - {name: b, address: 10.0.1.2, port: 8080, weight: 0}
+                  - {name: c, address: 10.0.1.3}
+            """)
+        let pool = RealServerPool(service: service)
+        pool.setHealthy("a", false)
+        for _ in 0..<3 {
+            let selection = try #require(pool.select(client: nil, port: 80))
+            #expect(selection.name == "c")
+            #expect(selection.port == 80)
+            pool.release(selection)
+        }
+        pool.setHealthy("c", false)
+        #expect(pool.select(client: nil, port: 80) == nil)
+    }
+}
