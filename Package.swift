@@ -21,11 +21,26 @@ let package = Package(
             name: "LBConfig",
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
+        // The system OpenSSL (libssl-dev), found with pkg-config.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // TLS for NIO channels over OpenSSL memory BIOs: termination in the proxy, https-get checks.
+        .target(
+            name: "LBTLS",
+            dependencies: [
+                "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.
         .target(
             name: "LBProxy",
             dependencies: [
                 "LBConfig",
+                "LBTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -38,6 +53,7 @@ let package = Package(
             name: "LBHealth",
             dependencies: [
                 "LBConfig",
+                "LBTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

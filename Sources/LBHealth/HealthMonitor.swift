@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -19,18 +20,21 @@ public final class HealthMonitor: Sendable {
     private let logger: Logger
     private let onTransition: @Sendable (HealthTransition) -> Void
     private let tasks = NIOLockedValueBox<[RepeatedTask]>([])
+    /// For https-get; nil if OpenSSL could not build one (those checks then fail with the reason).
+    private let tlsClient: TLSContext?
 
     public init(group: EventLoopGroup, logger: Logger, onTransition: @escaping @Sendable (HealthTransition) -> Void) {
         self.group = group
         self.logger = logger
         self.onTransition = onTransition
+        self.tlsClient = try? TLSContext.client()
     }
 
     /// Check types this version carries out itself; the others are replaced by a connect check.
     public static func isImplemented(_ probe: HealthCheck.Probe) -> Bool {
         switch probe {
-        case .none, .connect, .httpGet: return true
-        case .httpsGet, .dicomEcho, .hl7MLLP, .external: return false
+        case .none, .connect, .httpGet, .httpsGet: return true
+        case .dicomEcho, .hl7MLLP, .external: return false
         }
     }
 
@@ -56,7 +60,7 @@ public final class HealthMonitor: Sendable {
         // Spread the first checks over the interval so a large config does not probe everything at once.
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
         let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
-            Probe.run(check.probe, target: target, timeout: check.timeout, on: eventLoop).map { result in
+            Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
                 if let transition = state.withLockedValue({ $0.record(result, rise: check.rise, fall: check.fall) }) {
                     let event = HealthTransition(service: service, server: server, healthy: transition.healthy, reason: transition.reason)
                     self.report(event, target: target)

@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -19,7 +20,8 @@ public struct ProbeTarget: Sendable, Hashable, CustomStringConvertible {
 /// Runs one probe of a given kind against a target, on an event loop. Each probe opens its own connection and
 /// closes it; a result always arrives, by the timeout at the latest.
 enum Probe {
-    static func run(_ probe: HealthCheck.Probe, target: ProbeTarget, timeout: Duration, on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
+    static func run(_ probe: HealthCheck.Probe, target: ProbeTarget, timeout: Duration, tls: TLSContext?,
+                    on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
         let result: EventLoopFuture<ProbeResult>
         switch probe {
         case .none:
@@ -27,8 +29,11 @@ enum Probe {
         case .connect:
             result = connect(target, timeout: timeout, on: eventLoop) { _ in nil }.map { _ in .pass }
         case .httpGet(let http):
-            result = httpGet(http, target: target, timeout: timeout, on: eventLoop)
-        case .httpsGet, .dicomEcho, .hl7MLLP, .external:
+            result = httpGet(http, target: target, timeout: timeout, tls: nil, on: eventLoop)
+        case .httpsGet(let http):
+            guard let tls else { return eventLoop.makeSucceededFuture(.fail("no TLS client context")) }
+            result = httpGet(http, target: target, timeout: timeout, tls: tls, on: eventLoop)
+        case .dicomEcho, .hl7MLLP, .external:
             // Not available in this version; the agent substitutes a connect check and says so at start.
             result = connect(target, timeout: timeout, on: eventLoop) { _ in nil }.map { _ in .pass }
         }
@@ -67,10 +72,12 @@ enum Probe {
             }
     }
 
-    private static func httpGet(_ http: HealthCheck.HTTPProbe, target: ProbeTarget, timeout: Duration, on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
+    private static func httpGet(_ http: HealthCheck.HTTPProbe, target: ProbeTarget, timeout: Duration, tls: TLSContext?,
+                                on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
         connect(target, timeout: timeout, on: eventLoop) { channel in
             let promise = channel.eventLoop.makePromise(of: HTTPResponseSnapshot.self)
             do {
+                if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls)) }
                 try channel.pipeline.syncOperations.addHTTPClientHandlers()
                 try channel.pipeline.syncOperations.addHandler(HTTPResponseCollector(promise: promise))
             } catch {

@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -9,6 +10,7 @@ import NIOHTTP1
 struct HTTPProxy: Sendable {
     let service: VirtualService
     let connector: BackendConnector
+    let tls: TLSContext?
     let logger: Logger
 
     func initialize(client channel: Channel) -> EventLoopFuture<Void> {
@@ -18,6 +20,8 @@ struct HTTPProxy: Sendable {
             limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
             limits.maxHeaderFieldCount = service.limits.maxHeaders
             let sync = channel.pipeline.syncOperations
+            // TLS sits nearest the socket, so everything above it, even the raw 408, is encrypted.
+            if let tls { try sync.addHandler(TLSHandler(context: tls)) }
             let rawWriter = RawResponseWriter()
             try sync.addHandler(rawWriter)
             try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))

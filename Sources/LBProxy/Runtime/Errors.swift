@@ -6,6 +6,7 @@ public enum ProxyError: Error, CustomStringConvertible, Sendable {
     case noServerAvailable(service: String)
     case bindFailed(service: String, address: String, reason: String)
     case connectionLimit(service: String, limit: Int)
+    case tlsSetup(service: String, reason: String)
 
     public var description: String {
         switch self {
@@ -15,6 +16,8 @@ public enum ProxyError: Error, CustomStringConvertible, Sendable {
             return "virtual service \"\(service)\": cannot listen on \(address): \(reason)"
         case .connectionLimit(let service, let limit):
             return "virtual service \"\(service)\": \(limit) connections already open (limits.max_connections)"
+        case .tlsSetup(let service, let reason):
+            return "virtual service \"\(service)\": TLS: \(reason)"
         }
     }
 }

@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -21,7 +22,15 @@ public final class ProxyEngine: Sendable {
         var started: [ServiceListener] = []
         do {
             for service in services where service.mode.isLayer7 {
-                let listener = ServiceListener(service: service, pool: RealServerPool(service: service), logger: logger)
+                // Certificates are loaded before anything listens: a bad key stops the start, it never half-serves.
+                let tls = try service.tls.map { settings in
+                    do {
+                        return try TLSContext.server(certificateChain: settings.certificatePath, privateKey: settings.keyPath)
+                    } catch {
+                        throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
+                    }
+                }
+                let listener = ServiceListener(service: service, pool: RealServerPool(service: service), tls: tls, logger: logger)
                 try await listener.start(group: group)
                 started.append(listener)
             }

@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -8,6 +9,8 @@ import NIOPosix
 final class ServiceListener: Sendable {
     let service: VirtualService
     let pool: RealServerPool
+    /// l7-http with `tls`: the server context every client connection's session is made from.
+    let tls: TLSContext?
     let logger: Logger
     private let state = NIOLockedValueBox(State())
 
@@ -17,9 +20,10 @@ final class ServiceListener: Sendable {
         var accepting = true
     }
 
-    init(service: VirtualService, pool: RealServerPool, logger: Logger) {
+    init(service: VirtualService, pool: RealServerPool, tls: TLSContext?, logger: Logger) {
         self.service = service
         self.pool = pool
+        self.tls = tls
         var logger = logger
         logger[metadataKey: "service"] = "\(service.name)"
         self.logger = logger
@@ -79,7 +83,7 @@ final class ServiceListener: Sendable {
         case .l7TCP:
             return TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
         case .l7HTTP:
-            return HTTPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
+            return HTTPProxy(service: service, connector: connector, tls: tls, logger: logger).initialize(client: channel)
         case .l4DirectRouting, .l4NAT, .l4SNAT:
             // The agent never hands Layer 4 services to the proxy; refuse rather than guess.
             return channel.eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: service.name))

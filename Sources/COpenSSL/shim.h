@@ -1,0 +1,52 @@
+// The system OpenSSL (libssl-dev), seen from Swift. OpenSSL exposes several calls as macros, which Swift cannot
+// import; these inline functions give them callable names.
+#ifndef LB_COPENSSL_SHIM_H
+#define LB_COPENSSL_SHIM_H
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+static inline long lb_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return SSL_CTX_set_min_proto_version(ctx, version);
+}
+
+static inline long lb_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name);
+}
+
+static inline size_t lb_BIO_pending(BIO *bio) {
+    return BIO_ctrl_pending(bio);
+}
+
+static inline long lb_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_mode(ctx, mode);
+}
+
+static inline long lb_SSL_CTX_set_options(SSL_CTX *ctx, long options) {
+    return (long)SSL_CTX_set_options(ctx, (uint64_t)options);
+}
+
+static inline int lb_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
+static inline long lb_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
+static inline long lb_SSL_OP_NO_RENEGOTIATION(void) { return SSL_OP_NO_RENEGOTIATION; }
+
+/// Chooses "http/1.1" from the client's ALPN list; lbd's proxy speaks HTTP/1.1 only.
+static inline int lb_alpn_select_http11(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                                        const unsigned char *in, unsigned int inlen, void *arg) {
+    (void)ssl; (void)arg;
+    static const unsigned char supported[] = { 8, 'h', 't', 't', 'p', '/', '1', '.', '1' };
+    if (SSL_select_next_proto((unsigned char **)out, outlen, supported, sizeof(supported), in, inlen)
+            == OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_OK;
+    }
+    // No common protocol: carry on without ALPN rather than fail clients that send other lists.
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+static inline void lb_SSL_CTX_use_http11_alpn(SSL_CTX *ctx) {
+    SSL_CTX_set_alpn_select_cb(ctx, lb_alpn_select_http11, NULL);
+}
+
+#endif

@@ -1,0 +1,239 @@
+import COpenSSL
+import NIOCore
+
+/// Reported through the pipeline once a TLS handshake has completed.
+public struct TLSHandshakeCompleted: Sendable, Equatable {
+    /// The protocol agreed by ALPN, if any ("http/1.1").
+    public var negotiatedProtocol: String?
+    /// "TLSv1.2", "TLSv1.3".
+    public var version: String
+}
+
+/// TLS on a NIO channel with the system OpenSSL, through memory BIOs: ciphertext from the socket is written into
+/// OpenSSL's read BIO, plaintext comes out of SSL_read; plaintext writes go into SSL_write and the ciphertext is
+/// taken from the write BIO and sent on. OpenSSL never touches the socket, so NIO keeps control of I/O and
+/// backpressure. Closing sends close_notify first.
+public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    private enum State { case handshaking, open, closed }
+
+    private let tlsContext: TLSContext
+    private let serverName: String?
+    private var ssl: OpaquePointer?
+    private var readBIO: OpaquePointer?
+    private var writeBIO: OpaquePointer?
+    private var state = State.handshaking
+    private var handshakeStarted = false
+    /// Plaintext written before the handshake finished.
+    private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    private var pendingFlush = false
+
+    /// `serverName` is sent as SNI by a client.
+    public init(context: TLSContext, serverName: String? = nil) {
+        self.tlsContext = context
+        self.serverName = serverName
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        guard let ssl = SSL_new(tlsContext.context),
+              let readBIO = BIO_new(BIO_s_mem()), let writeBIO = BIO_new(BIO_s_mem())
+        else {
+            context.fireErrorCaught(TLSError("cannot create a TLS session"))
+            context.close(promise: nil)
+            return
+        }
+        SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL object now owns both BIOs
+        self.ssl = ssl
+        self.readBIO = readBIO
+        self.writeBIO = writeBIO
+        switch tlsContext.role {
+        case .server:
+            SSL_set_accept_state(ssl)
+        case .client:
+            SSL_set_connect_state(ssl)
+            if let serverName { _ = lb_SSL_set_tlsext_host_name(ssl, serverName) }
+            if context.channel.isActive { advanceHandshake(context: context) }
+        }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        freeSession()
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        if tlsContext.role == .client { advanceHandshake(context: context) }
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        state = .closed
+        failPendingWrites(ChannelError.ioOnClosedChannel)
+        freeSession()
+        context.fireChannelInactive()
+    }
+
+    // MARK: Inbound: ciphertext in, plaintext up
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let readBIO else { return }
+        let cipher = unwrapInboundIn(data)
+        cipher.withUnsafeReadableBytes { bytes in
+            _ = BIO_write(readBIO, bytes.baseAddress, Int32(bytes.count))
+        }
+        if state == .handshaking { advanceHandshake(context: context) }
+        if state == .open { readPlaintext(context: context) }
+    }
+
+    private func advanceHandshake(context: ChannelHandlerContext) {
+        guard let ssl, state == .handshaking else { return }
+        handshakeStarted = true
+        let result = SSL_do_handshake(ssl)
+        sendCiphertext(context: context, promise: nil)
+        context.flush()
+        if result == 1 {
+            state = .open
+            context.fireUserInboundEventTriggered(TLSHandshakeCompleted(negotiatedProtocol: negotiatedProtocol(ssl),
+                                                                        version: String(cString: SSL_get_version(ssl))))
+            let writes = pendingWrites
+            pendingWrites = []
+            for (buffer, promise) in writes { encrypt(buffer, context: context, promise: promise) }
+            if pendingFlush || !writes.isEmpty { context.flush() }
+            return
+        }
+        let error = SSL_get_error(ssl, result)
+        if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
+            fail(context: context, TLSError("TLS handshake failed"))
+        }
+    }
+
+    private func readPlaintext(context: ChannelHandlerContext) {
+        guard let ssl else { return }
+        while state == .open {
+            var buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
+            var result: Int32 = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { pointer in
+                result = SSL_read(ssl, pointer.baseAddress, Int32(pointer.count))
+                return max(Int(result), 0)
+            }
+            if result > 0 {
+                context.fireChannelRead(wrapInboundOut(buffer))
+                continue
+            }
+            let error = SSL_get_error(ssl, result)
+            switch error {
+            case SSL_ERROR_WANT_READ:
+                sendCiphertext(context: context, promise: nil)  // e.g. TLS 1.3 key updates answered by OpenSSL
+                return
+            case SSL_ERROR_ZERO_RETURN:
+                // The peer sent close_notify: it will send nothing more.
+                context.close(promise: nil)
+                return
+            default:
+                fail(context: context, TLSError("TLS read failed"))
+                return
+            }
+        }
+    }
+
+    // MARK: Outbound: plaintext down, ciphertext out
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let plaintext = unwrapOutboundIn(data)
+        switch state {
+        case .handshaking:
+            pendingWrites.append((plaintext, promise))
+        case .open:
+            encrypt(plaintext, context: context, promise: promise)
+        case .closed:
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        if state == .handshaking {
+            pendingFlush = true
+        } else {
+            context.flush()
+        }
+    }
+
+    /// Sends close_notify, then closes the connection.
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all, state == .open, let ssl {
+            state = .closed
+            _ = SSL_shutdown(ssl)
+            sendCiphertext(context: context, promise: nil)
+            context.flush()
+        }
+        context.close(mode: mode, promise: promise)
+    }
+
+    private func encrypt(_ plaintext: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        guard let ssl else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        var failed = false
+        plaintext.withUnsafeReadableBytes { bytes in
+            guard bytes.count > 0 else { return }
+            // Without partial-write mode SSL_write consumes all of it or fails.
+            failed = SSL_write(ssl, bytes.baseAddress, Int32(bytes.count)) <= 0
+        }
+        if failed {
+            promise?.fail(TLSError("TLS write failed"))
+            fail(context: context, TLSError("TLS write failed"))
+            return
+        }
+        sendCiphertext(context: context, promise: promise)
+    }
+
+    /// Moves whatever OpenSSL produced into the channel.
+    private func sendCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        guard let writeBIO else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let pending = lb_BIO_pending(writeBIO)
+        guard pending > 0 else {
+            promise?.succeed(())
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: pending)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { pointer in
+            Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
+        }
+        context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    private func negotiatedProtocol(_ ssl: OpaquePointer) -> String? {
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: TLSError) {
+        state = .closed
+        failPendingWrites(error)
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    private func failPendingWrites(_ error: Error) {
+        let writes = pendingWrites
+        pendingWrites = []
+        for (_, promise) in writes { promise?.fail(error) }
+    }
+
+    private func freeSession() {
+        if let ssl { SSL_free(ssl) }  // frees the BIOs too
+        ssl = nil
+        readBIO = nil
+        writeBIO = nil
+    }
+}

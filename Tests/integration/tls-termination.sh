@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# TLS termination on an l7-http VIP with the system OpenSSL, checked by real clients: curl (--cacert) and
+# openssl s_client. Also an https-get health check against a real TLS server (openssl s_server).
+# All traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${LB_BIN:-$(swift build --show-bin-path)}
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+base=$((27000 + $$ % 400 * 2))
+vip=$base; rs1=$((base + 1000)); rs2=$((base + 1001)); tlsrs=$((base + 1002))
+
+# A private CA and a server certificate for "ei.example" and 127.0.0.1.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=lb test CA" \
+    -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=ei.example" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:ei.example,IP:127.0.0.1\n' > "$work/san.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+    -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+
+python3 scripts/demo-backend.py http web-1 "$rs1" & pids+=($!)
+python3 scripts/demo-backend.py http web-2 "$rs2" & pids+=($!)
+# A real server that itself speaks HTTPS, for the https-get check.
+openssl s_server -quiet -accept "$tlsrs" -cert "$work/server.pem" -key "$work/server.key" -www >/dev/null 2>&1 & pids+=($!)
+
+cat > "$work/lb.yaml" <<YAML
+virtual_services:
+  - name: CoreServerClient-8443
+    vip: 127.0.0.1
+    ports: [$vip]
+    mode: l7-http
+    persistence: {type: http-cookie}
+    tls: {certificate: $work/server.pem, key: $work/server.key}
+    health_check: {type: connect, interval: 500ms}
+    real_servers:
+      - {name: web-1, address: 127.0.0.1, port: $rs1}
+      - {name: web-2, address: 127.0.0.1, port: $rs2}
+  - name: https-checked
+    vip: 127.0.0.1
+    ports: [$((vip + 1))]
+    mode: l7-tcp
+    health_check: {type: https-get, path: /, interval: 300ms, timeout: 200ms, rise: 1, fall: 1}
+    real_servers:
+      - {name: tls-up, address: 127.0.0.1, port: $tlsrs}
+      - {name: plain-http, address: 127.0.0.1, port: $rs1}
+YAML
+"$bin/lbd" --config "$work/lb.yaml" --threads 2 > "$work/lbd.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null && break; sleep 0.1; done
+
+# curl verifies the chain against our CA: the certificate and key from the config are the ones served.
+response=$(curl -s -i --cacert "$work/ca.pem" --resolve "ei.example:$vip:127.0.0.1" "https://ei.example:$vip/")
+grep -q "^web-[12]" <<<"$response" || fail "no answer through TLS: $response"
+grep -qi "^set-cookie: LBSRV=.*; Path=/; HttpOnly; Secure" <<<"$response" || fail "cookie not marked Secure: $response"
+grep -q "X-Forwarded-For: 127.0.0.1" <<<"$response" || fail "X-Forwarded-For missing"
+echo "curl --cacert: verified, Secure cookie, X-Forwarded-For"
+
+# Keep-alive over TLS: several requests on one connection.
+count=$(curl -s --cacert "$work/ca.pem" "https://127.0.0.1:$vip/a" "https://127.0.0.1:$vip/b" "https://127.0.0.1:$vip/c" | grep -c "^web-")
+[ "$count" -eq 3 ] || fail "keep-alive over TLS answered $count of 3"
+
+# ALPN picks http/1.1; TLS 1.2 minimum.
+s_client=$(echo | openssl s_client -connect "127.0.0.1:$vip" -alpn h2,http/1.1 -CAfile "$work/ca.pem" 2>&1)
+grep -q "ALPN protocol: http/1.1" <<<"$s_client" || fail "ALPN did not choose http/1.1"
+grep -q "Verify return code: 0 (ok)" <<<"$s_client" || fail "s_client could not verify the chain"
+if echo | openssl s_client -connect "127.0.0.1:$vip" -tls1_1 >/dev/null 2>&1; then fail "TLS 1.1 was accepted"; fi
+echo "openssl s_client: ALPN http/1.1, chain verified, TLS 1.1 refused"
+
+# close_notify: the server's shutdown is clean (s_client sees no unexpected EOF on a Connection: close request).
+printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' \
+    | openssl s_client -connect "127.0.0.1:$vip" -CAfile "$work/ca.pem" -quiet -ign_eof > "$work/close.out" 2> "$work/close.err" || true
+grep -q "^web-" "$work/close.out" || fail "no response before close"
+if grep -qi "unexpected eof" "$work/close.err"; then fail "connection closed without close_notify"; fi
+echo "close_notify sent before closing"
+
+# Plain HTTP to the TLS port is refused, and lbd keeps serving.
+plain=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$vip/" || true)
+[ "$plain" != "200" ] || fail "plain HTTP accepted on the TLS port"
+curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null || fail "TLS broken after a plain client"
+
+# https-get: the real TLS server stays up, the plain-HTTP one is down (its TLS handshake fails) and stays down.
+sleep 1.5
+last_plain=$(grep "server=plain-http service=https-checked" "$work/lbd.log" | grep -E "real server (up|down)" | tail -1)
+grep -q "real server down" <<<"$last_plain" || { cat "$work/lbd.log" >&2; fail "https-get did not keep a plain HTTP server down"; }
+if grep "server=tls-up" "$work/lbd.log" | grep -q "real server down"; then fail "https-get failed a healthy TLS server"; fi
+echo "https-get: TLS server up, plain-HTTP server down"
+
+# A key that does not match the certificate stops lbd before anything listens.
+sed "s|$work/server.key|$work/ca.key|" "$work/lb.yaml" > "$work/bad.yaml"
+sed -i "s/$vip\]/$((vip + 2))]/; s/$((vip + 1))\]/$((vip + 3))]/" "$work/bad.yaml"
+if "$bin/lbd" --config "$work/bad.yaml" > "$work/bad.log" 2>&1; then fail "lbd started with a mismatched key"; fi
+grep -q "cannot load private key.*key values mismatch" "$work/bad.log" || { cat "$work/bad.log" >&2; fail "no clear key error"; }
+echo "mismatched key: lbd refuses to start, nothing listens"
+echo "TLS termination: passed"
