@@ -260,3 +260,19 @@ struct RequestSafetyTests {
     }
 }
 
+
+@Suite("l7-http pipelining", .serialized)
+struct PipeliningTests {
+    /// Three requests in one write: three responses, in order, each from a full exchange.
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("POST /1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\naGET /2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                    + "POST /3 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        let all = client.readAllText()
+        let bodies = all.components(separatedBy: "X-Seen-Body-Bytes: ").dropFirst().map { $0.prefix(1) }
+        #expect(bodies == ["1", "0", "3"], "\(all)")
+        #expect(all.components(separatedBy: "HTTP/1.1 200 OK").count == 4)
+        await fixture.stop()
+    }
+}

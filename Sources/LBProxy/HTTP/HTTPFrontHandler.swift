@@ -66,13 +66,14 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         if error is HTTPParserError {
             logger.info("malformed request refused: \(error)", metadata: ["client": "\(context.channel.remoteAddress?.description ?? "?")"])
         }
-        requestTimer?.cancel()
+        disarmTimer()
         state = .closing
         context.channel.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         requestTimer?.cancel()
+        requestTimer = nil
         if case .forwarding(let backend, _) = state {
             // The client went away mid-exchange: the backend connection is in an unknown state.
             backend.close()
@@ -82,13 +83,37 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    /// The slowloris guard: a head (or the next body piece) must arrive before the timer fires.
+    /// The slowloris guard: a head (or the next body piece) must arrive before `deadline`.
+    /// One timer per connection, moved forward lazily: arming is a store, not a schedule-and-cancel per request.
+    private var deadline: NIODeadline?
+    private var deadlineReason = ""
+
     private func armTimer(_ duration: Duration, reason: String) {
-        requestTimer?.cancel()
+        deadline = .now() + TimeAmount(duration)
+        deadlineReason = reason
+        if requestTimer == nil, let deadline { scheduleTimer(at: deadline) }
+    }
+
+    private func disarmTimer() {
+        deadline = nil
+    }
+
+    private func scheduleTimer(at when: NIODeadline) {
         guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        requestTimer = context.eventLoop.scheduleTask(in: TimeAmount(duration)) {
-            loopBound.value.requestTimedOut(reason)
+        requestTimer = context.eventLoop.scheduleTask(deadline: when) {
+            loopBound.value.timerFired()
+        }
+    }
+
+    private func timerFired() {
+        requestTimer = nil
+        guard let deadline else { return }
+        if NIODeadline.now() >= deadline {
+            self.deadline = nil
+            requestTimedOut(deadlineReason)
+        } else {
+            scheduleTimer(at: deadline)
         }
     }
 
@@ -113,14 +138,30 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     // MARK: Client → real server
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        handle(unwrapInboundIn(data), context: context)
+    }
+
+    /// Pipelined requests (a head arriving while one is in progress) wait here, and reading pauses, until the
+    /// current response is complete; responses therefore leave in request order.
+    private var pipelined: [HTTPServerRequestPart] = []
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        if !pipelined.isEmpty {
+            pipelined.append(part)
+            return
+        }
+        if case .head = part, !isIdle {
+            pipelined.append(part)
+            return
+        }
+        switch part {
         case .head(let head):
             startRequest(head, context: context)
         case .body(let body):
             armTimer(service.timeouts.body, reason: "request body stalled")
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
-            requestTimer?.cancel()
+            disarmTimer()
             forward(.end(trailers))
         }
     }
@@ -193,7 +234,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         state = .forwarding(backend: backend, requestEnded: requestEnded)
         for part in buffered { backend.write(part) }
         backend.flush()
-        if pendingRead, backend.isWritable {
+        if pendingRead, pipelined.isEmpty, !isBlockedOnBackend {
             pendingRead = false
             context?.read()
         }
@@ -214,6 +255,32 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         }
     }
 
+    private var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
+    }
+
+    /// Called when a response is complete on a kept-alive connection: serve what was pipelined behind it.
+    private func replayPipelined(context: ChannelHandlerContext) {
+        let parts = pipelined
+        pipelined = []
+        for part in parts { handle(part, context: context) }
+        // No channelReadComplete follows a replay: flush what was forwarded.
+        if case .forwarding(let backend, _) = state { backend.flush() }
+        if pipelined.isEmpty, pendingRead, isIdle || !isBlockedOnBackend {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    private var isBlockedOnBackend: Bool {
+        switch state {
+        case .connecting: return true
+        case .forwarding(let backend, let requestEnded): return !requestEnded && !backend.isWritable
+        case .idle, .closing: return false
+        }
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
         if case .forwarding(let backend, _) = state { backend.flush() }
         context.fireChannelReadComplete()
@@ -221,18 +288,15 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// Reads from the client only while the real server can take what we read.
     func read(context: ChannelHandlerContext) {
-        switch state {
-        case .connecting:
+        if !pipelined.isEmpty || isBlockedOnBackend {
             pendingRead = true
-        case .forwarding(let backend, let requestEnded) where !requestEnded && !backend.isWritable:
-            pendingRead = true
-        default:
+        } else {
             context.read()
         }
     }
 
     func backendBecameWritable() {
-        if pendingRead, case .forwarding = state {
+        if pendingRead, pipelined.isEmpty, case .forwarding = state {
             pendingRead = false
             context?.read()
         }
@@ -287,9 +351,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
         if let promise {
             state = .closing
+            pipelined = []
             promise.futureResult.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
         } else {
             armTimer(service.timeouts.header, reason: "request head not received in time")
+            replayPipelined(context: context)
         }
     }
 
@@ -317,7 +383,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// Sends a small error response and closes the connection.
     private func sendError(_ status: HTTPResponseStatus, _ text: String) {
-        requestTimer?.cancel()
+        disarmTimer()
         guard let context else { return }
         if case .forwarding(let backend, _) = state { backend.close() }
         finishSelection()

@@ -26,8 +26,10 @@ struct HTTPProxy: Sendable {
             try sync.addHandler(rawWriter)
             try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
             try sync.addHandler(IdleCloser())
+            // Pipelined requests are queued by HTTPFrontHandler itself; NIO's pipelining helper would pause and
+            // resume reading around every request, which costs a system call each time.
             try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: true, withErrorHandling: true,
+                withPipeliningAssistance: false, withErrorHandling: true,
                 withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
             try sync.addHandler(HTTPFrontHandler(service: service, connector: connector, logger: logger,
                                                  scheme: service.tls == nil ? "http" : "https", rawWriter: rawWriter))
