@@ -52,8 +52,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     // MARK: Lifecycle
 
+    /// This loop's keep-alive connections for the service, looked up once per client connection.
+    private var idleConnections: IdleConnections?
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        idleConnections = IdleConnections.forLoop(context.eventLoop, service: service.name)
         armTimer(service.timeouts.header, reason: "request head not received in time")
     }
 
@@ -192,7 +196,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             sendError(.serviceUnavailable, "Service Unavailable\n")
             return
         }
-        if let reused = IdleConnections.forLoop(context.eventLoop, service: service.name).take(for: chosen) {
+        if let reused = idleConnections?.take(for: chosen) {
             attach(backend: reused, selection: chosen)
             return
         }
@@ -340,7 +344,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         self.selection = nil
         if backendReusable, requestEnded, let selection, selection.serverIndex != nil {
             backend.front = nil
-            IdleConnections.forLoop(context.eventLoop, service: service.name).put(backend, selection: selection, pool: connector.pool)
+            idleConnections?.put(backend, selection: selection, pool: connector.pool)
         } else {
             backend.close()
             if let selection { connector.pool.release(selection) }

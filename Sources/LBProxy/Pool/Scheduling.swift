@@ -30,9 +30,8 @@ public struct SchedulerState: Sendable {
         guard !candidates.isEmpty else { return nil }
         switch algorithm {
         case .roundRobin:
-            // Plain rotation; ignores weights by definition.
-            let sorted = candidates.sorted { $0.index < $1.index }
-            let pick = sorted.first { $0.index >= nextIndex } ?? sorted[0]
+            // Plain rotation; ignores weights by definition. Candidates come in server order.
+            let pick = candidates.first { $0.index >= nextIndex } ?? candidates[0]
             nextIndex = pick.index + 1
             return pick
         case .weightedRoundRobin:
