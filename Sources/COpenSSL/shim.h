@@ -49,4 +49,31 @@ static inline void lb_SSL_CTX_use_http11_alpn(SSL_CTX *ctx) {
     SSL_CTX_set_alpn_select_cb(ctx, lb_alpn_select_http11, NULL);
 }
 
+/// Certificates chosen by the name a client asks for (SNI). The default context's own certificate answers when
+/// no name is sent or none matches.
+typedef struct {
+    SSL_CTX **contexts;
+    int count;
+} lb_sni_table;
+
+static inline int lb_sni_select(SSL *ssl, int *alert, void *arg) {
+    (void)alert;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    const lb_sni_table *table = (const lb_sni_table *)arg;
+    if (name == NULL || table == NULL) return SSL_TLSEXT_ERR_OK;
+    for (int i = 0; i < table->count; i++) {
+        X509 *certificate = SSL_CTX_get0_certificate(table->contexts[i]);
+        if (certificate != NULL && X509_check_host(certificate, name, 0, 0, NULL) == 1) {
+            SSL_set_SSL_CTX(ssl, table->contexts[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static inline void lb_SSL_CTX_set_sni_table(SSL_CTX *ctx, lb_sni_table *table) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, lb_sni_select);
+    SSL_CTX_set_tlsext_servername_arg(ctx, table);
+}
+
 #endif

@@ -28,6 +28,25 @@ public final class TLSContext: @unchecked Sendable {
 
     public enum Role: Sendable { case server, client }
 
+    /// A server context with certificates chosen by SNI: `default` answers clients that send no name or a name
+    /// no other certificate covers; each of `byName` answers the names its certificate lists.
+    public static func server(default main: (certificateChain: String, privateKey: String),
+                              byName: [(certificateChain: String, privateKey: String)]) throws -> TLSContext {
+        let context = try server(certificateChain: main.certificateChain, privateKey: main.privateKey)
+        guard !byName.isEmpty else { return context }
+        let others = try byName.map { try server(certificateChain: $0.certificateChain, privateKey: $0.privateKey) }
+        let pointers = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: others.count)
+        for (index, other) in others.enumerated() { pointers[index] = other.context }
+        let table = UnsafeMutablePointer<lb_sni_table>.allocate(capacity: 1)
+        table.initialize(to: lb_sni_table(contexts: pointers, count: Int32(others.count)))
+        lb_SSL_CTX_set_sni_table(context.context, table)
+        context.sni = (others, table)
+        return context
+    }
+
+    /// The SNI contexts and the table OpenSSL's callback reads; kept alive as long as this context.
+    private var sni: (contexts: [TLSContext], table: UnsafeMutablePointer<lb_sni_table>)?
+
     /// A server context: TLS 1.2 minimum, ALPN http/1.1, no renegotiation.
     public static func server(certificateChain: String, privateKey: String) throws -> TLSContext {
         guard let ctx = SSL_CTX_new(TLS_server_method()) else { throw TLSError("cannot create a TLS context") }
@@ -69,5 +88,11 @@ public final class TLSContext: @unchecked Sendable {
         _ = lb_SSL_CTX_set_options(context, lb_SSL_OP_NO_RENEGOTIATION())
     }
 
-    deinit { SSL_CTX_free(context) }
+    deinit {
+        SSL_CTX_free(context)
+        if let sni {
+            sni.table.pointee.contexts.deallocate()
+            sni.table.deallocate()
+        }
+    }
 }

@@ -66,6 +66,16 @@ struct LoaderTests {
         #expect(!service.forwardedFor)
     }
 
+    @Test func sniCertificates() throws {
+        let yaml = document(service(ports: "[443]", extra: [
+            "tls:", "  certificate: /etc/lb/ei.pem", "  key: /etc/lb/ei.key",
+            "  sni_certificates:", "    - {certificate: /etc/lb/viewer.pem, key: /etc/lb/viewer.key}"]))
+        let tls = try #require(check(yaml).configuration?.virtualServices.first?.tls)
+        #expect(tls.sniCertificates == [.init(certificatePath: "/etc/lb/viewer.pem", keyPath: "/etc/lb/viewer.key")])
+        expectError(document(service(extra: ["tls: {certificate: a, key: b, sni_certificates: [{certificate: c}]}"])),
+                    "sni certificate is missing the required key \"key\"", at: "{certificate: c}")
+    }
+
     @Test func protocolChecksAndDurations() throws {
         let yaml = """
             virtual_services:

@@ -22,6 +22,12 @@ printf 'subjectAltName=DNS:ei.example,IP:127.0.0.1\n' > "$work/san.ext"
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
     -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
 
+# A second certificate, for "viewer.example", served only to clients that ask for that name (SNI).
+openssl req -newkey rsa:2048 -nodes -subj "/CN=viewer.example" -keyout "$work/viewer.key" -out "$work/viewer.csr" 2>/dev/null
+printf 'subjectAltName=DNS:viewer.example\n' > "$work/viewer.ext"
+openssl x509 -req -in "$work/viewer.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+    -extfile "$work/viewer.ext" -out "$work/viewer.pem" 2>/dev/null
+
 python3 scripts/demo-backend.py http web-1 "$rs1" & pids+=($!)
 python3 scripts/demo-backend.py http web-2 "$rs2" & pids+=($!)
 # A real server that itself speaks HTTPS, for the https-get check.
@@ -34,7 +40,10 @@ virtual_services:
     ports: [$vip]
     mode: l7-http
     persistence: {type: http-cookie}
-    tls: {certificate: $work/server.pem, key: $work/server.key}
+    tls:
+      certificate: $work/server.pem
+      key: $work/server.key
+      sni_certificates: [{certificate: $work/viewer.pem, key: $work/viewer.key}]
     health_check: {type: connect, interval: 500ms}
     real_servers:
       - {name: web-1, address: 127.0.0.1, port: $rs1}
@@ -57,6 +66,15 @@ grep -q "^web-[12]" <<<"$response" || fail "no answer through TLS: $response"
 grep -qi "^set-cookie: LBSRV=.*; Path=/; HttpOnly; Secure" <<<"$response" || fail "cookie not marked Secure: $response"
 grep -q "X-Forwarded-For: 127.0.0.1" <<<"$response" || fail "X-Forwarded-For missing"
 echo "curl --cacert: verified, Secure cookie, X-Forwarded-For"
+
+# SNI: each name gets the certificate that covers it; no name gets the default one.
+subject_for() { echo | openssl s_client -connect "127.0.0.1:$vip" ${1:+-servername "$1"} 2>/dev/null | openssl x509 -noout -subject; }
+grep -q "CN = viewer.example" <<<"$(subject_for viewer.example)" || fail "SNI viewer.example did not select its certificate"
+grep -q "CN = ei.example" <<<"$(subject_for ei.example)" || fail "SNI ei.example did not select the default certificate"
+grep -q "CN = ei.example" <<<"$(subject_for other.example)" || fail "an unknown name did not fall back to the default certificate"
+curl -sf --cacert "$work/ca.pem" --resolve "viewer.example:$vip:127.0.0.1" "https://viewer.example:$vip/" >/dev/null \
+    || fail "curl could not verify viewer.example"
+echo "SNI: viewer.example and ei.example each get their own certificate"
 
 # Keep-alive over TLS: several requests on one connection.
 count=$(curl -s --cacert "$work/ca.pem" "https://127.0.0.1:$vip/a" "https://127.0.0.1:$vip/b" "https://127.0.0.1:$vip/c" | grep -c "^web-")

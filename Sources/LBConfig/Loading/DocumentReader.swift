@@ -21,7 +21,8 @@ struct DocumentReader {
     ]
     static let realServerKeys = ["name", "address", "port", "weight"]
     static let endpointKeys = ["address", "port"]
-    static let tlsKeys = ["certificate", "key"]
+    static let tlsKeys = ["certificate", "key", "sni_certificates"]
+    static let certificateKeys = ["certificate", "key"]
 
     /// Ports a single virtual service may span; beyond that each port would need its own listener or IPVS service.
     static let maximumPortsPerService = 1024
@@ -413,8 +414,20 @@ struct DocumentReader {
             .flatMap { nodes.string($0, key: "certificate") }
         let key = nodes.require("key", in: fields, what: "tls", hint: "add `key: /path/to/key.pem`")
             .flatMap { nodes.string($0, key: "key") }
+        var extra: [TLSSettings.CertificatePair] = []
+        if let list = fields["sni_certificates"], let items = nodes.sequence(list, key: "sni_certificates") {
+            for (index, item) in items.enumerated() {
+                guard let pair = nodes.fields(of: item, at: path / "sni_certificates" / index, what: "sni certificate",
+                                              allowed: Self.certificateKeys) else { continue }
+                let certificate = nodes.require("certificate", in: pair, what: "sni certificate", hint: "add `certificate: /path/to/chain.pem`")
+                    .flatMap { nodes.string($0, key: "certificate") }
+                let key = nodes.require("key", in: pair, what: "sni certificate", hint: "add `key: /path/to/key.pem`")
+                    .flatMap { nodes.string($0, key: "key") }
+                if let certificate, let key { extra.append(.init(certificatePath: certificate, keyPath: key)) }
+            }
+        }
         guard let certificate, let key else { return nil }
-        return TLSSettings(certificatePath: certificate, keyPath: key)
+        return TLSSettings(certificatePath: certificate, keyPath: key, sniCertificates: extra)
     }
 }
 

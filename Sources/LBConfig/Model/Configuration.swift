@@ -108,10 +108,23 @@ public struct RealServer: Hashable, Sendable {
 public struct TLSSettings: Hashable, Sendable {
     public var certificatePath: String
     public var keyPath: String
+    /// Further certificates, each served to clients asking (SNI) for a name it covers.
+    public var sniCertificates: [CertificatePair]
 
-    public init(certificatePath: String, keyPath: String) {
+    public struct CertificatePair: Hashable, Sendable {
+        public var certificatePath: String
+        public var keyPath: String
+
+        public init(certificatePath: String, keyPath: String) {
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+        }
+    }
+
+    public init(certificatePath: String, keyPath: String, sniCertificates: [CertificatePair] = []) {
         self.certificatePath = certificatePath
         self.keyPath = keyPath
+        self.sniCertificates = sniCertificates
     }
 }
 

@@ -25,7 +25,9 @@ public final class ProxyEngine: Sendable {
                 // Certificates are loaded before anything listens: a bad key stops the start, it never half-serves.
                 let tls = try service.tls.map { settings in
                     do {
-                        return try TLSContext.server(certificateChain: settings.certificatePath, privateKey: settings.keyPath)
+                        return try TLSContext.server(
+                            default: (settings.certificatePath, settings.keyPath),
+                            byName: settings.sniCertificates.map { ($0.certificatePath, $0.keyPath) })
                     } catch {
                         throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
                     }
