@@ -77,6 +77,7 @@ struct LBD: AsyncParsableCommand {
                            metadata: ["service": "\(service.name)", "mode": "\(service.mode.rawValue)"])
         }
 
+        let stop = StopSignal()
         let engine = ProxyEngine(threads: threads, logger: logger)
         do {
             try await engine.start(configuration.virtualServices)
@@ -91,7 +92,7 @@ struct LBD: AsyncParsableCommand {
         }
         health.start(configuration.virtualServices.filter { $0.mode.isLayer7 })
 
-        let signal = await StopSignal.wait()
+        let signal = await stop.wait()
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
@@ -99,39 +100,45 @@ struct LBD: AsyncParsableCommand {
     }
 }
 
-/// Waits for SIGTERM or SIGINT, the two ways an operator or systemd asks lbd to stop.
-enum StopSignal {
-    static func wait() async -> String {
-        await withCheckedContinuation { continuation in
-            let queue = DispatchQueue(label: "lbd.signals")
-            let fired = NIOLockedFlag()
-            var sources: [DispatchSourceSignal] = []
-            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-                source.setEventHandler {
-                    guard fired.set() else { return }
-                    sources.forEach { $0.cancel() }
-                    continuation.resume(returning: name)
-                }
-                source.resume()
-                sources.append(source)
-            }
+/// SIGTERM or SIGINT, the two ways an operator or systemd asks lbd to stop. Installed before anything starts,
+/// so a stop request that arrives during start-up is not lost (nor fatal).
+final class StopSignal: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "lbd.signals")
+    private var sources: [DispatchSourceSignal] = []
+    private let lock = NSLock()
+    private var received: String?
+    private var waiter: CheckedContinuation<String, Never>?
+
+    init() {
+        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler { [weak self] in self?.deliver(name) }
+            source.resume()
+            sources.append(source)
         }
     }
-}
 
-/// A flag that can be set once, from any thread.
-final class NIOLockedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-
-    /// True the first time only.
-    func set() -> Bool {
+    private func deliver(_ name: String) {
         lock.lock()
-        defer { lock.unlock() }
-        if value { return false }
-        value = true
-        return true
+        guard received == nil else { lock.unlock(); return }
+        received = name
+        let waiter = self.waiter
+        self.waiter = nil
+        lock.unlock()
+        waiter?.resume(returning: name)
+    }
+
+    func wait() async -> String {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if let received {
+                lock.unlock()
+                continuation.resume(returning: received)
+            } else {
+                waiter = continuation
+                lock.unlock()
+            }
+        }
     }
 }

@@ -190,16 +190,23 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         state = .connecting(buffered: [.head(outbound)], requestEnded: false)
 
         let port = UInt16(context.channel.localAddress?.port ?? 0)
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        requestOrigin = (client, port, head.uri)
         guard let chosen = connector.pool.select(client: client, cookie: cookie, port: port) else {
             logger.error("no real server for request", metadata: ["uri": "\(head.uri)"])
             sendError(.serviceUnavailable, "Service Unavailable\n")
             return
         }
         if let reused = idleConnections?.take(for: chosen) {
-            attach(backend: reused, selection: chosen)
+            attach(backend: reused, selection: chosen, reused: true)
             return
         }
+        connectFresh(to: chosen, client: client, port: port, uri: head.uri)
+    }
+
+    /// Opens a new real-server connection for the current request (moving on to other servers if it is refused).
+    private func connectFresh(to chosen: Selection, client: IPAddress?, port: UInt16, uri: String) {
+        guard let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         connector.connect(to: chosen, client: client, port: port, on: context.eventLoop) { channel in
             do {
                 try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -218,15 +225,22 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
                     front.sendError(.badGateway, "Bad Gateway\n")
                     return
                 }
-                front.attach(backend: backend, selection: selection)
+                front.attach(backend: backend, selection: selection, reused: false)
             case .failure(let error):
-                front.logger.error("no real server for request: \(error)", metadata: ["uri": "\(head.uri)"])
+                front.logger.error("no real server for request: \(error)", metadata: ["uri": "\(uri)"])
                 front.sendError(.serviceUnavailable, "Service Unavailable\n")
             }
         }
     }
 
-    private func attach(backend: BackendHandler, selection: Selection) {
+    /// A kept-alive connection can be closed by the real server just as we reuse it. Until the first response
+    /// byte, a copy of the request (if small) is kept so it can be sent again on a fresh connection.
+    private var retryCopy: [HTTPClientRequestPart]?
+    private var retryCopyBytes = 0
+    private static let retryCopyLimit = 64 * 1024
+    private var requestOrigin: (client: IPAddress?, port: UInt16, uri: String)?
+
+    private func attach(backend: BackendHandler, selection: Selection, reused: Bool) {
         guard case .connecting(let buffered, let requestEnded) = state else {
             // The client left while we were connecting.
             connector.pool.release(selection)
@@ -236,6 +250,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         self.selection = selection
         backend.front = self
         state = .forwarding(backend: backend, requestEnded: requestEnded)
+        retryCopy = reused ? buffered : nil
+        retryCopyBytes = buffered.reduce(0) { $0 + $1.bodyBytes }
         for part in buffered { backend.write(part) }
         backend.flush()
         if pendingRead, pipelined.isEmpty, !isBlockedOnBackend {
@@ -254,6 +270,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         case .forwarding(let backend, let requestEnded):
             backend.write(part)
             state = .forwarding(backend: backend, requestEnded: requestEnded || ended)
+            if retryCopy != nil {
+                retryCopyBytes += part.bodyBytes
+                if retryCopyBytes > Self.retryCopyLimit { retryCopy = nil } else { retryCopy?.append(part) }
+            }
         case .idle, .closing:
             break
         }
@@ -311,6 +331,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     func responseHead(_ head: HTTPResponseHead) {
         guard let context else { return }
         responseStarted = true
+        retryCopy = nil
         var outbound = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
         outbound.headers.removeHopByHop()
         if !clientKeepAlive { outbound.headers.replaceOrAdd(name: "Connection", value: "close") }
@@ -365,7 +386,20 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// The real server failed or closed before the response was complete.
     func backendFailed(_ error: Error?) {
-        guard case .forwarding = state else { return }
+        guard case .forwarding(_, let requestEnded) = state else { return }
+        // A reused connection that died before answering: send the request again on a fresh connection.
+        if !responseStarted, let copy = retryCopy, let origin = requestOrigin, let failed = selection {
+            retryCopy = nil
+            connector.pool.release(failed)
+            selection = nil
+            state = .connecting(buffered: copy, requestEnded: requestEnded)
+            guard let chosen = connector.pool.select(client: origin.client, cookie: clientCookie, port: origin.port) else {
+                sendError(.serviceUnavailable, "Service Unavailable\n")
+                return
+            }
+            connectFresh(to: chosen, client: origin.client, port: origin.port, uri: origin.uri)
+            return
+        }
         logger.warning("real server connection ended early", metadata: [
             "server": "\(selection?.name ?? "?")", "reason": "\(error.map { "\($0)" } ?? "closed")"])
         finishSelection()
@@ -417,5 +451,12 @@ final class RawResponseWriter: ChannelOutboundHandler {
         guard let context else { return }
         let channel = context.channel
         context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+extension HTTPClientRequestPart {
+    var bodyBytes: Int {
+        if case .body(.byteBuffer(let buffer)) = self { return buffer.readableBytes }
+        return 0
     }
 }
