@@ -2,13 +2,7 @@
 # DICOM through an l7-tcp VIP, with real DICOM peers (dcmtk): storescu sends a generated multi-file study through
 # lbd to two storescp real servers; every file received must be byte-identical to the one sent.
 # Needs: dcmtk (storescu, storescp, img2dcm, echoscu), python3. All traffic stays on 127.0.0.1.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-bin=${LB_BIN:-$(swift build --show-bin-path)}
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 base=$((26000 + $$ % 500 * 2))
 vip=$base; scp1=$((base + 1000)); scp2=$((base + 1001))

@@ -2,14 +2,7 @@
 # The agent's wiring, end to end: lbd with http-get health checks in front of two real servers. A server is killed
 # during a bounded request loop: no request fails (redispatch), the check takes it out (logged with the reason),
 # and after a restart it rejoins (logged) and serves again. Then SIGTERM drains and stops lbd.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-bin=${LB_BIN:-$(swift build --show-bin-path)}
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; cat "$work/lbd.log" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
 
 base=$((23000 + $$ % 400 * 3))
 vip=$base; rs1=$((base + 1)); rs2=$((base + 2))
@@ -27,6 +20,10 @@ virtual_services:
       - {name: web-1, address: 127.0.0.1, port: $rs1}
       - {name: web-2, address: 127.0.0.1, port: $rs2}
 YAML
+# Real servers first, so lbd's first checks find them up.
+for port in "$rs1" "$rs2"; do
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+done
 "$bin/lbd" --config "$work/lb.yaml" --threads 2 > "$work/lbd.log" 2>&1 & lbd=$!; pids+=($lbd)
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$vip/" >/dev/null && curl -sf "http://127.0.0.1:$rs2/" >/dev/null && break; sleep 0.1; done
 
@@ -46,9 +43,11 @@ for _ in $(seq 30); do grep -q "server=web-2 service=CoreServerClient-80.*real s
 grep -q "reason=connection refused (2 checks failed in a row) server=web-2 service=CoreServerClient-80 \[LBHealth\] real server down" "$work/lbd.log" \
     || fail "no 'real server down' log with the reason"
 
+# Only transitions after the kill count from here on.
+after_down() { sed -n "$(grep -n "server=web-2 service=CoreServerClient-80.*real server down" "$work/lbd.log" | tail -1 | cut -d: -f1),\$p" "$work/lbd.log"; }
 python3 scripts/demo-backend.py http web-2 "$rs2" & pids+=($!)
-for _ in $(seq 50); do grep -q "server=web-2 service=CoreServerClient-80.*real server up" "$work/lbd.log" && break; sleep 0.1; done
-grep -q "server=web-2 service=CoreServerClient-80.*real server up" "$work/lbd.log" || fail "web-2 did not rejoin"
+for _ in $(seq 50); do after_down | grep -q "server=web-2 service=CoreServerClient-80.*real server up" && break; sleep 0.1; done
+after_down | grep -q "server=web-2 service=CoreServerClient-80.*real server up" || fail "web-2 did not rejoin"
 back=0
 for _ in $(seq 10); do [[ "$(curl -sf "http://127.0.0.1:$vip/")" == web-2* ]] && back=$((back + 1)); done
 [ "$back" -ge 4 ] || fail "web-2 serves only $back of 10 after rejoining"

@@ -2,14 +2,7 @@
 # TLS termination on an l7-http VIP with the system OpenSSL, checked by real clients: curl (--cacert) and
 # openssl s_client. Also an https-get health check against a real TLS server (openssl s_server).
 # All traffic stays on 127.0.0.1.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-bin=${LB_BIN:-$(swift build --show-bin-path)}
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
 
 base=$((27000 + $$ % 400 * 2))
 vip=$base; rs1=$((base + 1000)); rs2=$((base + 1001)); tlsrs=$((base + 1002))
