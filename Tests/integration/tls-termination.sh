@@ -45,11 +45,13 @@ virtual_services:
     vip: 127.0.0.1
     ports: [$((vip + 1))]
     mode: l7-tcp
-    health_check: {type: https-get, path: /, interval: 300ms, timeout: 200ms, rise: 1, fall: 1}
+    health_check: {type: https-get, path: /, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}
     real_servers:
       - {name: tls-up, address: 127.0.0.1, port: $tlsrs}
       - {name: plain-http, address: 127.0.0.1, port: $rs1}
 YAML
+# Real servers first, so lbd's first checks find them serving.
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$rs1/" >/dev/null && curl -sfk "https://127.0.0.1:$tlsrs/" >/dev/null && break; sleep 0.1; done
 "$bin/lbd" --config "$work/lb.yaml" --threads 2 > "$work/lbd.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null && break; sleep 0.1; done
 
@@ -93,10 +95,10 @@ plain=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$vip/" || true)
 curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null || fail "TLS broken after a plain client"
 
 # https-get: the real TLS server stays up, the plain-HTTP one is down (its TLS handshake fails) and stays down.
-sleep 1.5
-last_plain=$(grep "server=plain-http service=https-checked" "$work/lbd.log" | grep -E "real server (up|down)" | tail -1)
-grep -q "real server down" <<<"$last_plain" || { cat "$work/lbd.log" >&2; fail "https-get did not keep a plain HTTP server down"; }
-if grep "server=tls-up" "$work/lbd.log" | grep -q "real server down"; then fail "https-get failed a healthy TLS server"; fi
+sleep 2.5
+last_transition() { grep "server=$1 service=https-checked" "$work/lbd.log" | grep -E "real server (up|down)" | tail -1; }
+grep -q "real server down" <<<"$(last_transition plain-http)" || fail "https-get did not keep a plain HTTP server down"
+if grep -q "real server down" <<<"$(last_transition tls-up)"; then fail "https-get holds a healthy TLS server down"; fi
 echo "https-get: TLS server up, plain-HTTP server down"
 
 # A key that does not match the certificate stops lbd before anything listens.

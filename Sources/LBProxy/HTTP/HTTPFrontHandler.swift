@@ -55,6 +55,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// This loop's keep-alive connections for the service, looked up once per client connection.
     private var idleConnections: IdleConnections?
 
+    /// The client's address (and the VIP port it used) never change on a connection: work them out once.
+    private lazy var peer: (address: IPAddress?, text: String, vipPort: UInt16) = {
+        let address = IPAddress(context?.channel.remoteAddress)
+        return (address, address?.description ?? "unknown", UInt16(context?.channel.localAddress?.port ?? 0))
+    }()
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         idleConnections = IdleConnections.forLoop(context.eventLoop, service: service.name)
@@ -175,7 +181,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         armTimer(service.timeouts.body, reason: "request body stalled")
         clientKeepAlive = head.isKeepAlive
         responseStarted = false
-        let client = IPAddress(context.channel.remoteAddress)
+        let client = peer.address
         var cookie: String?
         if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
         clientCookie = cookie
@@ -184,12 +190,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         outbound.headers.removeHopByHop()
         if service.forwardedFor, let client {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
-            outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? "\(client)" : "\(previous), \(client)")
+            outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
         }
         state = .connecting(buffered: [.head(outbound)], requestEnded: false)
 
-        let port = UInt16(context.channel.localAddress?.port ?? 0)
+        let port = peer.vipPort
         requestOrigin = (client, port, head.uri)
         guard let chosen = connector.pool.select(client: client, cookie: cookie, port: port) else {
             logger.error("no real server for request", metadata: ["uri": "\(head.uri)"])
