@@ -188,7 +188,7 @@ struct CLITests {
     /// lbd runs the Layer 7 services until SIGTERM, then drains and exits 0.
     @Test func lbdServesUntilSIGTERM() throws {
         let scratch = try Scratch()
-        let port = 24_000 + Int(getpid() % 500)
+        let port = 19_000 + Int(getpid() % 900)  // below the blocks LBProxyTests use (20000-30000)
         let file = try scratch.write("run.yaml", """
             virtual_services:
               - name: demo-tcp
