@@ -35,6 +35,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // libnl-3 / libnl-genl-3, found with pkg-config.
+        .systemLibrary(
+            name: "CNetlink",
+            pkgConfig: "libnl-genl-3.0",
+            providers: [.apt(["libnl-3-dev", "libnl-genl-3-dev"])]
+        ),
+        // The kernel's IPVS over generic netlink: pure message codec plus a libnl transport.
+        .target(name: "LBIPVS", dependencies: ["LBConfig", "CNetlink"]),
         // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.
         .target(
             name: "LBProxy",
@@ -81,6 +89,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
+        .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(
             name: "LBProxyTests",
             dependencies: [

@@ -1,0 +1,179 @@
+import LBConfig
+
+/// Generic-netlink IPVS commands and attribute numbers, from the kernel's <linux/ip_vs.h>.
+public enum IPVSCommand: UInt8, Sendable {
+    case newService = 1, setService, deleteService, getService
+    case newDestination, setDestination, deleteDestination, getDestination
+    case newDaemon, deleteDaemon, getDaemon, setConfig, getConfig, setInfo, getInfo, zero, flush
+}
+
+enum CommandAttribute: UInt16 { case service = 1, destination, daemon, timeoutTCP, timeoutTCPFin, timeoutUDP }
+enum ServiceAttribute: UInt16 {
+    case family = 1, proto, address, port, fwmark, schedulerName, flags, timeout, netmask, stats, peName, stats64
+}
+enum DestinationAttribute: UInt16 {
+    case address = 1, port, forwarding, weight, upperThreshold, lowerThreshold, activeConnections,
+         inactiveConnections, persistentConnections, stats, family, stats64
+}
+enum InfoAttribute: UInt16 { case version = 1, connectionTableSize }
+
+let IP_VS_SVC_F_PERSISTENT: UInt32 = 0x0001
+let AF_INET_: UInt16 = 2
+let AF_INET6_: UInt16 = 10
+
+/// Netlink attributes (TLV: 16-bit length, 16-bit type, payload padded to 4 bytes), built and read in pure Swift
+/// so the IPVS messages are unit-tested without a kernel.
+public struct NetlinkAttributes: Equatable, Sendable {
+    public private(set) var bytes: [UInt8] = []
+
+    public init() {}
+
+    mutating func put(_ type: UInt16, _ payload: [UInt8]) {
+        let length = UInt16(4 + payload.count)
+        bytes += withUnsafeBytes(of: length.littleEndian, Array.init)
+        bytes += withUnsafeBytes(of: type.littleEndian, Array.init)
+        bytes += payload
+        bytes += [UInt8](repeating: 0, count: (4 - payload.count % 4) % 4)
+    }
+
+    mutating func put(_ type: UInt16, u16 value: UInt16) { put(type, withUnsafeBytes(of: value.littleEndian, Array.init)) }
+    mutating func put(_ type: UInt16, u32 value: UInt32) { put(type, withUnsafeBytes(of: value.littleEndian, Array.init)) }
+    /// Ports travel in network order.
+    mutating func put(_ type: UInt16, be16 value: UInt16) { put(type, withUnsafeBytes(of: value.bigEndian, Array.init)) }
+    mutating func put(_ type: UInt16, string: String) { put(type, Array(string.utf8) + [0]) }
+    mutating func put(_ type: UInt16, nested: NetlinkAttributes) { put(type, nested.bytes) }
+
+    /// Parses a run of attributes into (type, payload) pairs; nil if the lengths do not add up.
+    public static func parse(_ bytes: ArraySlice<UInt8>) -> [(type: UInt16, payload: ArraySlice<UInt8>)]? {
+        var result: [(UInt16, ArraySlice<UInt8>)] = []
+        var offset = bytes.startIndex
+        while offset + 4 <= bytes.endIndex {
+            let length = Int(UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8)
+            let type = (UInt16(bytes[offset + 2]) | UInt16(bytes[offset + 3]) << 8) & 0x3FFF  // drop nested/byteorder flags
+            guard length >= 4, offset + length <= bytes.endIndex else { return nil }
+            result.append((type, bytes[(offset + 4)..<(offset + length)]))
+            offset += (length + 3) & ~3
+        }
+        return result
+    }
+}
+
+/// Encodes and decodes the attribute part of IPVS messages (the generic-netlink header is the transport's).
+public enum IPVSCodec {
+    static func addressBytes(_ address: IPAddress) -> [UInt8] {
+        // union nf_inet_addr: 16 bytes, IPv4 in the first four.
+        switch address {
+        case .v4(let value): return withUnsafeBytes(of: value.bigEndian, Array.init) + [UInt8](repeating: 0, count: 12)
+        case .v6(let bytes): return bytes
+        }
+    }
+
+    static func family(_ address: IPAddress) -> UInt16 { address.family == .ipv4 ? AF_INET_ : AF_INET6_ }
+
+    /// The key attributes that name a service (enough for delete and for destination commands).
+    static func serviceKey(_ service: IPVSService) -> NetlinkAttributes {
+        var attributes = NetlinkAttributes()
+        attributes.put(ServiceAttribute.family.rawValue, u16: family(service.address))
+        attributes.put(ServiceAttribute.proto.rawValue, u16: service.transport.rawValue)
+        attributes.put(ServiceAttribute.address.rawValue, addressBytes(service.address))
+        attributes.put(ServiceAttribute.port.rawValue, be16: service.port)
+        return attributes
+    }
+
+    /// A complete service, for add and edit.
+    public static func service(_ service: IPVSService) -> NetlinkAttributes {
+        var attributes = serviceKey(service)
+        attributes.put(ServiceAttribute.schedulerName.rawValue, string: service.scheduler)
+        // struct ip_vs_flags { __u32 flags; __u32 mask; }: the mask says which flags this message sets.
+        let flags: UInt32 = service.persistenceTimeout == nil ? 0 : IP_VS_SVC_F_PERSISTENT
+        attributes.put(ServiceAttribute.flags.rawValue,
+                       withUnsafeBytes(of: flags.littleEndian, Array.init) + withUnsafeBytes(of: UInt32.max.littleEndian, Array.init))
+        attributes.put(ServiceAttribute.timeout.rawValue, u32: service.persistenceTimeout ?? 0)
+        attributes.put(ServiceAttribute.netmask.rawValue, u32: service.persistenceNetmask)
+        return attributes
+    }
+
+    public static func destination(_ destination: IPVSDestination) -> NetlinkAttributes {
+        var attributes = NetlinkAttributes()
+        attributes.put(DestinationAttribute.address.rawValue, addressBytes(destination.address))
+        attributes.put(DestinationAttribute.port.rawValue, be16: destination.port)
+        attributes.put(DestinationAttribute.forwarding.rawValue, u32: destination.forwarding.rawValue)
+        attributes.put(DestinationAttribute.weight.rawValue, u32: destination.weight)
+        attributes.put(DestinationAttribute.upperThreshold.rawValue, u32: destination.upperThreshold)
+        attributes.put(DestinationAttribute.lowerThreshold.rawValue, u32: destination.lowerThreshold)
+        attributes.put(DestinationAttribute.family.rawValue, u16: family(destination.address))
+        return attributes
+    }
+
+    /// The attributes of a command message.
+    public static func message(service: NetlinkAttributes? = nil, destination: NetlinkAttributes? = nil) -> NetlinkAttributes {
+        var attributes = NetlinkAttributes()
+        if let service { attributes.put(CommandAttribute.service.rawValue, nested: service) }
+        if let destination { attributes.put(CommandAttribute.destination.rawValue, nested: destination) }
+        return attributes
+    }
+
+    // MARK: Decoding dump replies
+
+    static func u16(_ payload: ArraySlice<UInt8>) -> UInt16? {
+        payload.count >= 2 ? UInt16(payload[payload.startIndex]) | UInt16(payload[payload.startIndex + 1]) << 8 : nil
+    }
+    static func u32(_ payload: ArraySlice<UInt8>) -> UInt32? {
+        guard payload.count >= 4 else { return nil }
+        return payload.prefix(4).reversed().reduce(0) { $0 << 8 | UInt32($1) }
+    }
+    static func address(_ payload: ArraySlice<UInt8>, family: UInt16) -> IPAddress? {
+        let bytes = Array(payload)
+        if family == AF_INET_, bytes.count >= 4 {
+            return .v4(bytes.prefix(4).reduce(0) { $0 << 8 | UInt32($1) })
+        }
+        if family == AF_INET6_, bytes.count >= 16 { return .v6(Array(bytes.prefix(16))) }
+        return nil
+    }
+
+    /// A service from a GET_SERVICE dump reply (the attributes of one message).
+    public static func decodeService(_ message: ArraySlice<UInt8>) -> IPVSService? {
+        guard let top = NetlinkAttributes.parse(message),
+              let nested = top.first(where: { $0.type == CommandAttribute.service.rawValue }),
+              let fields = NetlinkAttributes.parse(nested.payload)
+        else { return nil }
+        func field(_ attribute: ServiceAttribute) -> ArraySlice<UInt8>? { fields.first { $0.type == attribute.rawValue }?.payload }
+        guard let family = field(.family).flatMap(u16), let proto = field(.proto).flatMap(u16),
+              let transport = IPVSService.TransportProtocol(rawValue: proto),
+              let addressBytes = field(.address), let address = address(addressBytes, family: family),
+              let portBytes = field(.port), portBytes.count >= 2,
+              let schedulerBytes = field(.schedulerName)
+        else { return nil }
+        let port = UInt16(portBytes[portBytes.startIndex]) << 8 | UInt16(portBytes[portBytes.startIndex + 1])
+        let scheduler = String(decoding: schedulerBytes.prefix { $0 != 0 }, as: UTF8.self)
+        let flags = field(.flags).flatMap(u32) ?? 0
+        let timeout = field(.timeout).flatMap(u32) ?? 0
+        return IPVSService(transport: transport, address: address, port: port, scheduler: scheduler,
+                           persistenceTimeout: flags & IP_VS_SVC_F_PERSISTENT != 0 ? timeout : nil,
+                           persistenceNetmask: field(.netmask).flatMap(u32) ?? 0xFFFF_FFFF)
+    }
+
+    /// A destination and its counters from a GET_DEST dump reply.
+    public static func decodeDestination(_ message: ArraySlice<UInt8>, serviceFamily: UInt16) -> (IPVSDestination, IPVSCounters)? {
+        guard let top = NetlinkAttributes.parse(message),
+              let nested = top.first(where: { $0.type == CommandAttribute.destination.rawValue }),
+              let fields = NetlinkAttributes.parse(nested.payload)
+        else { return nil }
+        func field(_ attribute: DestinationAttribute) -> ArraySlice<UInt8>? { fields.first { $0.type == attribute.rawValue }?.payload }
+        let family = field(.family).flatMap(u16) ?? serviceFamily
+        guard let addressBytes = field(.address), let address = address(addressBytes, family: family),
+              let portBytes = field(.port), portBytes.count >= 2,
+              let forwardingValue = field(.forwarding).flatMap(u32),
+              let forwarding = IPVSDestination.Forwarding(rawValue: forwardingValue & 0x7),
+              let weight = field(.weight).flatMap(u32)
+        else { return nil }
+        let port = UInt16(portBytes[portBytes.startIndex]) << 8 | UInt16(portBytes[portBytes.startIndex + 1])
+        var counters = IPVSCounters()
+        counters.activeConnections = field(.activeConnections).flatMap(u32) ?? 0
+        counters.inactiveConnections = field(.inactiveConnections).flatMap(u32) ?? 0
+        let destination = IPVSDestination(address: address, port: port, forwarding: forwarding, weight: weight,
+                                          upperThreshold: field(.upperThreshold).flatMap(u32) ?? 0,
+                                          lowerThreshold: field(.lowerThreshold).flatMap(u32) ?? 0)
+        return (destination, counters)
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import LBConfig
+import Testing
+@testable import LBIPVS
+
+/// Message encoding against the layout of <linux/ip_vs.h>, without a kernel.
+@Suite("IPVS netlink codec")
+struct IPVSCodecTests {
+    let service = IPVSService(transport: .tcp, address: IPAddress("10.20.0.10")!, port: 104, scheduler: "wlc",
+                              persistenceTimeout: 300)
+
+    @Test func attributesAreLengthTypePaddedPayload() {
+        var attributes = NetlinkAttributes()
+        attributes.put(6, string: "rr")  // "rr\0" = 3 bytes, padded to 4
+        #expect(attributes.bytes == [7, 0, 6, 0, 0x72, 0x72, 0, 0])
+        attributes.put(4, be16: 104)
+        #expect(Array(attributes.bytes[8...]) == [6, 0, 4, 0, 0, 104, 0, 0])
+    }
+
+    @Test func serviceKeyLayout() throws {
+        let key = IPVSCodec.serviceKey(service).bytes
+        // family AF_INET (u16), protocol TCP (u16), 16-byte address, port in network order.
+        #expect(Array(key[0..<8]) == [6, 0, 1, 0, 2, 0, 0, 0])
+        #expect(Array(key[8..<16]) == [6, 0, 2, 0, 6, 0, 0, 0])
+        #expect(Array(key[16..<20]) == [20, 0, 3, 0])
+        #expect(Array(key[20..<24]) == [10, 20, 0, 10])
+        #expect(key[24..<36].allSatisfy { $0 == 0 })
+        #expect(Array(key[36..<44]) == [6, 0, 4, 0, 0, 104, 0, 0])
+    }
+
+    @Test func persistenceSetsTheFlagAndMask() throws {
+        let fields = try #require(NetlinkAttributes.parse(IPVSCodec.service(service).bytes[...]))
+        let flags = try #require(fields.first { $0.type == 7 }?.payload)
+        #expect(Array(flags) == [1, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], "IP_VS_SVC_F_PERSISTENT, mask all")
+        let timeout = try #require(fields.first { $0.type == 8 }?.payload)
+        #expect(Array(timeout) == [0x2C, 0x01, 0, 0])
+        let scheduler = try #require(fields.first { $0.type == 6 }?.payload)
+        #expect(Array(scheduler) == Array("wlc".utf8) + [0])
+    }
+
+    @Test func serviceAndDestinationRoundTrip() throws {
+        let message = IPVSCodec.message(service: IPVSCodec.service(service))
+        #expect(IPVSCodec.decodeService(message.bytes[...]) == service)
+
+        let v6 = IPVSService(transport: .udp, address: IPAddress("2001:db8::10")!, port: 2762, scheduler: "sh")
+        #expect(IPVSCodec.decodeService(IPVSCodec.message(service: IPVSCodec.service(v6)).bytes[...]) == v6)
+
+        let destination = IPVSDestination(address: IPAddress("10.20.1.11")!, port: 11112, forwarding: .masquerade, weight: 100)
+        let encoded = IPVSCodec.message(destination: IPVSCodec.destination(destination))
+        let decoded = try #require(IPVSCodec.decodeDestination(encoded.bytes[...], serviceFamily: 2))
+        #expect(decoded.0 == destination)
+    }
+
+    @Test func truncatedInputIsRejectedNotTrusted() {
+        let bytes = IPVSCodec.message(service: IPVSCodec.service(service)).bytes
+        #expect(NetlinkAttributes.parse(bytes.dropLast(3)) == nil || IPVSCodec.decodeService(bytes.dropLast(3)) == nil)
+        #expect(NetlinkAttributes.parse([200, 0, 1, 0][...]) == nil)
+    }
+}
+
+/// Against the real kernel: runs only inside scripts/ipvs-vm (LB_IPVS_KERNEL=1), where it must pass.
+@Suite("IPVS through netlink, real kernel", .enabled(if: ProcessInfo.processInfo.environment["LB_IPVS_KERNEL"] == "1"))
+struct IPVSKernelTests {
+    @Test func programAndDumpMatchIpvsadm() throws {
+        let client = try IPVSClient()
+        try client.flush()
+        let service = IPVSService(transport: .tcp, address: IPAddress("10.0.0.1")!, port: 104, scheduler: "wlc",
+                                  persistenceTimeout: 300)
+        try client.add(service)
+        let first = IPVSDestination(address: IPAddress("10.0.1.11")!, port: 11112, forwarding: .masquerade, weight: 100)
+        let second = IPVSDestination(address: IPAddress("10.0.1.12")!, port: 11112, forwarding: .masquerade, weight: 50)
+        try client.add(first, to: service)
+        try client.add(second, to: service)
+
+        #expect(try client.services() == [service])
+        #expect(try client.destinations(of: service).map(\.0).sorted { $0.weight > $1.weight } == [first, second])
+
+        // The reference tool sees exactly the same.
+        let listing = try run("/usr/sbin/ipvsadm", ["-Ln"])
+        #expect(listing.contains("TCP  10.0.0.1:104 wlc persistent 300"), "\(listing)")
+        #expect(listing.range(of: #"-> 10\.0\.1\.11:11112 +Masq +100 "#, options: .regularExpression) != nil, "\(listing)")
+        #expect(listing.range(of: #"-> 10\.0\.1\.12:11112 +Masq +50 "#, options: .regularExpression) != nil, "\(listing)")
+
+        // A weight change is one SET_DEST.
+        var drained = second
+        drained.weight = 0
+        try client.update(drained, in: service)
+        #expect(try run("/usr/sbin/ipvsadm", ["-Ln"]).range(of: #"-> 10\.0\.1\.12:11112 +Masq +0 "#, options: .regularExpression) != nil)
+
+        // The kernel's refusal comes back typed, naming the object.
+        do {
+            try client.add(service)
+            Issue.record("adding a service twice must fail")
+        } catch let error as IPVSError {
+            #expect(error.errno == EEXIST)
+            #expect(error.description == "service 10.0.0.1:104/tcp: File exists")
+        }
+        try client.delete(service)
+        #expect(try client.services().isEmpty)
+    }
+
+    /// popen rather than Foundation's Process: the latter needs CFRunLoop machinery the minimal VM lacks.
+    func run(_ tool: String, _ arguments: [String]) throws -> String {
+        guard let pipe = popen(([tool] + arguments).joined(separator: " "), "r") else { return "" }
+        defer { pclose(pipe) }
+        var output = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, pipe)
+            if count <= 0 { break }
+            output += buffer[0..<count]
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+}
