@@ -216,13 +216,27 @@ final class RawClient: @unchecked Sendable {
 
     func send(_ text: String) { send(Array(text.utf8)) }
 
-    func send(_ bytes: [UInt8]) {
+    /// The local port, to tell in a failure which connection it was.
+    var localPort: UInt16 {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    /// Sends everything unless the connection fails; returns the number of bytes the kernel accepted.
+    @discardableResult
+    func send(_ bytes: [UInt8]) -> Int {
         var offset = 0
         while offset < bytes.count {
             let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if sent <= 0 { return }
+            if sent < 0 && errno == EINTR { continue }
+            if sent <= 0 { return offset }
             offset += sent
         }
+        return offset
     }
 
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }

@@ -95,10 +95,14 @@ struct TCPProxyTests {
             received.withLockedValue { $0 = bytes }
             done.signal()
         }
-        for _ in 0..<chunks { client.send(chunk) }
+        var sent = 0
+        for _ in 0..<chunks { sent += client.send(chunk) }
         client.shutdownWrite()
         done.wait()
         let receivedBytes = received.withLockedValue { $0 }
+        #expect(sent == chunk.count * chunks, "the proxy accepted only \(sent) bytes")
+        #expect(receivedBytes.starts(with: Array("hello from dicom-".utf8)),
+                "VIP port \(fixture.vipPort), local port \(client.localPort), first bytes: \(String(decoding: receivedBytes.prefix(40), as: UTF8.self))")
         let greetingLength = "hello from dicom-1\n".utf8.count
         let payload = receivedBytes.dropFirst(greetingLength).dropLast("bye\n".utf8.count)
         #expect(payload.count == chunk.count * chunks)
