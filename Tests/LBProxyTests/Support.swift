@@ -241,12 +241,15 @@ final class RawClient: @unchecked Sendable {
 
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
-    /// Reads until the peer closes (or the 5 s receive timeout).
-    func readAll() -> [UInt8] {
+    /// Reads until the peer closes (or `timeout` seconds pass without a byte).
+    func readAll(timeout seconds: Int = 5) -> [UInt8] {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var result: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = recv(fd, &buffer, buffer.count, 0)
+            if count < 0 && errno == EINTR { continue }  // SIGCHLD from tests that spawn processes
             if count <= 0 { break }
             result += buffer[0..<count]
         }
@@ -269,6 +272,7 @@ final class RawClient: @unchecked Sendable {
                 if have >= length { return text }
             }
             let count = recv(fd, &buffer, buffer.count, 0)
+            if count < 0 && errno == EINTR { continue }  // SIGCHLD from tests that spawn processes
             if count <= 0 { return String(decoding: data, as: UTF8.self) }
             data += buffer[0..<count]
         }

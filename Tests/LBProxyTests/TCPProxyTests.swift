@@ -91,7 +91,8 @@ struct TCPProxyTests {
         let received = NIOLockedValueBox<[UInt8]>([])
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
-            let bytes = client.readAll()
+            // A generous silence limit: under a loaded CI machine the debug build can pause for seconds.
+            let bytes = client.readAll(timeout: 60)
             received.withLockedValue { $0 = bytes }
             done.signal()
         }
