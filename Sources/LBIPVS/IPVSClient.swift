@@ -153,3 +153,42 @@ public final class IPVSClient {
         return reply.messages
     }
 }
+
+/// A plan stopped part-way: what reached the kernel, what failed and why, and what was not attempted.
+/// Planning again from a fresh dump converges, since the plan is computed from what the kernel holds.
+public struct IPVSApplyError: Error, CustomStringConvertible, Sendable {
+    public var applied: [IPVSOperation]
+    public var failed: IPVSOperation
+    public var error: IPVSError
+    public var notApplied: [IPVSOperation]
+
+    public var description: String {
+        "\(error) (while trying to \(failed)); \(applied.count) change(s) applied, \(notApplied.count) not attempted"
+    }
+}
+
+extension IPVSClient {
+    /// The whole table, as a dump finds it.
+    public func table() throws -> IPVSTable {
+        try IPVSTable(services().map { service in (service, try destinations(of: service).map(\.0)) })
+    }
+
+    /// Sends each operation in order; stops at the first refusal and says what was and was not applied.
+    public func apply(_ operations: [IPVSOperation]) throws {
+        for (index, operation) in operations.enumerated() {
+            do {
+                switch operation {
+                case .addService(let service): try add(service)
+                case .updateService(let service): try update(service)
+                case .deleteService(let service): try delete(service)
+                case .addDestination(let destination, let service): try add(destination, to: service)
+                case .updateDestination(let destination, let service): try update(destination, in: service)
+                case .deleteDestination(let destination, let service): try delete(destination, from: service)
+                }
+            } catch let error as IPVSError {
+                throw IPVSApplyError(applied: Array(operations[..<index]), failed: operation, error: error,
+                                     notApplied: Array(operations[(index + 1)...]))
+            }
+        }
+    }
+}

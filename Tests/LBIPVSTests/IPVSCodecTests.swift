@@ -59,8 +59,9 @@ struct IPVSCodecTests {
 }
 
 /// Against the real kernel: runs only inside scripts/ipvs-vm (LB_IPVS_KERNEL=1), where it must pass.
-@Suite("IPVS through netlink, real kernel", .enabled(if: ProcessInfo.processInfo.environment["LB_IPVS_KERNEL"] == "1"))
+@Suite("IPVS through netlink, real kernel", .serialized, .enabled(if: ProcessInfo.processInfo.environment["LB_IPVS_KERNEL"] == "1"))
 struct IPVSKernelTests {
+    // Runs inside the VM only; see Tests/integration/ipvs-netlink-kernel.sh.
     @Test func programAndDumpMatchIpvsadm() throws {
         let client = try IPVSClient()
         try client.flush()
@@ -97,6 +98,53 @@ struct IPVSKernelTests {
         }
         try client.delete(service)
         #expect(try client.services().isEmpty)
+    }
+
+    /// The planner's table, applied through netlink, is what a dump and ipvsadm then show; a weight change is one
+    /// operation; a plan that fails part-way says what was applied, and planning again converges.
+    @Test func planAppliedAndDumpedConverges() throws {
+        let client = try IPVSClient()
+        try client.flush()
+        let report = ConfigurationLoader.check(yaml: """
+            virtual_services:
+              - name: dicom-nat
+                vip: 10.0.0.30
+                ports: [104, 11112]
+                mode: l4-nat
+                scheduler: weighted-leastconn
+                persistence: {type: source-ip, timeout: 600s}
+                real_servers:
+                  - {name: core-1, address: 10.0.1.11, port: 11112, weight: 100}
+                  - {name: core-2, address: 10.0.1.12, port: 11112, weight: 50}
+              - name: web-dr
+                vip: 10.0.0.31
+                ports: [80]
+                mode: l4-dr
+                real_servers: [{name: web-1, address: 10.0.1.21}]
+            """, file: "kernel.yaml")
+        let services = try #require(report.configuration?.virtualServices)
+        let desired = IPVSPlanner.desiredTable(for: services)
+        try client.apply(IPVSPlanner.plan(from: try client.table(), to: desired, owned: []).operations)
+        #expect(try client.table() == desired)
+        let listing = try run("/usr/sbin/ipvsadm", ["-Ln"])
+        #expect(listing.contains("TCP  10.0.0.30:104 wlc persistent 600"))
+        #expect(listing.contains("TCP  10.0.0.31:80 rr"))
+        #expect(listing.range(of: #"-> 10\.0\.1\.21:80 +Route +100 "#, options: .regularExpression) != nil, "\(listing)")
+
+        // Drain web-1: one SET_DEST, and the kernel agrees.
+        let drained = IPVSPlanner.desiredTable(for: services, weights: ["web-dr": ["web-1": 0]])
+        let change = IPVSPlanner.plan(from: try client.table(), to: drained, owned: Set(desired.services.keys)).operations
+        #expect(change.count == 1)
+        try client.apply(change)
+        #expect(try client.table() == drained)
+
+        // Someone deletes a destination behind lb's back: the next plan repairs exactly that.
+        _ = try run("/usr/sbin/ipvsadm", ["-d", "-t", "10.0.0.30:104", "-r", "10.0.1.12:11112"])
+        let repair = IPVSPlanner.plan(from: try client.table(), to: drained, owned: Set(desired.services.keys)).operations
+        #expect(repair.count == 1)
+        try client.apply(repair)
+        #expect(try client.table() == drained)
+        try client.flush()
     }
 
     /// popen rather than Foundation's Process: the latter needs CFRunLoop machinery the minimal VM lacks.

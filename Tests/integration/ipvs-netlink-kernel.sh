@@ -7,5 +7,5 @@ tests="$bin/lbPackageTests.xctest"
 # Real-server addresses must be routable unicast for IPVS to accept them: a dummy link gives them a route.
 scripts/ipvs-vm sh -c "ip link add lbt0 type dummy && ip addr add 10.0.1.254/24 dev lbt0 && ip link set lbt0 up &&
     LB_IPVS_KERNEL=1 $tests --testing-library swift-testing --filter IPVSKernelTests" | tee "$work/out"
-grep -q "Test run with 1 test in 1 suite passed" "$work/out" || fail "the kernel suite did not pass"
+grep -qE "Test run with [0-9]+ tests? in 1 suite passed" "$work/out" || fail "the kernel suite did not pass"
 echo "IPVS netlink against the kernel: passed"
