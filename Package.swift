@@ -75,6 +75,7 @@ let package = Package(
             dependencies: [
                 "LBConfig",
                 "LBHealth",
+                "LBIPVS",
                 "LBProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -13,8 +13,9 @@ struct LBD: AsyncParsableCommand {
         discussion: """
             lbd reads a declarative config (lb.yaml(5)) and makes the machine match it: Layer 4 services are \
             programmed into the kernel's IPVS, Layer 7 services are served by lbd's own proxy. \
-            This version runs the Layer 7 services (l7-http, l7-tcp); Layer 4 services are validated and \
-            reported but not yet programmed. An invalid config is rejected whole and nothing is applied. \
+            This version runs the Layer 7 services (l7-http, l7-tcp) and programs the IPVS entries of Layer 4 \
+            services (a failed health check drains a real server to weight 0); a kernel without IPVS stops lbd \
+            before anything starts. An invalid config is rejected whole and nothing is applied. \
             SIGTERM or SIGINT stops accepting new connections and lets open ones finish for up to the drain timeout. \
             Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
             """,
@@ -72,9 +73,21 @@ struct LBD: AsyncParsableCommand {
             return
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
-        for service in configuration.virtualServices where service.mode.isLayer4 {
-            logger.warning("Layer 4 service not started: IPVS support is not in this version",
-                           metadata: ["service": "\(service.name)", "mode": "\(service.mode.rawValue)"])
+        // Layer 4 first: if the kernel cannot take the IPVS services, nothing else starts either.
+        var kernel: KernelServices?
+        if configuration.virtualServices.contains(where: { $0.mode.isLayer4 }) {
+            do {
+                let services = try KernelServices(services: configuration.virtualServices, logger: logger)
+                try services.reconcile()
+                kernel = services
+            } catch {
+                logger.critical("Layer 4 services cannot be programmed: \(error); nothing started")
+                throw ExitCode(1)
+            }
+            for service in configuration.virtualServices where service.mode == .l4SNAT || service.mode == .l4DirectRouting {
+                logger.warning("\(service.mode.rawValue): IPVS entries are programmed; the mode's netfilter rules and VIP addresses are not in this version",
+                               metadata: ["service": "\(service.name)"])
+            }
         }
 
         let stop = StopSignal()
@@ -87,10 +100,12 @@ struct LBD: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // Health transitions steer the proxy's pools; the agent is the only place that knows both.
+        let kernelServices = kernel
         let health = HealthMonitor(group: engine.group, logger: logger) { transition in
             engine.pool(for: transition.service)?.setHealthy(transition.server, transition.healthy)
+            kernelServices?.setHealthy(service: transition.service, server: transition.server, transition.healthy)
         }
-        health.start(configuration.virtualServices.filter { $0.mode.isLayer7 })
+        health.start(configuration.virtualServices)
 
         let signal = await stop.wait()
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])

@@ -197,11 +197,6 @@ struct CLITests {
                 mode: l7-tcp
                 health_check: {type: none}
                 real_servers: [{address: 127.0.0.1, port: \(port + 1)}]
-              - name: kernel-nat
-                vip: 10.99.0.1
-                ports: [80]
-                mode: l4-nat
-                real_servers: [{address: 10.99.1.1}]
             """)
         let process = Process()
         process.executableURL = Binaries.directory.appendingPathComponent("lbd")
@@ -222,9 +217,33 @@ struct CLITests {
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(process.terminationStatus == 0, "\(log)")
         #expect(log.contains("service=demo-tcp") && log.contains("listening"))
-        #expect(log.contains("Layer 4 service not started: IPVS support is not in this version"), "said plainly, not silently skipped")
         #expect(log.contains("received SIGTERM"))
         #expect(log.contains("stopped"))
+    }
+
+    /// On a kernel without IPVS (this machine's), a config with Layer 4 services starts nothing and says why.
+    @Test func layer4WithoutIPVSStartsNothing() throws {
+        guard !FileManager.default.fileExists(atPath: "/proc/net/ip_vs") else { return }  // the VM suite covers that case
+        let scratch = try Scratch()
+        let port = 19_000 + Int(getpid() % 900)
+        let file = try scratch.write("l4.yaml", """
+            virtual_services:
+              - name: proxied
+                vip: 127.0.0.1
+                ports: [\(port)]
+                mode: l7-tcp
+                real_servers: [{address: 127.0.0.1, port: \(port + 1)}]
+              - name: kernel-nat
+                vip: 10.99.0.1
+                ports: [80]
+                mode: l4-nat
+                real_servers: [{address: 10.99.1.1}]
+            """)
+        let run = try Binaries.run("lbd", ["--config", file])
+        #expect(run.status == 1)
+        #expect(run.stderr.contains("Layer 4 services cannot be programmed: IPVS generic netlink family (is the ip_vs module available?)"), "\(run.stderr)")
+        #expect(run.stderr.contains("nothing started"))
+        #expect(!run.stderr.contains("listening"), "the Layer 7 service did not start either")
     }
 
     @Test func helpAndUsageErrors() throws {

@@ -1,0 +1,50 @@
+import Foundation
+import LBConfig
+import LBIPVS
+import Logging
+
+/// The agent's Layer 4 side: keeps the kernel's IPVS table equal to what the config and the health checks ask for.
+/// Every change is planned from a fresh dump and only the difference is sent; services lb does not own are reported,
+/// never touched. Netlink requests are serialized here (health transitions arrive from several threads).
+final class KernelServices: @unchecked Sendable {
+    private let client: IPVSClient
+    private let services: [VirtualService]
+    private let logger: Logger
+    private let lock = NSLock()
+    /// service name → servers currently failing their checks (they get weight 0: existing connections finish).
+    private var down: [String: Set<String>] = [:]
+    private var owned: Set<IPVSServiceKey> = []
+
+    init(services: [VirtualService], logger: Logger) throws {
+        self.client = try IPVSClient()
+        self.services = services.filter { $0.mode.isLayer4 }
+        self.logger = logger
+    }
+
+    /// Makes the kernel match; throws with what was and was not applied if the kernel refuses something.
+    func reconcile() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        let weights = down.mapValues { Dictionary(uniqueKeysWithValues: $0.map { ($0, UInt32(0)) }) }
+        let desired = IPVSPlanner.desiredTable(for: services, weights: weights)
+        owned.formUnion(desired.services.keys)
+        let (operations, foreign) = IPVSPlanner.plan(from: try client.table(), to: desired, owned: owned)
+        for key in foreign {
+            logger.notice("IPVS service not created by lb left alone", metadata: ["service": "\(key)"])
+        }
+        for operation in operations { logger.info("IPVS: \(operation)") }
+        try client.apply(operations)
+    }
+
+    func setHealthy(service: String, server: String, _ healthy: Bool) {
+        guard services.contains(where: { $0.name == service }) else { return }
+        lock.lock()
+        if healthy { down[service, default: []].remove(server) } else { down[service, default: []].insert(server) }
+        lock.unlock()
+        do {
+            try reconcile()
+        } catch {
+            logger.error("IPVS update failed: \(error)", metadata: ["service": "\(service)", "server": "\(server)"])
+        }
+    }
+}
