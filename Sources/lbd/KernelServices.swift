@@ -21,6 +21,31 @@ final class KernelServices: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// The kernel settings the Layer 4 modes depend on: NAT and SNAT forward packets (`ip_forward`); SNAT needs
+    /// IPVS connections tracked by netfilter (`vs.conntrack`) so its source-NAT rules see them.
+    func applySysctls() throws {
+        var settings: [(String, String)] = []
+        if services.contains(where: { $0.mode == .l4NAT || $0.mode == .l4SNAT }) {
+            settings.append(("/proc/sys/net/ipv4/ip_forward", "1"))
+        }
+        if services.contains(where: { $0.mode == .l4SNAT }) {
+            settings.append(("/proc/sys/net/ipv4/vs/conntrack", "1"))
+        }
+        for (path, value) in settings {
+            let current = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard current != value else { continue }
+            do {
+                try value.write(toFile: path, atomically: false, encoding: .utf8)
+            } catch {
+                throw SysctlError(path: path, value: value, reason: "\(error.localizedDescription)")
+            }
+            // Read back: a value the kernel silently refused is as bad as a failed write.
+            let now = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard now == value else { throw SysctlError(path: path, value: value, reason: "reads back as \(now ?? "nothing")") }
+            logger.notice("kernel setting changed", metadata: ["setting": "\(path)", "value": "\(value)"])
+        }
+    }
+
     /// Makes the kernel match; throws with what was and was not applied if the kernel refuses something.
     func reconcile() throws {
         lock.lock()
@@ -47,4 +72,11 @@ final class KernelServices: @unchecked Sendable {
             logger.error("IPVS update failed: \(error)", metadata: ["service": "\(service)", "server": "\(server)"])
         }
     }
+}
+
+struct SysctlError: Error, CustomStringConvertible {
+    let path: String
+    let value: String
+    let reason: String
+    var description: String { "cannot set \(path) to \(value): \(reason)" }
 }

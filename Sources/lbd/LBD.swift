@@ -78,6 +78,7 @@ struct LBD: AsyncParsableCommand {
         if configuration.virtualServices.contains(where: { $0.mode.isLayer4 }) {
             do {
                 let services = try KernelServices(services: configuration.virtualServices, logger: logger)
+                try services.applySysctls()
                 try services.reconcile()
                 kernel = services
             } catch {

@@ -14,10 +14,10 @@ virtual_services:
     real_servers:
       - {name: core-1, address: 10.0.1.11, port: 11112, weight: 100}
       - {name: core-2, address: 10.0.1.12, port: 11112, weight: 50}
-  - name: Unchecked-NAT
+  - name: Unchecked-SNAT
     vip: 10.0.0.41
     ports: [2762]
-    mode: l4-nat
+    mode: l4-snat
     persistence: {type: source-ip, timeout: 300s}
     health_check: {type: none}
     real_servers:
@@ -27,10 +27,13 @@ YAML
 cp "$work/l4.yaml" "$PWD/.ipvs-vm-cache/l4.yaml"
 out=$(scripts/ipvs-vm bash -c "
     ip link add lbt0 type dummy && ip addr add 10.0.1.254/24 dev lbt0 && ip link set lbt0 up
+    echo 0 > /proc/sys/net/ipv4/ip_forward
+    modprobe ip_vs; echo 0 > /proc/sys/net/ipv4/vs/conntrack
     $bin/lbd --config .ipvs-vm-cache/l4.yaml --threads 1 > .ipvs-vm-cache/lbd.log 2>&1 & pid=\$!
     for i in \$(seq 50); do ipvsadm -Ln | grep -q 10.0.0.41 && break; sleep 0.1; done
     echo '== started'; ipvsadm -Ln
     sleep 2.5; echo '== after checks'; ipvsadm -Ln
+    echo \"== sysctl ip_forward=\$(cat /proc/sys/net/ipv4/ip_forward) conntrack=\$(cat /proc/sys/net/ipv4/vs/conntrack)\"
     kill -TERM \$pid; wait \$pid; echo \"== lbd exited \$?\"; ipvsadm -Ln
     echo '== log'; cat .ipvs-vm-cache/lbd.log")
 echo "$out"
@@ -47,4 +50,5 @@ grep -q "IPVS: edit destination 10.0.1.11:11112 of 10.0.0.40:104/tcp" <<<"$out" 
 grep -q "== lbd exited 0" <<<"$stopped" || fail "lbd did not stop cleanly"
 grep -q "TCP  10.0.0.40:104 wlc" <<<"$stopped" || fail "IPVS entries were removed on stop"
 grep -q "real server down" <<<"$out" || fail "no health transition logged"
+grep -q "== sysctl ip_forward=1 conntrack=1" <<<"$out" || fail "NAT/SNAT kernel settings not applied"
 echo "lbd programs IPVS and drains failed servers: passed"
