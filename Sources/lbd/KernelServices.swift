@@ -46,28 +46,40 @@ final class KernelServices: @unchecked Sendable {
         }
     }
 
-    /// Makes the kernel match; throws with what was and was not applied if the kernel refuses something.
+    /// What the kernel held after the last successful apply. Health transitions plan against it instead of dumping
+    /// the whole table each time; after a failure it is dropped, so the next change starts from a fresh dump.
+    private var lastApplied: IPVSTable?
+
+    /// Makes the kernel match, planning from a fresh dump; throws with what was and was not applied if the
+    /// kernel refuses something.
     func reconcile() throws {
         lock.lock()
         defer { lock.unlock() }
+        try apply(from: client.table())
+    }
+
+    /// Must hold `lock`.
+    private func apply(from actual: IPVSTable) throws {
         let weights = down.mapValues { Dictionary(uniqueKeysWithValues: $0.map { ($0, UInt32(0)) }) }
         let desired = IPVSPlanner.desiredTable(for: services, weights: weights)
         owned.formUnion(desired.services.keys)
-        let (operations, foreign) = IPVSPlanner.plan(from: try client.table(), to: desired, owned: owned)
+        let (operations, foreign) = IPVSPlanner.plan(from: actual, to: desired, owned: owned)
         for key in foreign {
             logger.notice("IPVS service not created by lb left alone", metadata: ["service": "\(key)"])
         }
         for operation in operations { logger.info("IPVS: \(operation)") }
+        lastApplied = nil
         try client.apply(operations)
+        lastApplied = desired
     }
 
     func setHealthy(service: String, server: String, _ healthy: Bool) {
         guard services.contains(where: { $0.name == service }) else { return }
         lock.lock()
+        defer { lock.unlock() }
         if healthy { down[service, default: []].remove(server) } else { down[service, default: []].insert(server) }
-        lock.unlock()
         do {
-            try reconcile()
+            try apply(from: lastApplied ?? client.table())
         } catch {
             logger.error("IPVS update failed: \(error)", metadata: ["service": "\(service)", "server": "\(server)"])
         }
