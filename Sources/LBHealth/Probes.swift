@@ -157,9 +157,3 @@ final class HTTPResponseCollector: ChannelInboundHandler {
         context.close(promise: nil)
     }
 }
-
-extension TimeAmount {
-    init(_ duration: Duration) {
-        self = .nanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
-    }
-}

@@ -43,11 +43,7 @@ struct HealthCheckTests {
         monitor.start([service])
 
         func waitFor(_ predicate: @escaping ([HealthTransition]) -> Bool) async throws -> Bool {
-            for _ in 0..<50 {
-                if predicate(transitions.withLockedValue { $0 }) { return true }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            return false
+            try await eventually(transitions, predicate)
         }
         // The server answering with another body fails the body expectation.
         #expect(try await waitFor { $0.contains { $0.server == "wrong-body" && !$0.healthy } })
@@ -82,10 +78,20 @@ struct HealthCheckTests {
         let transitions = NIOLockedValueBox<[HealthTransition]>([])
         let monitor = HealthMonitor(group: group, logger: testLogger) { event in transitions.withLockedValue { $0.append(event) } }
         monitor.start([service])
-        for _ in 0..<30 where transitions.withLockedValue({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(100)) }
+        _ = try await eventually(transitions) { !$0.isEmpty }
         #expect(transitions.withLockedValue { $0.first?.reason } == "HTTP status 200, expected 204 (1 checks failed in a row)")
         monitor.stop()
         try backend.stop()
         try await group.shutdownGracefully()
     }
+}
+
+/// Waits up to five seconds for the recorded transitions to satisfy `predicate`.
+func eventually(_ transitions: NIOLockedValueBox<[HealthTransition]>,
+                _ predicate: ([HealthTransition]) -> Bool) async throws -> Bool {
+    for _ in 0..<50 {
+        if predicate(transitions.withLockedValue { $0 }) { return true }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return false
 }

@@ -53,8 +53,6 @@ struct NodeReader {
 
         subscript(key: String) -> Node? { entries[key]?.value }
         func keyNode(_ key: String) -> Node? { entries[key]?.key }
-        func has(_ key: String) -> Bool { entries[key] != nil }
-        var keys: [String] { Array(entries.keys) }
     }
 
     /// `what` names the mapping in messages ("virtual service", "health_check").

@@ -8,10 +8,6 @@ public struct Configuration: Hashable, Sendable {
     public init(virtualServices: [VirtualService]) {
         self.virtualServices = virtualServices
     }
-
-    public func virtualService(named name: String) -> VirtualService? {
-        virtualServices.first { $0.name == name }
-    }
 }
 
 /// How traffic for a VIP reaches its real servers.
