@@ -43,6 +43,10 @@ let package = Package(
         ),
         // The kernel's IPVS over generic netlink: pure message codec plus a libnl transport.
         .target(name: "LBIPVS", dependencies: ["LBConfig", "CNetlink"]),
+        // Running helper programs (iptables-restore, external checks) without a shell.
+        .target(name: "LBSystem"),
+        // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
+        .target(name: "LBNetfilter", dependencies: ["LBConfig", "LBSystem"]),
         // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.
         .target(
             name: "LBProxy",
@@ -76,6 +80,7 @@ let package = Package(
                 "LBConfig",
                 "LBHealth",
                 "LBIPVS",
+                "LBNetfilter",
                 "LBProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -89,8 +94,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // scripts/bench/ipvs: lb's netlink client against `ipvsadm -R`, inside the IPVS VM.
+        .executableTarget(name: "lb-bench-ipvs", dependencies: ["LBConfig", "LBIPVS"], path: "Sources/lb-bench-ipvs"),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
+        .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
         .testTarget(
             name: "LBProxyTests",
             dependencies: [

@@ -42,31 +42,17 @@ public final class IPVSClient {
 
     // MARK: Commands
 
-    public func add(_ service: IPVSService) throws {
-        try send(.newService, IPVSCodec.message(service: IPVSCodec.service(service)), object: "service \(service)")
-    }
-
-    public func update(_ service: IPVSService) throws {
-        try send(.setService, IPVSCodec.message(service: IPVSCodec.service(service)), object: "service \(service)")
-    }
-
-    public func delete(_ service: IPVSService) throws {
-        try send(.deleteService, IPVSCodec.message(service: IPVSCodec.serviceKey(service)), object: "service \(service)")
-    }
-
+    public func add(_ service: IPVSService) throws { try apply([.addService(service)], single: true) }
+    public func update(_ service: IPVSService) throws { try apply([.updateService(service)], single: true) }
+    public func delete(_ service: IPVSService) throws { try apply([.deleteService(service)], single: true) }
     public func add(_ destination: IPVSDestination, to service: IPVSService) throws {
-        try send(.newDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)),
-                 object: "destination \(destination) of service \(service)")
+        try apply([.addDestination(destination, service)], single: true)
     }
-
     public func update(_ destination: IPVSDestination, in service: IPVSService) throws {
-        try send(.setDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)),
-                 object: "destination \(destination) of service \(service)")
+        try apply([.updateDestination(destination, service)], single: true)
     }
-
     public func delete(_ destination: IPVSDestination, from service: IPVSService) throws {
-        try send(.deleteDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)),
-                 object: "destination \(destination) of service \(service)")
+        try apply([.deleteDestination(destination, service)], single: true)
     }
 
     /// Removes every service and destination (the whole table, lb's or not): for tests and explicit operator use.
@@ -74,10 +60,55 @@ public final class IPVSClient {
         try send(.flush, NetlinkAttributes(), object: "IPVS table")
     }
 
+    /// Zeroes the packet and byte counters of one service, or of all services.
+    public func zeroCounters(of service: IPVSService? = nil) throws {
+        try send(.zero, service.map { IPVSCodec.message(service: IPVSCodec.serviceKey($0)) } ?? NetlinkAttributes(),
+                 object: service.map { "counters of service \($0)" } ?? "IPVS counters")
+    }
+
+    /// Sets the connection timeouts (seconds; 0 keeps the current value).
+    public func setTimeouts(_ timeouts: IPVSTimeouts) throws {
+        try send(.setConfig, IPVSCodec.timeouts(timeouts), object: "IPVS timeouts")
+    }
+
+    public func timeouts() throws -> IPVSTimeouts {
+        guard let reply = try exchange(.getConfig, NetlinkAttributes(), flags: NLM_F_ACK, object: "IPVS timeouts").first,
+              let timeouts = IPVSCodec.decodeTimeouts(reply[...])
+        else { throw IPVSError(object: "IPVS timeouts", errno: EPROTO) }
+        return timeouts
+    }
+
+    /// The kernel's IPVS version and connection table size.
+    public func info() throws -> IPVSInfo {
+        guard let reply = try exchange(.getInfo, NetlinkAttributes(), flags: NLM_F_ACK, object: "IPVS info").first,
+              let info = IPVSCodec.decodeInfo(reply[...])
+        else { throw IPVSError(object: "IPVS info", errno: EPROTO) }
+        return info
+    }
+
+    public func startSyncDaemon(_ daemon: IPVSSyncDaemon) throws {
+        try send(.newDaemon, IPVSCodec.daemon(daemon), object: "sync daemon \(daemon.role) on \(daemon.interface)")
+    }
+
+    public func stopSyncDaemon(_ daemon: IPVSSyncDaemon) throws {
+        try send(.deleteDaemon, IPVSCodec.daemon(daemon), object: "sync daemon \(daemon.role) on \(daemon.interface)")
+    }
+
+    public func syncDaemons() throws -> [IPVSSyncDaemon] {
+        try dump(.getDaemon, NetlinkAttributes(), object: "sync daemons").compactMap { IPVSCodec.decodeDaemon($0[...]) }
+    }
+
     // MARK: Dumps
 
     public func services() throws -> [IPVSService] {
         try dump(.getService, NetlinkAttributes(), object: "service list").compactMap { IPVSCodec.decodeService($0[...]) }
+    }
+
+    /// Services with their total counters.
+    public func servicesWithCounters() throws -> [(IPVSService, IPVSCounters)] {
+        try dump(.getService, NetlinkAttributes(), object: "service list").compactMap { reply in
+            IPVSCodec.decodeService(reply[...]).map { ($0, IPVSCodec.decodeServiceCounters(reply[...])) }
+        }
     }
 
     public func destinations(of service: IPVSService) throws -> [(IPVSDestination, IPVSCounters)] {
@@ -88,6 +119,80 @@ public final class IPVSClient {
     }
 
     // MARK: Transport
+
+    /// Sequence numbers for batched requests, far from libnl's own counter.
+    private var nextSequence: UInt32 = 0x4000_0000
+    private static let batchMessages = 256
+    private static let batchBytes = 64 * 1024
+
+    fileprivate func apply(_ operations: [IPVSOperation], single: Bool) throws {
+        var applied: [IPVSOperation] = []
+        var failures: [(operation: IPVSOperation, error: IPVSError)] = []
+        var index = 0
+        while index < operations.count {
+            var datagram: [UInt8] = []
+            var pending: [UInt32: Int] = [:]
+            while index < operations.count, pending.count < Self.batchMessages, datagram.count < Self.batchBytes {
+                let (command, attributes) = Self.encode(operations[index])
+                nextSequence &+= 1
+                datagram += NetlinkFrame.request(family: UInt16(family), command: command, sequence: nextSequence,
+                                                 attributes: attributes)
+                pending[nextSequence] = index
+                index += 1
+            }
+            let first = operations[pending.values.min() ?? 0]
+            let sent = datagram.withUnsafeBytes { Glibc.send(nl_socket_get_fd(socket), $0.baseAddress, $0.count, 0) }
+            guard sent == datagram.count else { throw IPVSError(object: Self.object(of: first), errno: sent < 0 ? Glibc.errno : EMSGSIZE) }
+            var results: [Int: Int32] = [:]
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while results.count < pending.count {
+                let received = buffer.withUnsafeMutableBytes { recv(nl_socket_get_fd(socket), $0.baseAddress, $0.count, 0) }
+                if received < 0 {
+                    if Glibc.errno == EINTR { continue }
+                    let lost = operations[pending.values.filter { results[$0] == nil }.min() ?? 0]
+                    throw IPVSError(object: Self.object(of: lost), errno: Glibc.errno == EAGAIN ? ETIMEDOUT : Glibc.errno)
+                }
+                for ack in NetlinkFrame.acknowledgements(in: buffer[0..<received]) {
+                    if let position = pending[ack.sequence] { results[position] = ack.errno }
+                }
+            }
+            for position in results.keys.sorted() {
+                let operation = operations[position]
+                if let errno = results[position], errno != 0 {
+                    failures.append((operation, IPVSError(object: Self.object(of: operation), errno: errno)))
+                } else {
+                    applied.append(operation)
+                }
+            }
+            if !failures.isEmpty {
+                if single, let failure = failures.first { throw failure.error }
+                throw IPVSApplyError(applied: applied, failures: failures, notAttempted: Array(operations[index...]))
+            }
+        }
+    }
+
+    private static func encode(_ operation: IPVSOperation) -> (IPVSCommand, NetlinkAttributes) {
+        switch operation {
+        case .addService(let service): return (.newService, IPVSCodec.message(service: IPVSCodec.service(service)))
+        case .updateService(let service): return (.setService, IPVSCodec.message(service: IPVSCodec.service(service)))
+        case .deleteService(let service): return (.deleteService, IPVSCodec.message(service: IPVSCodec.serviceKey(service)))
+        case .addDestination(let destination, let service):
+            return (.newDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)))
+        case .updateDestination(let destination, let service):
+            return (.setDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)))
+        case .deleteDestination(let destination, let service):
+            return (.deleteDestination, IPVSCodec.message(service: IPVSCodec.serviceKey(service), destination: IPVSCodec.destination(destination)))
+        }
+    }
+
+    /// How an error names the object of an operation: "service 10.0.0.1:80/tcp".
+    private static func object(of operation: IPVSOperation) -> String {
+        switch operation {
+        case .addService(let s), .updateService(let s), .deleteService(let s): return "service \(s)"
+        case .addDestination(let d, let s), .updateDestination(let d, let s), .deleteDestination(let d, let s):
+            return "destination \(d) of service \(s)"
+        }
+    }
 
     /// What the receive callbacks fill in.
     private final class Reply {
@@ -154,16 +259,16 @@ public final class IPVSClient {
     }
 }
 
-/// A plan stopped part-way: what reached the kernel, what failed and why, and what was not attempted.
+/// A plan the kernel refused in part: what reached the kernel, what it refused and why, and what was not sent.
 /// Planning again from a fresh dump converges, since the plan is computed from what the kernel holds.
 public struct IPVSApplyError: Error, CustomStringConvertible, Sendable {
     public var applied: [IPVSOperation]
-    public var failed: IPVSOperation
-    public var error: IPVSError
-    public var notApplied: [IPVSOperation]
+    public var failures: [(operation: IPVSOperation, error: IPVSError)]
+    public var notAttempted: [IPVSOperation]
 
     public var description: String {
-        "\(error) (while trying to \(failed)); \(applied.count) change(s) applied, \(notApplied.count) not attempted"
+        let first = failures.first.map { "\($0.error) (while trying to \($0.operation))" } ?? "no failure"
+        return "\(first); \(applied.count) change(s) applied, \(failures.count) refused, \(notAttempted.count) not attempted"
     }
 }
 
@@ -173,22 +278,10 @@ extension IPVSClient {
         try IPVSTable(services().map { service in (service, try destinations(of: service).map(\.0)) })
     }
 
-    /// Sends each operation in order; stops at the first refusal and says what was and was not applied.
+    /// Sends the operations in order, many per datagram (the kernel acknowledges each under its own sequence
+    /// number), so a large table costs few system calls. The kernel carries on after a refused message, so every
+    /// result of a batch is collected; batches after one with a refusal are not sent.
     public func apply(_ operations: [IPVSOperation]) throws {
-        for (index, operation) in operations.enumerated() {
-            do {
-                switch operation {
-                case .addService(let service): try add(service)
-                case .updateService(let service): try update(service)
-                case .deleteService(let service): try delete(service)
-                case .addDestination(let destination, let service): try add(destination, to: service)
-                case .updateDestination(let destination, let service): try update(destination, in: service)
-                case .deleteDestination(let destination, let service): try delete(destination, from: service)
-                }
-            } catch let error as IPVSError {
-                throw IPVSApplyError(applied: Array(operations[..<index]), failed: operation, error: error,
-                                     notApplied: Array(operations[(index + 1)...]))
-            }
-        }
+        try apply(operations, single: false)
     }
 }

@@ -16,6 +16,9 @@ enum DestinationAttribute: UInt16 {
          inactiveConnections, persistentConnections, stats, family, stats64
 }
 enum InfoAttribute: UInt16 { case version = 1, connectionTableSize }
+enum DaemonAttribute: UInt16 { case state = 1, interface, syncID }
+/// struct ip_vs_stats64 nested attributes.
+enum StatsAttribute: UInt16 { case connections = 1, incomingPackets, outgoingPackets, incomingBytes, outgoingBytes }
 
 let IP_VS_SVC_F_PERSISTENT: UInt32 = 0x0001
 let AF_INET_: UInt16 = 2
@@ -74,6 +77,10 @@ public enum IPVSCodec {
     static func serviceKey(_ service: IPVSService) -> NetlinkAttributes {
         var attributes = NetlinkAttributes()
         attributes.put(ServiceAttribute.family.rawValue, u16: family(service.address))
+        if service.fwmark != 0 {
+            attributes.put(ServiceAttribute.fwmark.rawValue, u32: service.fwmark)
+            return attributes
+        }
         attributes.put(ServiceAttribute.proto.rawValue, u16: service.transport.rawValue)
         attributes.put(ServiceAttribute.address.rawValue, addressBytes(service.address))
         attributes.put(ServiceAttribute.port.rawValue, be16: service.port)
@@ -102,6 +109,26 @@ public enum IPVSCodec {
         attributes.put(DestinationAttribute.upperThreshold.rawValue, u32: destination.upperThreshold)
         attributes.put(DestinationAttribute.lowerThreshold.rawValue, u32: destination.lowerThreshold)
         attributes.put(DestinationAttribute.family.rawValue, u16: family(destination.address))
+        return attributes
+    }
+
+    /// SET_CONFIG: the TCP, TCP-FIN and UDP connection timeouts in seconds (0 leaves one unchanged).
+    public static func timeouts(_ timeouts: IPVSTimeouts) -> NetlinkAttributes {
+        var attributes = NetlinkAttributes()
+        attributes.put(CommandAttribute.timeoutTCP.rawValue, u32: timeouts.tcp)
+        attributes.put(CommandAttribute.timeoutTCPFin.rawValue, u32: timeouts.tcpFin)
+        attributes.put(CommandAttribute.timeoutUDP.rawValue, u32: timeouts.udp)
+        return attributes
+    }
+
+    /// NEW_DAEMON / DEL_DAEMON: the sync daemon's role, multicast interface and sync id.
+    public static func daemon(_ daemon: IPVSSyncDaemon) -> NetlinkAttributes {
+        var nested = NetlinkAttributes()
+        nested.put(DaemonAttribute.state.rawValue, u32: daemon.role.rawValue)
+        nested.put(DaemonAttribute.interface.rawValue, string: daemon.interface)
+        nested.put(DaemonAttribute.syncID.rawValue, u32: daemon.syncID)
+        var attributes = NetlinkAttributes()
+        attributes.put(CommandAttribute.daemon.rawValue, nested: nested)
         return attributes
     }
 
@@ -138,19 +165,82 @@ public enum IPVSCodec {
               let fields = NetlinkAttributes.parse(nested.payload)
         else { return nil }
         func field(_ attribute: ServiceAttribute) -> ArraySlice<UInt8>? { fields.first { $0.type == attribute.rawValue }?.payload }
-        guard let family = field(.family).flatMap(u16), let proto = field(.proto).flatMap(u16),
-              let transport = IPVSService.TransportProtocol(rawValue: proto),
-              let addressBytes = field(.address), let address = address(addressBytes, family: family),
-              let portBytes = field(.port), portBytes.count >= 2,
-              let schedulerBytes = field(.schedulerName)
-        else { return nil }
-        let port = UInt16(portBytes[portBytes.startIndex]) << 8 | UInt16(portBytes[portBytes.startIndex + 1])
+        guard let family = field(.family).flatMap(u16), let schedulerBytes = field(.schedulerName) else { return nil }
         let scheduler = String(decoding: schedulerBytes.prefix { $0 != 0 }, as: UTF8.self)
         let flags = field(.flags).flatMap(u32) ?? 0
         let timeout = field(.timeout).flatMap(u32) ?? 0
+        let persistence = flags & IP_VS_SVC_F_PERSISTENT != 0 ? timeout : nil
+        let netmask = field(.netmask).flatMap(u32) ?? 0xFFFF_FFFF
+        if let mark = field(.fwmark).flatMap(u32), mark != 0 {
+            guard family == AF_INET_ || family == AF_INET6_ else { return nil }
+            var service = IPVSService.firewallMark(mark, family: family == AF_INET_ ? .ipv4 : .ipv6, scheduler: scheduler,
+                                                   persistenceTimeout: persistence)
+            service.persistenceNetmask = netmask
+            return service
+        }
+        guard let proto = field(.proto).flatMap(u16), let transport = IPVSService.TransportProtocol(rawValue: proto),
+              let addressBytes = field(.address), let address = address(addressBytes, family: family),
+              let portBytes = field(.port), portBytes.count >= 2
+        else { return nil }
+        let port = UInt16(portBytes[portBytes.startIndex]) << 8 | UInt16(portBytes[portBytes.startIndex + 1])
         return IPVSService(transport: transport, address: address, port: port, scheduler: scheduler,
-                           persistenceTimeout: flags & IP_VS_SVC_F_PERSISTENT != 0 ? timeout : nil,
-                           persistenceNetmask: field(.netmask).flatMap(u32) ?? 0xFFFF_FFFF)
+                           persistenceTimeout: persistence, persistenceNetmask: netmask)
+    }
+
+    static func u64(_ payload: ArraySlice<UInt8>) -> UInt64? {
+        guard payload.count >= 8 else { return nil }
+        return payload.prefix(8).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// The 64-bit counters nested in a service or destination (IPVS_*_ATTR_STATS64).
+    static func decodeStats(_ payload: ArraySlice<UInt8>?, into counters: inout IPVSCounters) {
+        guard let payload, let fields = NetlinkAttributes.parse(payload) else { return }
+        func value(_ attribute: StatsAttribute) -> UInt64 { fields.first { $0.type == attribute.rawValue }.flatMap { u64($0.payload) } ?? 0 }
+        counters.connections = value(.connections)
+        counters.incomingPackets = value(.incomingPackets)
+        counters.outgoingPackets = value(.outgoingPackets)
+        counters.incomingBytes = value(.incomingBytes)
+        counters.outgoingBytes = value(.outgoingBytes)
+    }
+
+    /// A service's totals from a GET_SERVICE dump reply.
+    public static func decodeServiceCounters(_ message: ArraySlice<UInt8>) -> IPVSCounters {
+        var counters = IPVSCounters()
+        guard let top = NetlinkAttributes.parse(message),
+              let nested = top.first(where: { $0.type == CommandAttribute.service.rawValue }),
+              let fields = NetlinkAttributes.parse(nested.payload) else { return counters }
+        decodeStats(fields.first { $0.type == ServiceAttribute.stats64.rawValue }?.payload, into: &counters)
+        return counters
+    }
+
+    /// GET_CONFIG reply: the three timeouts.
+    public static func decodeTimeouts(_ message: ArraySlice<UInt8>) -> IPVSTimeouts? {
+        guard let top = NetlinkAttributes.parse(message) else { return nil }
+        func value(_ attribute: CommandAttribute) -> UInt32? { top.first { $0.type == attribute.rawValue }.flatMap { u32($0.payload) } }
+        guard let tcp = value(.timeoutTCP), let fin = value(.timeoutTCPFin), let udp = value(.timeoutUDP) else { return nil }
+        return IPVSTimeouts(tcp: tcp, tcpFin: fin, udp: udp)
+    }
+
+    /// GET_INFO reply.
+    public static func decodeInfo(_ message: ArraySlice<UInt8>) -> IPVSInfo? {
+        guard let top = NetlinkAttributes.parse(message),
+              let version = top.first(where: { $0.type == InfoAttribute.version.rawValue }).flatMap({ u32($0.payload) }),
+              let size = top.first(where: { $0.type == InfoAttribute.connectionTableSize.rawValue }).flatMap({ u32($0.payload) })
+        else { return nil }
+        return IPVSInfo(version: version, connectionTableSize: size)
+    }
+
+    /// One GET_DAEMON dump reply.
+    public static func decodeDaemon(_ message: ArraySlice<UInt8>) -> IPVSSyncDaemon? {
+        guard let top = NetlinkAttributes.parse(message),
+              let nested = top.first(where: { $0.type == CommandAttribute.daemon.rawValue }),
+              let fields = NetlinkAttributes.parse(nested.payload),
+              let state = fields.first(where: { $0.type == DaemonAttribute.state.rawValue }).flatMap({ u32($0.payload) }),
+              let role = IPVSSyncDaemon.Role(rawValue: state),
+              let name = fields.first(where: { $0.type == DaemonAttribute.interface.rawValue })?.payload,
+              let id = fields.first(where: { $0.type == DaemonAttribute.syncID.rawValue }).flatMap({ u32($0.payload) })
+        else { return nil }
+        return IPVSSyncDaemon(role: role, interface: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self), syncID: id)
     }
 
     /// A destination and its counters from a GET_DEST dump reply.
@@ -171,9 +261,57 @@ public enum IPVSCodec {
         var counters = IPVSCounters()
         counters.activeConnections = field(.activeConnections).flatMap(u32) ?? 0
         counters.inactiveConnections = field(.inactiveConnections).flatMap(u32) ?? 0
+        decodeStats(field(.stats64), into: &counters)
         let destination = IPVSDestination(address: address, port: port, forwarding: forwarding, weight: weight,
                                           upperThreshold: field(.upperThreshold).flatMap(u32) ?? 0,
                                           lowerThreshold: field(.lowerThreshold).flatMap(u32) ?? 0)
         return (destination, counters)
+    }
+}
+
+/// Netlink framing for requests lb sends in batches: several messages in one datagram, each acknowledged by the
+/// kernel under its own sequence number. Pure, so the layout is unit-tested.
+public enum NetlinkFrame {
+    static let headerLength = 16
+    static let NLM_F_REQUEST: UInt16 = 0x1
+    static let NLM_F_ACK: UInt16 = 0x4
+    static let NLMSG_ERROR: UInt16 = 0x2
+    static let NLMSG_DONE: UInt16 = 0x3
+    /// IPVS_GENL_VERSION
+    static let ipvsVersion: UInt8 = 1
+
+    /// nlmsghdr (length, type = the family id, flags, sequence, port 0) + genlmsghdr (command, version) + attributes.
+    public static func request(family: UInt16, command: IPVSCommand, sequence: UInt32, attributes: NetlinkAttributes) -> [UInt8] {
+        let length = UInt32(headerLength + 4 + attributes.bytes.count)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(length))
+        bytes += withUnsafeBytes(of: length.littleEndian, Array.init)
+        bytes += withUnsafeBytes(of: family.littleEndian, Array.init)
+        bytes += withUnsafeBytes(of: (NLM_F_REQUEST | NLM_F_ACK).littleEndian, Array.init)
+        bytes += withUnsafeBytes(of: sequence.littleEndian, Array.init)
+        bytes += [0, 0, 0, 0]
+        bytes += [command.rawValue, ipvsVersion, 0, 0]
+        bytes += attributes.bytes
+        return bytes
+    }
+
+    /// The acknowledgements in a datagram from the kernel: (sequence of the request, errno; 0 = done).
+    /// Messages of other types are skipped; a truncated message ends the parse.
+    public static func acknowledgements(in bytes: ArraySlice<UInt8>) -> [(sequence: UInt32, errno: Int32)] {
+        var result: [(UInt32, Int32)] = []
+        var offset = bytes.startIndex
+        func u32(at index: Int) -> UInt32 { bytes[index..<(index + 4)].reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+        while offset + headerLength <= bytes.endIndex {
+            let length = Int(u32(at: offset))
+            guard length >= headerLength, offset + length <= bytes.endIndex else { break }
+            let type = UInt16(bytes[offset + 4]) | UInt16(bytes[offset + 5]) << 8
+            // struct nlmsgerr { int error; struct nlmsghdr msg; }: the request's own header carries its sequence.
+            if type == NLMSG_ERROR, length >= headerLength + 4 + headerLength {
+                let error = Int32(bitPattern: u32(at: offset + headerLength))
+                result.append((u32(at: offset + headerLength + 4 + 8), -error))
+            }
+            offset += (length + 3) & ~3
+        }
+        return result
     }
 }

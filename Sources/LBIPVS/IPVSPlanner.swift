@@ -1,21 +1,27 @@
 import LBConfig
 
-/// What identifies a service in the kernel: protocol, address, port. Everything else can be edited in place.
+/// What identifies a service in the kernel: protocol, address, port (or firewall mark and family). Everything else
+/// can be edited in place.
 public struct IPVSServiceKey: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var transport: IPVSService.TransportProtocol
     public var address: IPAddress
     public var port: UInt16
+    public var fwmark: UInt32
 
     public init(_ service: IPVSService) {
-        transport = service.transport
-        address = service.address
-        port = service.port
+        fwmark = service.fwmark
+        transport = service.fwmark == 0 ? service.transport : .tcp
+        address = service.fwmark == 0 ? service.address : (service.address.family == .ipv4 ? .v4(0) : .v6([UInt8](repeating: 0, count: 16)))
+        port = service.fwmark == 0 ? service.port : 0
     }
 
-    public var description: String { "\(address.withPort(port))/\(transport == .tcp ? "tcp" : "udp")" }
+    public var description: String {
+        fwmark != 0 ? "fwmark \(fwmark)/\(address.family.rawValue)"
+            : "\(address.withPort(port))/\(transport == .tcp ? "tcp" : "udp")"
+    }
 
     public static func < (lhs: Self, rhs: Self) -> Bool {
-        (lhs.address, lhs.port, lhs.transport.rawValue) < (rhs.address, rhs.port, rhs.transport.rawValue)
+        (lhs.fwmark, lhs.address, lhs.port, lhs.transport.rawValue) < (rhs.fwmark, rhs.address, rhs.port, rhs.transport.rawValue)
     }
 }
 
@@ -81,10 +87,20 @@ public enum IPVSPlanner {
     }
 
     /// The operations that turn `actual` into `desired`. Services in `actual` that lb does not own are never
-    /// touched; they are returned as `foreign` so the agent can report them.
-    public static func plan(from actual: IPVSTable, to desired: IPVSTable, owned: Set<IPVSServiceKey>)
+    /// touched; they are returned as `foreign` so the agent can report them. `scope` limits the comparison to some
+    /// services (a health transition touches one VIP; comparing a thousand is wasted time on the way to the kernel).
+    public static func plan(from actual: IPVSTable, to desired: IPVSTable, owned: Set<IPVSServiceKey>,
+                            scope: Set<IPVSServiceKey>? = nil)
         -> (operations: [IPVSOperation], foreign: [IPVSServiceKey])
     {
+        if let scope {
+            var actualPart = IPVSTable(), desiredPart = IPVSTable()
+            for key in scope {
+                actualPart.services[key] = actual.services[key]
+                desiredPart.services[key] = desired.services[key]
+            }
+            return plan(from: actualPart, to: desiredPart, owned: owned)
+        }
         var operations: [IPVSOperation] = []
         for key in desired.services.keys.sorted() {
             guard let want = desired.services[key] else { continue }
@@ -94,16 +110,18 @@ public enum IPVSPlanner {
                 continue
             }
             if have.service != want.service { operations.append(.updateService(want.service)) }
-            let existing = Dictionary(have.destinations.map { ($0.address.withPort($0.port), $0) }, uniquingKeysWith: { a, _ in a })
-            let wanted = Set(want.destinations.map { $0.address.withPort($0.port) })
+            // The common case, checked cheaply: nothing changed for this service.
+            if have.destinations == want.destinations { continue }
+            let existing = Dictionary(have.destinations.map { (DestinationKey($0), $0) }, uniquingKeysWith: { a, _ in a })
+            let wanted = Set(want.destinations.map(DestinationKey.init))
             for destination in want.destinations {
-                switch existing[destination.address.withPort(destination.port)] {
+                switch existing[DestinationKey(destination)] {
                 case nil: operations.append(.addDestination(destination, want.service))
                 case let current? where current != destination: operations.append(.updateDestination(destination, want.service))
                 default: break
                 }
             }
-            for destination in have.destinations where !wanted.contains(destination.address.withPort(destination.port)) {
+            for destination in have.destinations where !wanted.contains(DestinationKey(destination)) {
                 operations.append(.deleteDestination(destination, want.service))
             }
         }
@@ -113,5 +131,15 @@ public enum IPVSPlanner {
             if owned.contains(key) { operations.append(.deleteService(have.service)) } else { foreign.append(key) }
         }
         return (operations, foreign)
+    }
+}
+
+/// What identifies a destination within its service.
+private struct DestinationKey: Hashable {
+    var address: IPAddress
+    var port: UInt16
+    init(_ destination: IPVSDestination) {
+        address = destination.address
+        port = destination.port
     }
 }

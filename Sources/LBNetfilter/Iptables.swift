@@ -1,0 +1,56 @@
+import LBConfig
+import LBSystem
+
+/// A netfilter command that failed, with what it said.
+public struct NetfilterError: Error, CustomStringConvertible, Sendable {
+    public var command: String
+    public var message: String
+    public var description: String { "\(command): \(message)" }
+}
+
+/// The effector: reads the host's rules with iptables-save and applies lb's chains with `iptables-restore --noflush`
+/// (one transaction per table: all of a chain or none of it). IPv6 services go through ip6tables.
+public struct Iptables: Sendable {
+    public var family: IPAddress.Family
+
+    public init(family: IPAddress.Family) { self.family = family }
+
+    var save: String { family == .ipv4 ? "iptables-save" : "ip6tables-save" }
+    var restore: String { family == .ipv4 ? "iptables-restore" : "ip6tables-restore" }
+
+    /// Every table's rules, as the conflict scan and the planner read them.
+    public func listing() throws -> (rules: [IptablesRule], text: String) {
+        let result = try runChecked(save, [])
+        return (IptablesListing.parse(result.output), result.output)
+    }
+
+    /// Whether lb's chain exists in the nat table (it can exist empty, which a rule listing does not show).
+    public func chainExists(_ chain: String, inListing text: String) -> Bool {
+        var table = ""
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("*") { table = String(line.dropFirst()) }
+            if table == "nat", line.hasPrefix(":\(chain) ") { return true }
+        }
+        return false
+    }
+
+    /// Applies a restore file atomically, leaving every chain it does not name alone.
+    public func apply(_ restoreInput: String) throws {
+        _ = try runChecked(restore, ["--noflush"], input: restoreInput)
+    }
+
+    private func runChecked(_ program: String, _ arguments: [String], input: String = "") throws -> Subprocess.Result {
+        let command = ([program] + arguments).joined(separator: " ")
+        let result: Subprocess.Result
+        do {
+            result = try Subprocess.run(program, arguments, input: input, timeout: 30)
+        } catch {
+            throw NetfilterError(command: command, message: "\(error) (install the iptables package)")
+        }
+        guard result.succeeded else {
+            let said = (result.errorOutput + result.output).split(separator: "\n").joined(separator: "; ")
+            throw NetfilterError(command: command, message: "exit \(result.status): \(said)")
+        }
+        return result
+    }
+}

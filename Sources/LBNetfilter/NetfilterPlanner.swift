@@ -1,0 +1,116 @@
+import LBConfig
+
+/// The rules lb owns, as `iptables-restore --noflush` input. lb's rules live in chains named `LB-…`; declaring a
+/// chain in a restore file empties it first, so each apply replaces the whole chain in one transaction.
+public struct NetfilterRuleset: Equatable, Sendable {
+    /// `iptables-restore --noflush` input, or nil when lb wants no rules of this family and none exist.
+    public var restore: String?
+    /// lb's rule lines (chain contents), for display and tests.
+    public var rules: [String]
+}
+
+/// A host rule that would fight one of lb's services.
+public struct NetfilterConflict: Error, Equatable, Sendable, CustomStringConvertible {
+    public var service: String
+    /// `10.0.0.41:2762/tcp`
+    public var endpoint: String
+    public var rule: IptablesRule
+    public var reason: String
+    public var hint: String
+
+    public var description: String {
+        "virtual service \"\(service)\" (\(endpoint)): host rule \"\(rule.text)\" (table \(rule.table), chain \(rule.chain))"
+            + " \(reason)\n  hint: \(hint)"
+    }
+}
+
+/// Pure planning of lb's netfilter rules and of the host-rule conflict scan.
+public enum NetfilterPlanner {
+    /// lb's own chain in the nat table, jumped to from POSTROUTING.
+    public static let snatChain = "LB-SNAT"
+    static let jump = "-A POSTROUTING -m comment --comment \"lb: source NAT for l4-snat services\" -j \(snatChain)"
+
+    /// For every `l4-snat` VIP port and real server: traffic IPVS sends to that real server for that VIP leaves with
+    /// the load balancer's own address (MASQUERADE picks the address of the outgoing interface), so the real server
+    /// answers the load balancer and needs no route back through it. `-m ipvs` keeps the rule to IPVS's traffic.
+    public static func snatRules(for services: [VirtualService], family: IPAddress.Family) -> [String] {
+        var rules: [String] = []
+        for service in services where service.mode == .l4SNAT && service.address.family == family {
+            let full = family == .ipv4 ? 32 : 128
+            for port in service.ports.allPorts {
+                for server in service.realServers {
+                    let proto = service.transport.rawValue
+                    rules.append("-A \(snatChain) -d \(server.address)/\(full) -p \(proto) -m \(proto) --dport \(server.port(forVIPPort: port))"
+                                 + " -m ipvs --vaddr \(service.address)/\(full) --vport \(port)"
+                                 + " -m comment --comment \"lb: \(service.name)\" -j MASQUERADE")
+                }
+            }
+        }
+        return rules
+    }
+
+    /// The restore input that makes the host hold exactly `snatRules`, given the current listing of the nat table:
+    /// the chain is (re)declared and refilled; the jump is added once; with no rules wanted, chain and jump go.
+    public static func ruleset(for services: [VirtualService], family: IPAddress.Family, current: [IptablesRule],
+                               chainExists: Bool) -> NetfilterRuleset {
+        let rules = snatRules(for: services, family: family)
+        let hasJump = current.contains { $0.table == "nat" && $0.chain == "POSTROUTING" && $0.target == snatChain }
+        if rules.isEmpty {
+            guard chainExists || hasJump else { return NetfilterRuleset(restore: nil, rules: []) }
+            var lines = ["*nat", ":\(snatChain) - [0:0]"]
+            if hasJump { lines.append(jump.replacingOccurrences(of: "-A POSTROUTING", with: "-D POSTROUTING")) }
+            lines += ["-X \(snatChain)", "COMMIT"]
+            return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: [])
+        }
+        var lines = ["*nat", ":\(snatChain) - [0:0]"] + rules
+        if !hasJump { lines.append(jump) }
+        lines.append("COMMIT")
+        return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
+    }
+
+    /// Host rules (outside lb's chains) that would clash with the services:
+    /// - a DNAT or REDIRECT that can match a VIP port (the traffic would never reach IPVS or lbd's listener);
+    /// - a SNAT or MASQUERADE naming a real server that an `l4-snat` service reaches (two source rewrites);
+    /// - a DROP or REJECT in INPUT (any mode) or FORWARD (NAT and SNAT, whose replies are forwarded) that names the
+    ///   VIP or the VIP port. A blanket DROP at the end of a firewall chain is not reported: it names neither.
+    public static func conflicts(for services: [VirtualService], in listing: [IptablesRule]) -> [NetfilterConflict] {
+        var found: [NetfilterConflict] = []
+        let hostRules = listing.filter { !$0.chain.hasPrefix("LB-") && !($0.target ?? "").hasPrefix("LB-") }
+        for service in services {
+            for port in service.ports.allPorts {
+                let endpoint = "\(service.address.withPort(port))/\(service.transport.rawValue)"
+                for rule in hostRules where rule.canMatch(address: service.address, port: port, transport: service.transport) {
+                    switch (rule.table, rule.target ?? "") {
+                    case ("nat", "DNAT"), ("nat", "REDIRECT"):
+                        found.append(NetfilterConflict(
+                            service: service.name, endpoint: endpoint, rule: rule,
+                            reason: "would redirect the VIP's traffic before lb sees it",
+                            hint: "remove the rule or narrow it so it cannot match \(endpoint), or give the service another VIP or port"))
+                    case ("filter", "DROP"), ("filter", "REJECT"):
+                        let chains = service.mode.isLayer4 && service.mode != .l4DirectRouting ? ["INPUT", "FORWARD"] : ["INPUT"]
+                        guard chains.contains(rule.chain), rule.names(address: service.address) || rule.names(port: port) else { continue }
+                        found.append(NetfilterConflict(
+                            service: service.name, endpoint: endpoint, rule: rule,
+                            reason: "would drop the VIP's traffic",
+                            hint: "allow \(endpoint) before this rule, or remove it"))
+                    default:
+                        continue
+                    }
+                }
+                guard service.mode == .l4SNAT else { continue }
+                for server in service.realServers {
+                    let serverPort = server.port(forVIPPort: port)
+                    for rule in hostRules where rule.table == "nat" && ["SNAT", "MASQUERADE"].contains(rule.target ?? "")
+                        && rule.names(address: server.address)
+                        && rule.canMatch(address: server.address, port: serverPort, transport: service.transport) {
+                        found.append(NetfilterConflict(
+                            service: service.name, endpoint: endpoint, rule: rule,
+                            reason: "already rewrites the source of traffic to real server \(server.name) (\(server.address.withPort(serverPort))), which lb's \(snatChain) chain does for this l4-snat service",
+                            hint: "remove the host rule (lb owns source NAT for this real server), or use l4-nat for the service"))
+                    }
+                }
+            }
+        }
+        return found
+    }
+}
