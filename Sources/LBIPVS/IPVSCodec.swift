@@ -170,12 +170,12 @@ public enum IPVSCodec {
         let flags = field(.flags).flatMap(u32) ?? 0
         let timeout = field(.timeout).flatMap(u32) ?? 0
         let persistence = flags & IP_VS_SVC_F_PERSISTENT != 0 ? timeout : nil
-        let netmask = field(.netmask).flatMap(u32) ?? 0xFFFF_FFFF
+        let netmask = field(.netmask).flatMap(u32)
         if let mark = field(.fwmark).flatMap(u32), mark != 0 {
             guard family == AF_INET_ || family == AF_INET6_ else { return nil }
             var service = IPVSService.firewallMark(mark, family: family == AF_INET_ ? .ipv4 : .ipv6, scheduler: scheduler,
                                                    persistenceTimeout: persistence)
-            service.persistenceNetmask = netmask
+            if let netmask { service.persistenceNetmask = netmask }
             return service
         }
         guard let proto = field(.proto).flatMap(u16), let transport = IPVSService.TransportProtocol(rawValue: proto),

@@ -15,18 +15,20 @@ public struct IPVSService: Hashable, Sendable, CustomStringConvertible {
     public var scheduler: String
     /// Persistence timeout in seconds; nil = not persistent.
     public var persistenceTimeout: UInt32?
-    /// IPv4 persistence granularity (network-order mask); 255.255.255.255 by default.
+    /// Persistence granularity: for IPv4 a netmask (network order, 255.255.255.255 by default), for IPv6 a prefix
+    /// length (128 by default).
     public var persistenceNetmask: UInt32
 
     public init(transport: TransportProtocol, address: IPAddress, port: UInt16, scheduler: String,
-                persistenceTimeout: UInt32? = nil, persistenceNetmask: UInt32 = 0xFFFF_FFFF, fwmark: UInt32 = 0) {
+                persistenceTimeout: UInt32? = nil, persistenceNetmask: UInt32? = nil, fwmark: UInt32 = 0) {
         self.transport = transport
         self.fwmark = fwmark
         self.address = address
         self.port = port
         self.scheduler = scheduler
         self.persistenceTimeout = persistenceTimeout
-        self.persistenceNetmask = persistenceNetmask
+        // The kernel's defaults: an all-ones IPv4 mask; for IPv6 a prefix length, 128.
+        self.persistenceNetmask = persistenceNetmask ?? (address.family == .ipv4 ? 0xFFFF_FFFF : 128)
     }
 
     /// A firewall-mark service of the given family.

@@ -67,16 +67,22 @@ public enum IPVSOperation: Equatable, Sendable, CustomStringConvertible {
 public enum IPVSPlanner {
     /// The kernel table for the Layer 4 services of a config: one IPVS service per VIP port.
     /// `weights` overrides a real server's weight (service name → server name → weight), e.g. 0 while it is down.
-    public static func desiredTable(for services: [VirtualService], weights: [String: [String: UInt32]] = [:]) -> IPVSTable {
+    public static func desiredTable(for services: [VirtualService], weights: [String: [String: UInt32]] = [:],
+                                    removed: [String: Set<String>] = [:]) -> IPVSTable {
         var entries: [(IPVSService, [IPVSDestination])] = []
         for service in services where service.mode.isLayer4 {
             let forwarding: IPVSDestination.Forwarding = service.mode == .l4DirectRouting ? .directRoute : .masquerade
             var timeout: UInt32?
             if case .sourceIP(let duration) = service.persistence { timeout = UInt32(duration.components.seconds) }
             for port in service.ports.allPorts {
+                var mask: UInt32?
+                if timeout != nil, case .v4(let bits)? = service.persistenceNetmask { mask = bits.bigEndian }
                 let ipvs = IPVSService(transport: service.transport == .tcp ? .tcp : .udp, address: service.address,
-                                       port: port, scheduler: service.scheduler.ipvsName, persistenceTimeout: timeout)
-                let destinations = service.realServers.map { server in
+                                       port: port, scheduler: service.scheduler.ipvsName, persistenceTimeout: timeout,
+                                       persistenceNetmask: mask)
+                // A server listed in `removed` is left out (on_server_failure: remove); otherwise `weights` may
+                // override its weight (0 while it drains).
+                let destinations = service.realServers.filter { removed[service.name]?.contains($0.name) != true }.map { server in
                     IPVSDestination(address: server.address, port: server.port(forVIPPort: port), forwarding: forwarding,
                                     weight: weights[service.name]?[server.name] ?? UInt32(server.weight))
                 }

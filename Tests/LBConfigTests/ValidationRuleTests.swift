@@ -319,4 +319,42 @@ struct ProxySettingsTests {
                     "max_headers applies to HTTP requests, not to mode l7-tcp", at: "max_headers")
         expectError(document(service(extra: ["timeouts: {conect: 5s}"])), "did you mean \"connect\"?", at: "conect")
     }
+
+    @Test func layer4KernelSettings() throws {
+        let yaml = document(service(mode: "l4-snat", extra: [
+            "interface: eth1", "on_server_failure: remove",
+            "persistence: {type: source-ip, timeout: 600s, netmask: 255.255.255.0}",
+        ])) + "ipvs:\n  timeouts: {tcp: 15m, tcp_fin: 2m, udp: 5m}\n  sync_daemon: {role: master, interface: eth2, sync_id: 7}\n"
+        let report = check(yaml)
+        #expect(report.isValid, "\(report.diagnostics)")
+        let configuration = try #require(report.configuration)
+        let vip = try #require(configuration.virtualServices.first)
+        #expect(vip.interface == "eth1")
+        #expect(vip.onServerFailure == .remove)
+        #expect(vip.persistenceNetmask == IPAddress("255.255.255.0"))
+        #expect(configuration.ipvs.tcpTimeout == .seconds(900))
+        #expect(configuration.ipvs.syncDaemon == .init(role: .master, interface: "eth2", syncID: 7))
+        // Defaults: drain, the kernel's own timeouts, no sync daemon, the address left to others.
+        let plain = try #require(check(document(service(mode: "l4-nat"))).configuration)
+        #expect(plain.virtualServices.first?.onServerFailure == .drain)
+        #expect(plain.virtualServices.first?.interface == nil)
+        #expect(plain.ipvs == IPVSSettings())
+    }
+
+    @Test func layer4KernelSettingsRejected() {
+        expectError(document(service(extra: ["on_server_failure: remove"])),
+                    "on_server_failure applies to Layer 4 modes, not to l7-http", at: "on_server_failure")
+        expectError(document(service(mode: "l4-nat", extra: ["on_server_failure: delete"])),
+                    "\"delete\" is not a valid on_server_failure", at: "delete")
+        expectError(document(service(mode: "l4-nat", extra: ["interface: eth0:1"])),
+                    "\"eth0:1\" is not a network interface name", at: "eth0:1")
+        expectError(document(service(mode: "l4-nat", extra: ["persistence: {type: source-ip, netmask: 255.0.255.0}"])),
+                    "netmask 255.0.255.0 is not a contiguous IPv4 netmask", at: "255.0.255.0")
+        expectError(document(service(mode: "l7-tcp", extra: ["persistence: {type: source-ip, netmask: 255.255.0.0}"])),
+                    "a persistence netmask needs a Layer 4 mode and an IPv4 VIP", at: "netmask")
+        expectError(document(service(mode: "l4-nat")) + "ipvs:\n  timeouts: {tcp: 0s}\n",
+                    "ipvs timeout tcp 0s is out of range", at: "0s")
+        expectError(document(service(mode: "l4-nat")) + "ipvs:\n  sync_daemon: {role: primary, interface: eth2}\n",
+                    "\"primary\" is not a valid role", at: "primary")
+    }
 }

@@ -51,6 +51,40 @@ struct IPVSCodecTests {
         #expect(decoded.0 == destination)
     }
 
+    @Test func requestFramingAndAcknowledgements() throws {
+        let frame = NetlinkFrame.request(family: 0x23, command: .setDestination, sequence: 0x4000_0001,
+                                         attributes: IPVSCodec.message(service: IPVSCodec.serviceKey(service)))
+        // nlmsghdr: total length, type = family id, flags REQUEST|ACK, sequence, port 0; genlmsghdr: command 6, version 1.
+        #expect(Array(frame[0..<4]) == withUnsafeBytes(of: UInt32(frame.count).littleEndian, Array.init))
+        #expect(Array(frame[4..<8]) == [0x23, 0, 5, 0])
+        #expect(Array(frame[8..<16]) == [1, 0, 0, 0x40, 0, 0, 0, 0])
+        #expect(Array(frame[16..<20]) == [6, 1, 0, 0])
+
+        // Two NLMSG_ERROR answers in one datagram: success for one request, EEXIST (with the request echoed) for the next.
+        func ack(_ sequence: UInt32, errno: Int32, echo: [UInt8]) -> [UInt8] {
+            let payload = withUnsafeBytes(of: (-errno).littleEndian, Array.init) + echo
+            return withUnsafeBytes(of: UInt32(16 + payload.count).littleEndian, Array.init) + [2, 0, 0, 0]
+                + withUnsafeBytes(of: sequence.littleEndian, Array.init) + [0, 0, 0, 0] + payload
+        }
+        let header = Array(frame[0..<16])
+        var second = header
+        second[8] = 2
+        let datagram = ack(0x4000_0001, errno: 0, echo: header) + ack(0x4000_0002, errno: EEXIST, echo: second + Array(frame[16...]))
+        let acks = NetlinkFrame.acknowledgements(in: datagram[...])
+        #expect(acks.map(\.sequence) == [0x4000_0001, 0x4000_0002])
+        #expect(acks.map(\.errno) == [0, EEXIST])
+        #expect(NetlinkFrame.acknowledgements(in: datagram.dropLast(5)).count == 1, "a truncated message is not read")
+    }
+
+    @Test func firewallMarkServicesAreKeyedByMarkAndFamily() throws {
+        let mark = IPVSService.firewallMark(7, family: .ipv6, scheduler: "rr")
+        let fields = try #require(NetlinkAttributes.parse(IPVSCodec.serviceKey(mark).bytes[...]))
+        #expect(fields.map(\.type) == [1, 5], "family and fwmark only")
+        #expect(IPVSCodec.decodeService(IPVSCodec.message(service: IPVSCodec.service(mark)).bytes[...]) == mark)
+        #expect(mark.description == "fwmark 7/ipv6")
+        #expect(mark.persistenceNetmask == 128, "IPv6 persistence granularity is a prefix length")
+    }
+
     @Test func truncatedInputIsRejectedNotTrusted() {
         let bytes = IPVSCodec.message(service: IPVSCodec.service(service)).bytes
         #expect(NetlinkAttributes.parse(bytes.dropLast(3)) == nil || IPVSCodec.decodeService(bytes.dropLast(3)) == nil)
@@ -145,6 +179,64 @@ struct IPVSKernelTests {
         try client.apply(repair)
         #expect(try client.table() == drained)
         try client.flush()
+    }
+
+    /// The rest of the netlink surface: firewall-mark and IPv6 services, persistence netmask, timeouts, counters,
+    /// the sync daemon, and a batch the kernel refuses in part.
+    @Test func kernelSettingsFwmarkIPv6AndPartialRefusal() throws {
+        let client = try IPVSClient()
+        try client.flush()
+        let info = try client.info()
+        #expect(info.versionText == "1.2.1", "\(info)")
+        #expect(info.connectionTableSize > 0)
+
+        let mark = IPVSService.firewallMark(7, family: .ipv4, scheduler: "rr", persistenceTimeout: 60)
+        var masked = IPVSService(transport: .tcp, address: IPAddress("10.0.0.2")!, port: 2762, scheduler: "sh",
+                                 persistenceTimeout: 120, persistenceNetmask: UInt32(0xFFFF_FF00).bigEndian)
+        let v6 = IPVSService(transport: .udp, address: IPAddress("2001:db8::10")!, port: 2310, scheduler: "wrr")
+        try client.apply([.addService(mark), .addService(masked), .addService(v6),
+                          .addDestination(IPVSDestination(address: IPAddress("10.0.1.11")!, port: 0, forwarding: .directRoute, weight: 5), mark)])
+        #expect(Set(try client.services()) == [mark, masked, v6])
+        let listing = try run("/usr/sbin/ipvsadm", ["-Ln"])
+        #expect(listing.contains("FWM  7 rr persistent 60"), "\(listing)")
+        #expect(listing.contains("TCP  10.0.0.2:2762 sh persistent 120 mask 255.255.255.0"), "\(listing)")
+        #expect(listing.contains("UDP  [2001:db8::10]:2310 wrr"), "\(listing)")
+        masked.scheduler = "rr"
+        try client.update(masked)
+        #expect(try run("/usr/sbin/ipvsadm", ["-Ln"]).contains("TCP  10.0.0.2:2762 rr persistent 120 mask 255.255.255.0"))
+
+        // Timeouts, as ipvsadm -l --timeout reads them back.
+        try client.setTimeouts(IPVSTimeouts(tcp: 7200, tcpFin: 60, udp: 120))
+        #expect(try client.timeouts() == IPVSTimeouts(tcp: 7200, tcpFin: 60, udp: 120))
+        #expect(try run("/usr/sbin/ipvsadm", ["-Ln", "--timeout"]).contains("Timeout (tcp tcpfin udp): 7200 60 120"))
+
+        // The sync daemon starts and stops (master on the dummy link).
+        let daemon = IPVSSyncDaemon(role: .master, interface: "lbt0", syncID: 9)
+        try client.startSyncDaemon(daemon)
+        #expect(try client.syncDaemons() == [daemon])
+        #expect(try run("/usr/sbin/ipvsadm", ["-Ln", "--daemon"]).contains("master sync daemon (mcast=lbt0, syncid=9,"))
+        try client.stopSyncDaemon(daemon)
+        #expect(try client.syncDaemons().isEmpty)
+
+        try client.zeroCounters()
+        try client.zeroCounters(of: masked)
+
+        // A batch with one refusal in the middle: the rest of it is applied and the report says which failed.
+        let fresh = IPVSService(transport: .tcp, address: IPAddress("10.0.0.3")!, port: 80, scheduler: "rr")
+        let batch: [IPVSOperation] = [.addService(fresh), .addService(masked),
+                                      .addDestination(IPVSDestination(address: IPAddress("10.0.1.12")!, port: 80, forwarding: .masquerade, weight: 1), fresh)]
+        do {
+            try client.apply(batch)
+            Issue.record("adding an existing service must be refused")
+        } catch let error as IPVSApplyError {
+            #expect(error.applied == [batch[0], batch[2]])
+            #expect(error.failures.map(\.operation) == [batch[1]])
+            #expect(error.failures.first?.error.description == "service 10.0.0.2:2762/tcp: File exists")
+            #expect(error.description.hasSuffix("2 change(s) applied, 1 refused, 0 not attempted"))
+        }
+        #expect(try client.destinations(of: fresh).count == 1)
+        try client.flush()
+        try client.setTimeouts(IPVSTimeouts(tcp: 900, tcpFin: 120, udp: 300))
     }
 
     /// popen rather than Foundation's Process: the latter needs CFRunLoop machinery the minimal VM lacks.

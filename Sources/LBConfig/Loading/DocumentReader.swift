@@ -7,14 +7,17 @@ struct DocumentReader {
 
     init(file: String) { nodes = NodeReader(file: file) }
 
-    static let topLevelKeys = ["virtual_services"]
+    static let topLevelKeys = ["virtual_services", "ipvs"]
+    static let ipvsKeys = ["timeouts", "sync_daemon"]
+    static let ipvsTimeoutKeys = ["tcp", "tcp_fin", "udp"]
+    static let syncDaemonKeys = ["role", "interface", "sync_id"]
     static let serviceKeys = [
         "name", "vip", "ports", "protocol", "mode", "scheduler", "persistence", "health_check",
-        "real_servers", "fallback", "tls", "forwarded_for", "timeouts", "limits",
+        "real_servers", "fallback", "tls", "forwarded_for", "timeouts", "limits", "interface", "on_server_failure",
     ]
     static let timeoutKeys = ["connect", "idle", "header", "body"]
     static let limitKeys = ["max_connections", "max_header_bytes", "max_headers"]
-    static let persistenceKeys = ["type", "timeout", "cookie"]
+    static let persistenceKeys = ["type", "timeout", "cookie", "netmask"]
     static let healthCheckKeys = [
         "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
         "calling_ae", "called_ae", "message", "command",
@@ -51,7 +54,57 @@ struct DocumentReader {
         for (index, item) in items.enumerated() {
             if let service = readService(item, at: .virtualService(index)) { services.append(service) }
         }
-        return Configuration(virtualServices: services)
+        let ipvs = top["ipvs"].flatMap { readIPVS($0) } ?? IPVSSettings()
+        return Configuration(virtualServices: services, ipvs: ipvs)
+    }
+
+    // MARK: IPVS settings
+
+    private mutating func readIPVS(_ node: Node) -> IPVSSettings? {
+        guard let fields = nodes.fields(of: node, at: .root / "ipvs", what: "ipvs", allowed: Self.ipvsKeys) else { return nil }
+        var settings = IPVSSettings()
+        if let timeoutsNode = fields["timeouts"],
+           let timeouts = nodes.fields(of: timeoutsNode, at: .root / "ipvs" / "timeouts", what: "ipvs timeouts",
+                                       allowed: Self.ipvsTimeoutKeys) {
+            func read(_ key: String) -> Duration? {
+                guard let node = timeouts[key], let value = nodes.duration(node, key: key) else { return nil }
+                // The kernel keeps these in whole seconds; zero would mean "unchanged" on the wire.
+                guard value >= .seconds(1), value <= .seconds(7 * 86_400), value.isWholeSeconds else {
+                    nodes.error("ipvs timeout \(key) \(value.configText) is out of range", at: node,
+                                hint: "use whole seconds from 1s to 7 days (10080m)")
+                    return nil
+                }
+                return value
+            }
+            settings.tcpTimeout = read("tcp")
+            settings.tcpFinTimeout = read("tcp_fin")
+            settings.udpTimeout = read("udp")
+        }
+        if let daemonNode = fields["sync_daemon"],
+           let daemon = nodes.fields(of: daemonNode, at: .root / "ipvs" / "sync_daemon", what: "ipvs sync_daemon",
+                                     allowed: Self.syncDaemonKeys) {
+            let role = nodes.require("role", in: daemon, what: "sync_daemon", hint: "add `role: master` or `role: backup`")
+                .flatMap { nodes.choice($0, key: "role", as: IPVSSettings.SyncDaemon.Role.self) }
+            let interface = nodes.require("interface", in: daemon, what: "sync_daemon",
+                                          hint: "add `interface:` naming the link the peer load balancer is reached on")
+                .flatMap { readInterface($0) }
+            let syncID = daemon["sync_id"].flatMap { nodes.integer($0, key: "sync_id", range: 0...255) } ?? 0
+            if let role, let interface { settings.syncDaemon = .init(role: role, interface: interface, syncID: syncID) }
+        }
+        return settings
+    }
+
+    /// A network interface name as the kernel accepts it.
+    private mutating func readInterface(_ node: Node) -> String? {
+        guard let name = nodes.string(node, key: "interface") else { return nil }
+        guard !name.isEmpty, name.utf8.count < 16, name != ".", name != "..",
+              !name.contains(where: { $0 == "/" || $0 == ":" || $0.isWhitespace })
+        else {
+            nodes.error("\"\(name)\" is not a network interface name", at: node,
+                        hint: "use the name `ip link` shows, e.g. eth0 or ens192 (at most 15 characters)")
+            return nil
+        }
+        return name
     }
 
     /// Runs `read` and remembers `path` as incomplete if it recorded an error.
@@ -98,13 +151,30 @@ struct DocumentReader {
         let forwardedFor = fields["forwarded_for"].flatMap { nodes.bool($0, key: "forwarded_for") } ?? (mode == .l7HTTP)
         let timeouts = fields["timeouts"].flatMap { readTimeouts($0, at: path / "timeouts") } ?? .default
         let limits = fields["limits"].flatMap { readLimits($0, at: path / "limits") } ?? .default
+        let interface = fields["interface"].flatMap { readInterface($0) }
+        let onServerFailure = fields["on_server_failure"].flatMap {
+            nodes.choice($0, key: "on_server_failure", as: ServerFailureAction.self)
+        } ?? .drain
+        let persistenceNetmask = (fields["persistence"]?.mapping?["netmask"]).flatMap { readNetmask($0) }
 
         // Without these the service cannot be reasoned about at all; their errors are already recorded.
         guard let name, let address, let ports, let mode, let realServers else { return nil }
         return VirtualService(
             name: name, address: address, ports: ports, transport: transport, mode: mode, scheduler: scheduler,
             persistence: persistence, healthCheck: healthCheck, realServers: realServers,
-            fallback: fallback, tls: tls, forwardedFor: forwardedFor, timeouts: timeouts, limits: limits)
+            fallback: fallback, tls: tls, forwardedFor: forwardedFor, timeouts: timeouts, limits: limits,
+            interface: interface, onServerFailure: onServerFailure, persistenceNetmask: persistenceNetmask)
+    }
+
+    /// A contiguous IPv4 netmask such as 255.255.255.0.
+    private mutating func readNetmask(_ node: Node) -> IPAddress? {
+        guard let mask = nodes.address(node, key: "netmask") else { return nil }
+        guard case .v4(let bits) = mask, (~bits &+ 1) & ~bits == 0 else {
+            nodes.error("netmask \(mask) is not a contiguous IPv4 netmask", at: node,
+                        hint: "write it like 255.255.255.0 (clients of one /24 share a real server)")
+            return nil
+        }
+        return mask
     }
 
     // MARK: Proxy timeouts and limits
@@ -199,7 +269,7 @@ struct DocumentReader {
         guard let type = nodes.choice(typeNode, key: "persistence type", as: PersistenceType.self) else { return nil }
         switch type {
         case .none:
-            rejectKeys(["timeout", "cookie"], in: fields, because: "persistence type none")
+            rejectKeys(["timeout", "cookie", "netmask"], in: fields, because: "persistence type none")
             return Persistence.none
         case .sourceIP:
             rejectKeys(["cookie"], in: fields, because: "persistence type source-ip")
@@ -213,7 +283,7 @@ struct DocumentReader {
             }
             return .sourceIP(timeout: timeout)
         case .httpCookie:
-            rejectKeys(["timeout"], in: fields, because: "persistence type http-cookie")
+            rejectKeys(["timeout", "netmask"], in: fields, because: "persistence type http-cookie")
             guard let cookieNode = fields["cookie"] else { return .httpCookie(name: Persistence.defaultCookieName) }
             guard let cookie = nodes.string(cookieNode, key: "cookie") else { return nil }
             guard cookie.allSatisfy(\.isHTTPTokenCharacter) else {

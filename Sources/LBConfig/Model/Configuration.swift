@@ -4,10 +4,51 @@
 /// positions live in `SourceMap`, next to the model, for diagnostics.
 public struct Configuration: Hashable, Sendable {
     public var virtualServices: [VirtualService]
+    /// Kernel-wide IPVS settings (Layer 4).
+    public var ipvs: IPVSSettings
 
-    public init(virtualServices: [VirtualService]) {
+    public init(virtualServices: [VirtualService], ipvs: IPVSSettings = IPVSSettings()) {
         self.virtualServices = virtualServices
+        self.ipvs = ipvs
     }
+}
+
+/// Settings of the kernel's IPVS that are not per service.
+public struct IPVSSettings: Hashable, Sendable {
+    /// Idle timeouts of IPVS connection entries; nil leaves the kernel's value (TCP 900 s, FIN 120 s, UDP 300 s).
+    public var tcpTimeout: Duration?
+    public var tcpFinTimeout: Duration?
+    public var udpTimeout: Duration?
+    /// Connection synchronization with a peer load balancer, so a fail-over keeps established connections.
+    public var syncDaemon: SyncDaemon?
+
+    public struct SyncDaemon: Hashable, Sendable {
+        public enum Role: String, CaseIterable, Hashable, Sendable { case master, backup }
+        public var role: Role
+        public var interface: String
+        public var syncID: Int
+        public init(role: Role, interface: String, syncID: Int = 0) {
+            self.role = role
+            self.interface = interface
+            self.syncID = syncID
+        }
+    }
+
+    public init(tcpTimeout: Duration? = nil, tcpFinTimeout: Duration? = nil, udpTimeout: Duration? = nil,
+                syncDaemon: SyncDaemon? = nil) {
+        self.tcpTimeout = tcpTimeout
+        self.tcpFinTimeout = tcpFinTimeout
+        self.udpTimeout = udpTimeout
+        self.syncDaemon = syncDaemon
+    }
+}
+
+/// What IPVS does with a real server whose health check fails.
+public enum ServerFailureAction: String, CaseIterable, Hashable, Sendable {
+    /// Weight 0: no new connections; established ones run to their end (a study transfer in progress finishes).
+    case drain
+    /// The destination leaves the service: the kernel stops forwarding to it, established connections included.
+    case remove
 }
 
 /// How traffic for a VIP reaches its real servers.
@@ -142,14 +183,24 @@ public struct VirtualService: Hashable, Sendable {
     public var timeouts: ProxyTimeouts
     /// Layer 7 modes only.
     public var limits: ProxyLimits
+    /// The interface lb puts the VIP address on; nil: lb leaves the address to something else (e.g. keepalived).
+    public var interface: String?
+    /// Layer 4 modes only.
+    public var onServerFailure: ServerFailureAction
+    /// Layer 4 source-IP persistence granularity: clients in the same network share a server (IPv4 netmask).
+    public var persistenceNetmask: IPAddress?
 
     public init(
         name: String, address: IPAddress, ports: [PortRange], transport: TransportProtocol = .tcp,
         mode: ForwardingMode, scheduler: Scheduler = .roundRobin, persistence: Persistence = .none,
         healthCheck: HealthCheck, realServers: [RealServer], fallback: Endpoint? = nil,
         tls: TLSSettings? = nil, forwardedFor: Bool = false, timeouts: ProxyTimeouts = .default,
-        limits: ProxyLimits = .default
+        limits: ProxyLimits = .default, interface: String? = nil, onServerFailure: ServerFailureAction = .drain,
+        persistenceNetmask: IPAddress? = nil
     ) {
+        self.interface = interface
+        self.onServerFailure = onServerFailure
+        self.persistenceNetmask = persistenceNetmask
         self.name = name
         self.address = address
         self.ports = ports

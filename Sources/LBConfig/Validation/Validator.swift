@@ -64,6 +64,15 @@ public struct Validator {
                       hint: "remove it; l7-tcp does not parse the stream")
             }
         }
+        if service.mode.isLayer7, sourceMap.contains(path / "on_server_failure") {
+            error(name, key: path / "on_server_failure", "on_server_failure applies to Layer 4 modes, not to \(mode)",
+                  hint: "remove it; lbd's proxy always drains a failed server: no new connections, open ones finish")
+        }
+        if service.persistenceNetmask != nil, service.mode.isLayer7 || service.address.family != .ipv4 {
+            error(name, key: path / "persistence" / "netmask",
+                  "a persistence netmask needs a Layer 4 mode and an IPv4 VIP",
+                  hint: "remove netmask; lbd's proxy keeps each client address on its own")
+        }
         if service.scheduler == .maglev, service.mode.isLayer7 {
             error(name, at: path / "scheduler", "the maglev scheduler is available for Layer 4 modes only",
                   hint: "use source-hash for a hash-based choice in \(mode), or a Layer 4 mode")
