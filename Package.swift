@@ -43,6 +43,15 @@ let package = Package(
         ),
         // The kernel's IPVS over generic netlink: pure message codec plus a libnl transport.
         .target(name: "LBIPVS", dependencies: ["LBConfig", "CNetlink"]),
+        // libnl-route-3, found with pkg-config: rtnetlink for VIP addresses.
+        .systemLibrary(
+            name: "CNetlinkRoute",
+            pkgConfig: "libnl-route-3.0",
+            providers: [.apt(["libnl-route-3-dev"])]
+        ),
+        // VIP addresses on the load balancer's interfaces (rtnetlink) and their announcement (gratuitous ARP,
+        // unsolicited neighbour advertisement).
+        .target(name: "LBLinks", dependencies: ["LBConfig", "CNetlinkRoute"]),
         // Running helper programs (iptables-restore, external checks) without a shell.
         .target(name: "LBSystem"),
         // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
@@ -80,6 +89,7 @@ let package = Package(
                 "LBConfig",
                 "LBHealth",
                 "LBIPVS",
+                "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -99,6 +109,7 @@ let package = Package(
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
+        .testTarget(name: "LBLinksTests", dependencies: ["LBLinks"]),
         .testTarget(
             name: "LBProxyTests",
             dependencies: [

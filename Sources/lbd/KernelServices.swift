@@ -4,20 +4,29 @@ import LBIPVS
 import Logging
 
 /// The agent's Layer 4 side: keeps the kernel's IPVS table equal to what the config and the health checks ask for.
-/// Every change is planned from a fresh dump and only the difference is sent; services lb does not own are reported,
-/// never touched. Netlink requests are serialized here (health transitions arrive from several threads).
+/// Every change is planned from a dump (or from what lbd last applied) and only the difference is sent; services
+/// lbd did not create are reported, never touched. Netlink requests are serialized here (health transitions arrive
+/// from several threads).
 final class KernelServices: @unchecked Sendable {
     private let client: IPVSClient
     private let services: [VirtualService]
+    private let settings: IPVSSettings
+    private let state: StateStore
     private let logger: Logger
     private let lock = NSLock()
-    /// service name → servers currently failing their checks (they get weight 0: existing connections finish).
+    /// service name → servers currently failing their checks (weight 0 or removed, per on_server_failure).
     private var down: [String: Set<String>] = [:]
     private var owned: Set<IPVSServiceKey> = []
+    /// What the kernel held after the last successful apply. Health transitions plan against it instead of dumping
+    /// the whole table each time; after a failure it is dropped, so the next change starts from a fresh dump.
+    private var lastApplied: IPVSTable?
 
-    init(services: [VirtualService], logger: Logger) throws {
+    /// Opens IPVS; fails (changing nothing) when the kernel has none.
+    init(configuration: Configuration, state: StateStore, logger: Logger) throws {
         self.client = try IPVSClient()
-        self.services = services.filter { $0.mode.isLayer4 }
+        self.services = configuration.virtualServices.filter { $0.mode.isLayer4 }
+        self.settings = configuration.ipvs
+        self.state = state
         self.logger = logger
     }
 
@@ -46,40 +55,98 @@ final class KernelServices: @unchecked Sendable {
         }
     }
 
-    /// What the kernel held after the last successful apply. Health transitions plan against it instead of dumping
-    /// the whole table each time; after a failure it is dropped, so the next change starts from a fresh dump.
-    private var lastApplied: IPVSTable?
+    /// Connection timeouts and the sync daemon, when the config sets them. A running daemon with other settings
+    /// is reported and left alone (it may belong to keepalived).
+    func applyIPVSSettings() throws {
+        if settings.tcpTimeout != nil || settings.tcpFinTimeout != nil || settings.udpTimeout != nil {
+            func seconds(_ value: Duration?) -> UInt32 { value.map { UInt32($0.components.seconds) } ?? 0 }
+            let wanted = IPVSTimeouts(tcp: seconds(settings.tcpTimeout), tcpFin: seconds(settings.tcpFinTimeout),
+                                      udp: seconds(settings.udpTimeout))
+            let current = try client.timeouts()
+            if (wanted.tcp != 0 && wanted.tcp != current.tcp) || (wanted.tcpFin != 0 && wanted.tcpFin != current.tcpFin)
+                || (wanted.udp != 0 && wanted.udp != current.udp) {
+                try client.setTimeouts(wanted)
+                logger.notice("IPVS timeouts set", metadata: ["tcp": "\(wanted.tcp)", "tcp_fin": "\(wanted.tcpFin)", "udp": "\(wanted.udp)"])
+            }
+        }
+        if let daemon = settings.syncDaemon {
+            let wanted = IPVSSyncDaemon(role: daemon.role == .master ? .master : .backup, interface: daemon.interface,
+                                        syncID: UInt32(daemon.syncID))
+            let running = try client.syncDaemons()
+            if running.contains(wanted) { return }
+            if let other = running.first(where: { $0.role == wanted.role }) {
+                logger.warning("an IPVS sync daemon with other settings is running; left alone",
+                               metadata: ["running": "\(other.role) on \(other.interface) id \(other.syncID)"])
+                return
+            }
+            try client.startSyncDaemon(wanted)
+            logger.notice("IPVS sync daemon started", metadata: ["role": "\(daemon.role.rawValue)", "interface": "\(daemon.interface)",
+                                                                  "sync_id": "\(daemon.syncID)"])
+        }
+    }
 
-    /// Makes the kernel match, planning from a fresh dump; throws with what was and was not applied if the
-    /// kernel refuses something.
-    func reconcile() throws {
+    /// Makes the kernel match, planning from a fresh dump. If the kernel refuses part of it, what this call applied
+    /// is undone (planning back to the dump taken first), so the kernel is left as it was, and the error says what
+    /// was refused.
+    func reconcileOrRollBack() throws {
         lock.lock()
         defer { lock.unlock() }
-        try apply(from: client.table())
+        let before = try client.table()
+        let saved = try state.load()
+        owned = Set(before.services.keys.filter { saved.ipvsServices.contains($0.description) })
+        do {
+            try apply(from: before)
+        } catch {
+            let undo = IPVSPlanner.plan(from: try client.table(), to: before, owned: Set(IPVSPlanner.desiredTable(for: services).services.keys))
+            do {
+                try client.apply(undo.operations)
+                logger.notice("IPVS changes of this start undone", metadata: ["operations": "\(undo.operations.count)"])
+            } catch {
+                logger.error("IPVS changes of this start could not all be undone: \(error)")
+            }
+            throw error
+        }
     }
 
     /// Must hold `lock`.
-    private func apply(from actual: IPVSTable) throws {
-        let weights = down.mapValues { Dictionary(uniqueKeysWithValues: $0.map { ($0, UInt32(0)) }) }
-        let desired = IPVSPlanner.desiredTable(for: services, weights: weights)
-        owned.formUnion(desired.services.keys)
-        let (operations, foreign) = IPVSPlanner.plan(from: actual, to: desired, owned: owned)
+    private func apply(from actual: IPVSTable, scope: Set<IPVSServiceKey>? = nil) throws {
+        var weights: [String: [String: UInt32]] = [:]
+        var removed: [String: Set<String>] = [:]
+        for service in services {
+            guard let failing = down[service.name], !failing.isEmpty else { continue }
+            if service.onServerFailure == .remove {
+                removed[service.name] = failing
+            } else {
+                weights[service.name] = Dictionary(uniqueKeysWithValues: failing.map { ($0, UInt32(0)) })
+            }
+        }
+        let desired = IPVSPlanner.desiredTable(for: services, weights: weights, removed: removed)
+        let (operations, foreign) = IPVSPlanner.plan(from: actual, to: desired, owned: owned, scope: scope)
         for key in foreign {
             logger.notice("IPVS service not created by lb left alone", metadata: ["service": "\(key)"])
         }
         for operation in operations { logger.info("IPVS: \(operation)") }
         lastApplied = nil
+        if !desired.services.keys.allSatisfy(owned.contains) {
+            // Recorded before the kernel has them: a crash in between leaves lb owning nothing it did not make
+            // only if the adds then fail, which the next start cleans up by dropping absent entries.
+            owned.formUnion(desired.services.keys)
+            let names = owned.map(\.description).sorted()
+            try state.update { $0.ipvsServices = names }
+        }
         try client.apply(operations)
         lastApplied = desired
     }
 
     func setHealthy(service: String, server: String, _ healthy: Bool) {
-        guard services.contains(where: { $0.name == service }) else { return }
+        guard let virtualService = services.first(where: { $0.name == service }) else { return }
         lock.lock()
         defer { lock.unlock() }
         if healthy { down[service, default: []].remove(server) } else { down[service, default: []].insert(server) }
+        // Only this VIP's IPVS services can change.
+        let scope = Set(IPVSPlanner.desiredTable(for: [virtualService]).services.keys)
         do {
-            try apply(from: lastApplied ?? client.table())
+            try apply(from: lastApplied ?? client.table(), scope: lastApplied == nil ? nil : scope)
         } catch {
             logger.error("IPVS update failed: \(error)", metadata: ["service": "\(service)", "server": "\(server)"])
         }

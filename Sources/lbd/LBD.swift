@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LBConfig
 import LBHealth
+import LBNetfilter
 import LBProxy
 import Logging
 
@@ -36,6 +37,9 @@ struct LBD: AsyncParsableCommand {
 
     @Option(help: "Seconds that open connections may take to finish after SIGTERM before they are closed.")
     var drainTimeout: Int = 30
+
+    @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create.")
+    var stateDir: String = "/var/lib/lb"
 
     func validate() throws {
         guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
@@ -73,22 +77,14 @@ struct LBD: AsyncParsableCommand {
             return
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
-        // Layer 4 first: if the kernel cannot take the IPVS services, nothing else starts either.
-        var kernel: KernelServices?
-        if configuration.virtualServices.contains(where: { $0.mode.isLayer4 }) {
-            do {
-                let services = try KernelServices(services: configuration.virtualServices, logger: logger)
-                try services.applySysctls()
-                try services.reconcile()
-                kernel = services
-            } catch {
-                logger.critical("Layer 4 services cannot be programmed: \(error); nothing started")
-                throw ExitCode(1)
-            }
-            for service in configuration.virtualServices where service.mode == .l4SNAT || service.mode == .l4DirectRouting {
-                logger.warning("\(service.mode.rawValue): IPVS entries are programmed; the mode's netfilter rules and VIP addresses are not in this version",
-                               metadata: ["service": "\(service.name)"])
-            }
+        let state = StateStore(directory: stateDir)
+        let kernel: KernelServices?
+        do {
+            kernel = try applyHost(configuration, state: state, logger: logger)
+        } catch {
+            logger.critical("\(error)")
+            logger.critical("nothing started; the host was left as it was")
+            throw ExitCode(1)
         }
 
         let stop = StopSignal()
@@ -156,5 +152,46 @@ final class StopSignal: @unchecked Sendable {
                 lock.unlock()
             }
         }
+    }
+}
+
+extension LBD {
+    /// Brings the host's kernel in line with the config, in an order that never exposes a half-built service:
+    /// first every check that changes nothing (IPVS present, interfaces exist, no clashing netfilter rules), then
+    /// VIP addresses, kernel settings, lb's netfilter chain, and the IPVS table last. If a step fails, what this
+    /// start added is taken back.
+    func applyHost(_ configuration: Configuration, state: StateStore, logger: Logger) throws -> KernelServices? {
+        let services = configuration.virtualServices
+        let layer4 = services.contains { $0.mode.isLayer4 }
+        var kernel: KernelServices?
+        if layer4 {
+            do {
+                kernel = try KernelServices(configuration: configuration, state: state, logger: logger)
+            } catch {
+                throw PreflightError("Layer 4 services cannot be programmed: \(error)")
+            }
+        }
+        let addresses = HostAddresses(services: services, state: state, logger: logger)
+        try addresses.preflight()
+        let firewall = HostFirewall(services: services, logger: logger)
+        let conflicts = try firewall.conflicts()
+        if !conflicts.isEmpty {
+            for conflict in conflicts { logger.error("\(conflict)") }
+            throw PreflightError("\(conflicts.count) host netfilter rule(s) clash with the config")
+        }
+
+        let added = try addresses.apply()
+        do {
+            if let kernel {
+                try kernel.applySysctls()
+                try kernel.applyIPVSSettings()
+            }
+            try firewall.apply()
+            try kernel?.reconcileOrRollBack()
+        } catch {
+            addresses.rollBack(added)
+            throw error
+        }
+        return kernel
     }
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# lbd with the three Layer 4 modes on a real kernel (scripts/ipvs-vm) and a real topology in network namespaces:
+# a client on one bridge, real servers on another, the VM's own namespace as the load balancer.
+# - lbd adds the VIP addresses (rtnetlink), programs IPVS (checked with ipvsadm -Ln), sets the configured IPVS
+#   timeouts, and fills its LB-SNAT chain for the l4-snat service;
+# - real HTTP traffic flows in each mode: NAT (real servers see the client), SNAT (the real server has no route
+#   back and sees the load balancer), DR (the VIP on the real servers' loopback); the --stats counters move;
+# - a killed real server is drained to weight 0 (NAT) or removed (DR, on_server_failure: remove), traffic goes on
+#   on the other, and it comes back when it answers again;
+# - dropping the SNAT service from the config removes its IPVS service, its rules and its VIP address;
+# - a pre-existing DNAT rule on a VIP port makes lbd refuse to start, leaving the kernel exactly as it was.
+source "$(dirname "$0")/lib.sh"
+dir="$PWD/.ipvs-vm-cache/l4-modes"
+rm -rf "$dir"; mkdir -p "$dir"
+cp Tests/integration/vm/whoami-server.py Tests/integration/vm/l4-modes.sh "$dir/"
+out=$(IPVS_VM_TIMEOUT=400 scripts/ipvs-vm bash "$dir/l4-modes.sh" "$bin" "$dir" 2>&1) || true
+echo "$out"
+section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' <<<"$out"; }
+
+start=$(section start)
+grep -q "TCP  10.0.0.40:80 rr" <<<"$start" || fail "NAT service not programmed"
+grep -qE -- "-> 10\.0\.1\.11:8080 +Masq +100 " <<<"$start" || fail "NAT destination missing"
+grep -q "TCP  10.0.0.42:80 rr persistent 60 mask 255.255.255.0" <<<"$start" || fail "DR service with persistence netmask not programmed"
+grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$start" || fail "DR destination missing"
+grep -q "Timeout (tcp tcpfin udp): 1800 60 120" <<<"$(section timeouts)" || fail "IPVS timeouts not set"
+for vip in 10.0.0.40 10.0.0.41 10.0.0.42; do grep -q "inet $vip/32" <<<"$(section addresses)" || fail "VIP $vip not added"; done
+grep -qE -- "-A LB-SNAT -d 10.0.1.13/32 -p tcp -m tcp --dport 8080 -m ipvs --vaddr 10.0.0.41(/32)? --vport 80 .*-j MASQUERADE" <<<"$(section chain)" \
+    || fail "LB-SNAT rule missing"
+grep -q -- "-j LB-SNAT" <<<"$(section chain)" || fail "jump to LB-SNAT missing"
+
+nat=$(section nat)
+[ "$(grep -c '^rs1 10.0.0.100$' <<<"$nat")" -ge 3 ] && [ "$(grep -c '^rs2 10.0.0.100$' <<<"$nat")" -ge 3 ] \
+    || fail "NAT: expected both servers, seeing the client's own address: $nat"
+[ "$(grep -c '^rs3 10.0.1.1$' <<<"$(section snat)")" = 4 ] || fail "SNAT: rs3 must see the load balancer's address"
+dr=$(section dr)
+[ "$(grep -cE '^rs[12] 10.0.0.100$' <<<"$dr")" = 4 ] || fail "DR: the real servers must answer, seeing the client"
+[ "$(sort -u <<<"$dr" | wc -l)" = 1 ] || fail "DR: source-IP persistence must keep the client on one server"
+stats=$(section stats)
+for vip in 10.0.0.40:80 10.0.0.41:80 10.0.0.42:80; do
+    conns=$(awk -v v="$vip" '$2 == v { print $3 }' <<<"$stats")
+    [ "${conns:-0}" -gt 0 ] || fail "ipvsadm --stats shows no connections for $vip"
+done
+
+down=$(section "rs2 down")
+grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +0 " <<<"$down" || fail "NAT: failed rs2 not drained to weight 0"
+grep -q -- "-> 10.0.1.12:80 " <<<"$down" && fail "DR: failed rs2 not removed (on_server_failure: remove)"
+[ "$(grep -c '^rs1 10.0.0.100$' <<<"$(section 'nat after')")" = 6 ] || fail "NAT: traffic did not continue on rs1"
+back=$(section "rs2 back")
+grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +100 " <<<"$back" || fail "NAT: rs2 did not get its weight back"
+grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$back" || fail "DR: rs2 did not come back"
+grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
+[ "$(section stopped | tail -1)" = 3 ] || fail "IPVS services must stay when lbd stops"
+
+nosnat=$(section "without SNAT")
+grep -q "10.0.0.41" <<<"$(grep '^TCP' <<<"$nosnat")" && fail "the removed SNAT service is still in IPVS"
+grep -q "chain: 0" <<<"$nosnat" || fail "LB-SNAT chain not removed with the last SNAT service"
+grep -q "address 10.0.0.41: 0" <<<"$nosnat" || fail "the SNAT VIP address lbd added was not removed"
+
+conflict=$(section conflict)
+grep -q "lbd exited 1" <<<"$conflict" || fail "lbd started despite a clashing DNAT rule"
+grep -q "kernel unchanged" <<<"$conflict" || fail "the refused start changed the kernel"
+grep -q 'virtual service "Viewer-SNAT" (10.0.0.41:80/tcp): host rule "-A PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.99:80"' <<<"$conflict" \
+    || fail "the refusal does not name the clashing rule"
+echo "Layer 4 modes through lbd and IPVS: passed"

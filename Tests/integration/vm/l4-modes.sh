@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs inside scripts/ipvs-vm (see Tests/integration/l4-modes-in-vm.sh). Builds a real topology in network
+# namespaces: a client on one bridge, three real servers on another, the VM's own namespace as the load balancer,
+# then runs lbd on it. Prints "== section" markers and facts the host side checks.
+set -uo pipefail
+bin=$1 dir=$2
+export PATH=$PATH:/usr/sbin:/sbin
+ns() { ip netns exec "$@"; }
+modprobe ip_vs 2>/dev/null
+
+# --- topology ---------------------------------------------------------------------------------------------
+ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
+ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
+attach() {  # NAMESPACE BRIDGE ADDRESS [GATEWAY]
+    ip netns add "$1"
+    ip link add "v-$1" type veth peer name eth0 netns "$1"
+    ip link set "v-$1" master "$2" up
+    ns "$1" ip addr add "$3/24" dev eth0
+    ns "$1" ip link set eth0 up; ns "$1" ip link set lo up
+    [ -n "${4:-}" ] && ns "$1" ip route add default via "$4"
+}
+attach client br-c 10.0.0.100 10.0.0.1
+attach rs1 br-s 10.0.1.11 10.0.1.1
+attach rs2 br-s 10.0.1.12 10.0.1.1
+attach rs3 br-s 10.0.1.13          # SNAT's real server: no route back to the client network at all
+# Direct routing: the real servers hold the DR VIP on loopback and neither answer nor announce ARP for it.
+# In this test the load balancer is also the real servers' router: it must accept DR replies whose source (the
+# VIP) is one of its own addresses.
+sysctl -qw net.ipv4.conf.br-s.accept_local=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.br-s.rp_filter=0
+for r in rs1 rs2; do
+    ns $r ip addr add 10.0.0.42/32 dev lo
+    ns $r sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+done
+for r in rs1 rs2 rs3; do ns $r python3 "$dir/whoami-server.py" $r 80 8080 & done
+listening() { ns "$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/8080" 2>/dev/null; }
+for r in rs1 rs2 rs3; do for _ in $(seq 300); do listening $r && break; sleep 0.1; done; done
+
+cat > "$dir/l4.yaml" <<YAML
+virtual_services:
+  - name: Viewer-NAT
+    vip: 10.0.0.40
+    interface: br-c
+    ports: [80]
+    mode: l4-nat
+    health_check: {type: connect, interval: 1200ms, timeout: 1s, rise: 1, fall: 2}
+    real_servers:
+      - {name: rs1, address: 10.0.1.11, port: 8080}
+      - {name: rs2, address: 10.0.1.12, port: 8080}
+  - name: Viewer-SNAT
+    vip: 10.0.0.41
+    interface: br-c
+    ports: [80]
+    mode: l4-snat
+    health_check: {type: connect, interval: 1200ms, timeout: 1s, rise: 1, fall: 2}
+    real_servers:
+      - {name: rs3, address: 10.0.1.13, port: 8080}
+  - name: Viewer-DR
+    vip: 10.0.0.42
+    interface: br-c
+    ports: [80]
+    mode: l4-dr
+    on_server_failure: remove
+    persistence: {type: source-ip, timeout: 60s, netmask: 255.255.255.0}
+    health_check: {type: connect, interval: 1200ms, timeout: 1s, rise: 1, fall: 2}
+    real_servers:
+      - {name: rs1, address: 10.0.1.11}
+      - {name: rs2, address: 10.0.1.12}
+ipvs:
+  timeouts: {tcp: 1800s, tcp_fin: 60s, udp: 120s}
+YAML
+state="$dir/state"
+rm -rf "$state"
+run=0
+start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
+wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
+requests() {  # VIP COUNT: the answers, one per line
+    for _ in $(seq "$2"); do ns client curl -s --max-time 3 "http://$1/" || echo "FAILED"; done
+}
+
+echo "== start"
+start_lbd "$dir/l4.yaml"
+wait_for "ipvsadm -Ln | grep -q 10.0.0.42" || { echo "lbd did not program IPVS"; cat "$dir/lbd-1.log"; }
+sleep 2   # first health checks
+ipvsadm -Ln
+echo "== timeouts"; ipvsadm -Ln --timeout
+echo "== addresses"; ip -4 addr show dev br-c | grep -o 'inet [0-9./]*'
+echo "== chain"; iptables -t nat -S LB-SNAT; iptables -t nat -S POSTROUTING | grep LB-SNAT
+echo "== nat"; requests 10.0.0.40 8
+echo "== snat"; requests 10.0.0.41 4
+echo "== dr"; requests 10.0.0.42 4
+sleep 2.5   # IPVS updates its rate counters every two seconds
+echo "== stats"; ipvsadm -Ln --stats
+
+echo "== rs2 down"
+pkill -f "whoami-server.py rs2"
+wait_for "ipvsadm -Ln | grep -qE '10.0.1.12:8080 +Masq +0 ' && ! ipvsadm -Ln | grep -q '10.0.1.12:80 '"
+ipvsadm -Ln
+echo "== nat after"; requests 10.0.0.40 6
+echo "== rs2 back"
+ns rs2 python3 "$dir/whoami-server.py" rs2 80 8080 &
+wait_for "ipvsadm -Ln | grep -qE '10.0.1.12:8080 +Masq +100 ' && ipvsadm -Ln | grep -q '10.0.1.12:80 '"
+ipvsadm -Ln
+
+echo "== stop"
+kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
+echo "== log 1"; cat "$dir/lbd-1.log"
+echo "== stopped"
+ipvsadm -Ln | grep -c '^TCP'
+
+echo "== without SNAT"
+grep -v -e '^  - name: Viewer-SNAT' "$dir/l4.yaml" | awk '/name: Viewer-SNAT/{skip=1} /name: Viewer-DR/{skip=0} !skip' > "$dir/l4-nosnat.yaml"
+python3 - "$dir/l4.yaml" "$dir/l4-nosnat.yaml" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+start = text.index("  - name: Viewer-SNAT"); end = text.index("  - name: Viewer-DR")
+open(sys.argv[2], "w").write(text[:start] + text[end:])
+PY
+start_lbd "$dir/l4-nosnat.yaml"
+wait_for "! ipvsadm -Ln | grep -q 10.0.0.41" || echo "SNAT service still there"
+sleep 0.5
+ipvsadm -Ln | grep '^TCP'
+echo "chain: $(iptables -t nat -S 2>&1 | grep -c LB-SNAT)"
+echo "address 10.0.0.41: $(ip -4 addr show dev br-c | grep -c 10.0.0.41)"
+kill -TERM $lbd; wait $lbd
+
+echo "== conflict"
+iptables -t nat -A PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.99:80
+before="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+start_lbd "$dir/l4.yaml"
+wait $lbd; echo "lbd exited $?"
+after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+[ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; diff <(echo "$before") <(echo "$after"); }
+cat "$dir/lbd-$run.log"
