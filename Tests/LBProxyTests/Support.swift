@@ -250,11 +250,17 @@ final class RawClient: @unchecked Sendable {
         while true {
             let count = recv(fd, &buffer, buffer.count, 0)
             if count < 0 && errno == EINTR { continue }  // SIGCHLD from tests that spawn processes
-            if count <= 0 { break }
+            if count <= 0 {
+                lastReadEnd = count == 0 ? "end of stream" : String(cString: strerror(errno))
+                break
+            }
             result += buffer[0..<count]
         }
         return result
     }
+
+    /// How the last readAll ended: "end of stream", or the error (a timeout shows as "Resource temporarily unavailable").
+    private(set) var lastReadEnd = ""
 
     func readAllText() -> String { String(decoding: readAll(), as: UTF8.self) }
 

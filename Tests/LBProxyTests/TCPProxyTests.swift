@@ -106,7 +106,7 @@ struct TCPProxyTests {
                 "VIP port \(fixture.vipPort), local port \(client.localPort), first bytes: \(String(decoding: receivedBytes.prefix(40), as: UTF8.self))")
         let greetingLength = "hello from dicom-1\n".utf8.count
         let payload = receivedBytes.dropFirst(greetingLength).dropLast("bye\n".utf8.count)
-        #expect(payload.count == chunk.count * chunks)
+        #expect(payload.count == chunk.count * chunks, "the read ended with: \(client.lastReadEnd)")
         var offset = payload.startIndex
         var matches = payload.count == chunk.count * chunks
         while matches, offset < payload.endIndex {
