@@ -31,8 +31,36 @@ struct ConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config",
         abstract: "Validate or print a config file, offline.",
-        subcommands: [Check.self, Show.self]
+        subcommands: [Check.self, Show.self, RealServers.self]
     )
+
+    struct RealServers: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "real-servers",
+            abstract: "Print what the real servers of each virtual service need (e.g. the VIP on loopback and ARP settings for l4-dr).",
+            discussion: "Covers every service of the file, or only the one named. An invalid file prints its errors and exits 1."
+        )
+
+        @Argument(help: "The config file (YAML, see lb.yaml(5)).")
+        var file: String
+
+        @Argument(help: "Only this virtual service.")
+        var service: String?
+
+        func run() throws {
+            let report = try loadReport(file, format: .text)
+            guard let configuration = report.configuration else {
+                printDiagnostics(report)
+                throw ConfigExit.invalid
+            }
+            let services = configuration.virtualServices.filter { service == nil || $0.name == service }
+            guard !services.isEmpty else {
+                printToStandardError("lbctl: no virtual service named \"\(service ?? "")\" in \(file)")
+                throw ConfigExit.invalid
+            }
+            print(services.map(RealServerSetup.text(for:)).joined(separator: "\n\n"))
+        }
+    }
 
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -12,13 +12,23 @@ struct LBD: AsyncParsableCommand {
         commandName: "lbd",
         abstract: "The lb agent: makes this machine serve the virtual services of a config file.",
         discussion: """
-            lbd reads a declarative config (lb.yaml(5)) and makes the machine match it: Layer 4 services are \
-            programmed into the kernel's IPVS, Layer 7 services are served by lbd's own proxy. \
-            This version runs the Layer 7 services (l7-http, l7-tcp) and programs the IPVS entries of Layer 4 \
-            services (a failed health check drains a real server to weight 0); a kernel without IPVS stops lbd \
-            before anything starts. An invalid config is rejected whole and nothing is applied. \
-            SIGTERM or SIGINT stops accepting new connections and lets open ones finish for up to the drain timeout. \
-            Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
+            lbd reads a declarative config (lb.yaml(5)) and makes the machine match it: Layer 4 services \
+            (l4-dr, l4-nat, l4-snat) are programmed into the kernel's IPVS over generic netlink, Layer 7 services \
+            (l7-http, l7-tcp) are served by lbd's own proxy. \
+            On start lbd first checks, changing nothing: the config is valid, IPVS is available if a Layer 4 \
+            service needs it, every `interface:` exists, and no host netfilter rule clashes with a VIP (a DNAT or \
+            REDIRECT on a VIP port, a SNAT for a real server of an l4-snat service, a DROP naming a VIP or its port). \
+            Then it adds VIP addresses (announced with gratuitous ARP or unsolicited neighbour advertisements), \
+            sets ip_forward and vs.conntrack where the modes need them, fills its own netfilter chain LB-SNAT \
+            (iptables-restore, one transaction), and programs the IPVS table, sending only the difference from \
+            what the kernel holds. If a step fails, what this start added is taken back. \
+            Health checks steer both paths: a failed real server leaves the proxy's pool, and in IPVS is drained \
+            to weight 0 or removed (on_server_failure). The addresses and IPVS services lbd created are recorded \
+            in the state directory; lbd never removes objects it did not create. \
+            SIGTERM or SIGINT stops accepting new proxy connections and lets open ones finish for up to the drain \
+            timeout; IPVS entries, VIP addresses and netfilter rules stay, so Layer 4 traffic keeps flowing. \
+            Exit status: 0 success; 1 the config is invalid or the host cannot take it (nothing applied); \
+            2 the config file cannot be read; 64 bad usage.
             """,
         version: LBVersion.current
     )

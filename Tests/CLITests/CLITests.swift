@@ -246,6 +246,35 @@ struct CLITests {
         #expect(!run.stderr.contains("listening"), "the Layer 7 service did not start either")
     }
 
+    @Test func realServerSetupForDirectRouting() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("dr.yaml", """
+            virtual_services:
+              - name: Viewer-DR
+                vip: 10.20.0.42
+                ports: [443]
+                mode: l4-dr
+                real_servers: [{name: web-1, address: 10.20.1.21}]
+              - name: Viewer-NAT
+                vip: 10.20.0.43
+                ports: [443]
+                mode: l4-nat
+                real_servers: [{name: web-1, address: 10.20.1.21}]
+            """)
+        let dr = try Binaries.run("lbctl", ["config", "real-servers", file, "Viewer-DR"])
+        #expect(dr.status == 0)
+        for line in ["sysctl -w net.ipv4.conf.all.arp_ignore=1", "sysctl -w net.ipv4.conf.all.arp_announce=2",
+                     "ip addr add 10.20.0.42/32 dev lo"] {
+            #expect(dr.stdout.contains(line + "\n"), "\(dr.stdout)")
+        }
+        #expect(!dr.stdout.contains("Viewer-NAT"))
+        let all = try Binaries.run("lbctl", ["config", "real-servers", file])
+        #expect(all.stdout.contains("default route"), "NAT explains the route back: \(all.stdout)")
+        let unknown = try Binaries.run("lbctl", ["config", "real-servers", file, "Nope"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stderr.contains("no virtual service named \"Nope\""))
+    }
+
     @Test func helpAndUsageErrors() throws {
         let help = try Binaries.run("lbctl", ["config", "check", "--help"])
         #expect(help.status == 0)
