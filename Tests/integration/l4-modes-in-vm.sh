@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lbd with the three Layer 4 modes on a real kernel (scripts/ipvs-vm) and a real topology in network namespaces:
 # a client on one bridge, real servers on another, the VM's own namespace as the load balancer.
-# - lbd adds the VIP addresses (rtnetlink), programs IPVS (checked with ipvsadm -Ln), sets the configured IPVS
+# - lbd adds the VIP addresses (rtnetlink) and announces them (gratuitous ARP, unsolicited NA: captured by the
+#   client), programs IPVS (an IPv6 service too; a hand-made service is reported and left alone) (checked with ipvsadm -Ln), sets the configured IPVS
 #   timeouts, and fills its LB-SNAT chain for the l4-snat service;
 # - real HTTP traffic flows in each mode: NAT (real servers see the client), SNAT (the real server has no route
 #   back and sees the load balancer), DR (the VIP on the real servers' loopback); the --stats counters move;
@@ -12,7 +13,7 @@
 source "$(dirname "$0")/lib.sh"
 dir="$PWD/.ipvs-vm-cache/l4-modes"
 rm -rf "$dir"; mkdir -p "$dir"
-cp Tests/integration/vm/whoami-server.py Tests/integration/vm/l4-modes.sh "$dir/"
+cp Tests/integration/vm/whoami-server.py Tests/integration/vm/announcements.py Tests/integration/vm/l4-modes.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=400 scripts/ipvs-vm bash "$dir/l4-modes.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
 section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' <<<"$out"; }
@@ -23,6 +24,14 @@ grep -qE -- "-> 10\.0\.1\.11:8080 +Masq +100 " <<<"$start" || fail "NAT destinat
 grep -q "TCP  10.0.0.42:80 rr persistent 60 mask 255.255.255.0" <<<"$start" || fail "DR service with persistence netmask not programmed"
 grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$start" || fail "DR destination missing"
 grep -q "Timeout (tcp tcpfin udp): 1800 60 120" <<<"$(section timeouts)" || fail "IPVS timeouts not set"
+grep -q "TCP  \[2001:db8::40\]:80 rr" <<<"$start" || fail "IPv6 service not programmed"
+[ "$(section hand-made | tr '\n' ' ')" = "1 1 " ] || fail "a hand-made IPVS service must be reported and left alone"
+announcements=$(section announcements)
+mac=$(awk '/^br-c / { print $2 }' <<<"$announcements")
+for vip in 10.0.0.40 10.0.0.41 10.0.0.42; do
+    grep -q "^garp $vip $mac$" <<<"$announcements" || fail "no gratuitous ARP for $vip from the load balancer ($mac)"
+done
+grep -q "^na 2001:db8::40 $mac$" <<<"$announcements" || fail "no unsolicited neighbour advertisement for 2001:db8::40"
 for vip in 10.0.0.40 10.0.0.41 10.0.0.42; do grep -q "inet $vip/32" <<<"$(section addresses)" || fail "VIP $vip not added"; done
 grep -qE -- "-A LB-SNAT -d 10.0.1.13/32 -p tcp -m tcp --dport 8080 -m ipvs --vaddr 10.0.0.41(/32)? --vport 80 .*-j MASQUERADE" <<<"$(section chain)" \
     || fail "LB-SNAT rule missing"
@@ -49,7 +58,7 @@ back=$(section "rs2 back")
 grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +100 " <<<"$back" || fail "NAT: rs2 did not get its weight back"
 grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$back" || fail "DR: rs2 did not come back"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
-[ "$(section stopped | tail -1)" = 3 ] || fail "IPVS services must stay when lbd stops"
+[ "$(section stopped | tail -1)" = 5 ] || fail "IPVS services must stay when lbd stops (4 of lbd's, 1 hand-made)"
 
 nosnat=$(section "without SNAT")
 grep -q "10.0.0.41" <<<"$(grep '^TCP' <<<"$nosnat")" && fail "the removed SNAT service is still in IPVS"

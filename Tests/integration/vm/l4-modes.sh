@@ -11,6 +11,7 @@ modprobe ip_vs 2>/dev/null
 # --- topology ---------------------------------------------------------------------------------------------
 ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
 ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
+ip addr add fd00:1::1/64 dev br-s nodad   # the IPv6 service's real-server network
 attach() {  # NAMESPACE BRIDGE ADDRESS [GATEWAY]
     ip netns add "$1"
     ip link add "v-$1" type veth peer name eth0 netns "$1"
@@ -65,9 +66,19 @@ virtual_services:
     real_servers:
       - {name: rs1, address: 10.0.1.11}
       - {name: rs2, address: 10.0.1.12}
+  - name: Viewer-NAT6
+    vip: "2001:db8::40"
+    interface: br-c
+    ports: [80]
+    mode: l4-nat
+    health_check: {type: none}
+    real_servers:
+      - {name: rs1, address: "fd00:1::11", port: 8080}
 ipvs:
   timeouts: {tcp: 1800s, tcp_fin: 60s, udp: 120s}
 YAML
+# An IPVS service made by hand before lbd: lbd must report it and leave it alone.
+ipvsadm -A -t 10.0.0.99:80 -s rr
 state="$dir/state"
 rm -rf "$state"
 run=0
@@ -78,11 +89,14 @@ requests() {  # VIP COUNT: the answers, one per line
 }
 
 echo "== start"
+ns client python3 "$dir/announcements.py" eth0 25 > "$dir/announcements.txt" &
+sleep 1.5   # the listener is up
 start_lbd "$dir/l4.yaml"
 wait_for "ipvsadm -Ln | grep -q 10.0.0.42" || { echo "lbd did not program IPVS"; cat "$dir/lbd-1.log"; }
 sleep 2   # first health checks
 ipvsadm -Ln
 echo "== timeouts"; ipvsadm -Ln --timeout
+echo "== hand-made"; ipvsadm -Ln -t 10.0.0.99:80 | grep -c 10.0.0.99; grep -c "service=10.0.0.99:80/tcp .*not created by lb left alone" "$dir/lbd-1.log"
 echo "== addresses"; ip -4 addr show dev br-c | grep -o 'inet [0-9./]*'
 echo "== chain"; iptables -t nat -S LB-SNAT; iptables -t nat -S POSTROUTING | grep LB-SNAT
 echo "== nat"; requests 10.0.0.40 8
@@ -90,6 +104,7 @@ echo "== snat"; requests 10.0.0.41 4
 echo "== dr"; requests 10.0.0.42 4
 sleep 2.5   # IPVS updates its rate counters every two seconds
 echo "== stats"; ipvsadm -Ln --stats
+echo "== announcements"; cat "$dir/announcements.txt"; echo "br-c $(cat /sys/class/net/br-c/address)"
 
 echo "== rs2 down"
 pkill -f "whoami-server.py rs2"
@@ -106,6 +121,7 @@ kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
 echo "== log 1"; cat "$dir/lbd-1.log"
 echo "== stopped"
 ipvsadm -Ln | grep -c '^TCP'
+ipvsadm -D -t 10.0.0.99:80
 
 echo "== without SNAT"
 grep -v -e '^  - name: Viewer-SNAT' "$dir/l4.yaml" | awk '/name: Viewer-SNAT/{skip=1} /name: Viewer-DR/{skip=0} !skip' > "$dir/l4-nosnat.yaml"
