@@ -52,6 +52,8 @@ let package = Package(
         // VIP addresses on the load balancer's interfaces (rtnetlink) and their announcement (gratuitous ARP,
         // unsolicited neighbour advertisement).
         .target(name: "LBLinks", dependencies: ["LBConfig", "CNetlinkRoute"]),
+        // lbctl ↔ lbd: the control socket's JSON messages and lbctl's client.
+        .target(name: "LBControl", dependencies: ["LBConfig"]),
         // Running helper programs (iptables-restore, external checks) without a shell.
         .target(name: "LBSystem"),
         // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
@@ -89,9 +91,12 @@ let package = Package(
                 "LBConfig",
                 "LBHealth",
                 "LBIPVS",
+                "LBControl",
                 "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -101,6 +106,7 @@ let package = Package(
             name: "lbctl",
             dependencies: [
                 "LBConfig",
+                "LBControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

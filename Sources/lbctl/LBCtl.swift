@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LBConfig
+import LBControl
 
 @main
 struct LBCtl: ParsableCommand {
@@ -8,13 +9,142 @@ struct LBCtl: ParsableCommand {
         commandName: "lbctl",
         abstract: "Operate the lb load balancer: inspect configs and, through lbd, its virtual services.",
         discussion: """
-            The config commands work on a file directly and need neither root nor a running lbd; later \
-            versions add commands that talk to a running lbd over its control socket. \
-            Exit status: 0 success; 1 the config is invalid; 2 the config file cannot be read; 64 bad usage.
+            The config commands work on a file directly and need neither root nor a running lbd. \
+            status, drain, halt and online talk to a running lbd over its control socket (root, or a member of \
+            lbd's --control-group). \
+            Exit status: 0 success; 1 the config is invalid, or lbd refused the request; 2 the config file cannot \
+            be read, or lbd cannot be reached; 64 bad usage.
             """,
         version: LBVersion.current,
-        subcommands: [ConfigCommand.self]
+        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self]
     )
+
+    // Also accepted before the command name (`lbctl --socket PATH status`).
+    @OptionGroup var socket: SocketOption
+}
+
+/// Where lbd listens; shared by the commands that talk to it.
+struct SocketOption: ParsableArguments {
+    @Option(help: "lbd's control socket.")
+    var socket: String = ControlProtocol.defaultSocketPath
+}
+
+/// Sends a request; prints lbd's refusal and exits 1, or an unreachable lbd and exits 2.
+func ask(_ request: ControlRequest, _ socket: SocketOption) throws -> ControlResponse {
+    let response: ControlResponse
+    do {
+        response = try ControlClient.send(request, socketPath: socket.socket)
+    } catch {
+        printToStandardError("lbctl: \(error)")
+        throw ExitCode(2)
+    }
+    guard response.ok else {
+        printToStandardError("lbctl: \(response.message ?? "lbd refused the request")")
+        throw ExitCode(1)
+    }
+    return response
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the virtual services and their real servers: health, operator state, weight, connections.",
+        discussion: "Weight is the one in effect (0 while a server is down or drained). For Layer 4 services the figures are the kernel's IPVS counters for the first VIP port."
+    )
+
+    @OptionGroup var socket: SocketOption
+
+    @Argument(help: "Only this virtual service.")
+    var service: String?
+
+    @Option(help: "Output format: text or json.")
+    var format: OutputFormat = .text
+
+    func run() throws {
+        let response = try ask(ControlRequest(command: .status, service: service), socket)
+        let services = response.status ?? []
+        if format == .json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: (try? encoder.encode(services)) ?? Data(), as: UTF8.self))
+            return
+        }
+        if services.isEmpty, let service {
+            printToStandardError("lbctl: no virtual service named \"\(service)\"")
+            throw ExitCode(1)
+        }
+        var rows = [["SERVICE / SERVER", "MODE / ADDRESS", "PORTS", "STATE", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "TOTAL"]]
+        for entry in services {
+            rows.append([entry.name, entry.mode + " " + entry.vip, entry.ports + "/" + entry.transport, entry.state, "", "", "", "", ""])
+            for server in entry.servers {
+                rows.append(["  " + server.name, server.address, "", "", server.health, server.admin.rawValue,
+                             "\(server.weight)", "\(server.activeConnections)", "\(server.totalConnections)"])
+            }
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            var line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            while line.hasSuffix(" ") { line.removeLast() }
+            print(line)
+        }
+    }
+}
+
+/// drain, halt and online share their arguments: VIP and server, or --server alone for every VIP.
+struct ServerSelection: ParsableArguments {
+    @Argument(help: "The virtual service (its name in the config).")
+    var service: String?
+
+    @Argument(help: "The real server (its name in the config).")
+    var server: String?
+
+    @Option(name: .customLong("server"), help: "This real server in every virtual service that has it (node maintenance).")
+    var everywhere: String?
+
+    func validate() throws {
+        if everywhere != nil, service != nil {
+            throw ValidationError("name either VIP and SERVER, or --server SERVER alone")
+        }
+        if everywhere == nil, server == nil {
+            throw ValidationError("name the virtual service and the real server, or use --server SERVER")
+        }
+    }
+
+    var request: (service: String?, server: String?) { everywhere != nil ? (nil, everywhere) : (service, server) }
+}
+
+struct Drain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drain a real server: no new connections; established ones finish (IPVS: weight 0).",
+        discussion: "Kept across lbd restarts until `lbctl online`. Example: lbctl drain CoreServerDICOM-104 ei-core-2; lbctl drain --server ei-core-2")
+    @OptionGroup var socket: SocketOption
+    @OptionGroup var selection: ServerSelection
+    func run() throws {
+        let response = try ask(ControlRequest(command: .drain, service: selection.request.service, server: selection.request.server), socket)
+        print(response.message ?? "done")
+    }
+}
+
+struct Halt: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take a real server out now: the proxy closes its connections, IPVS removes the destination.",
+        discussion: "Kept across lbd restarts until `lbctl online`.")
+    @OptionGroup var socket: SocketOption
+    @OptionGroup var selection: ServerSelection
+    func run() throws {
+        let response = try ask(ControlRequest(command: .halt, service: selection.request.service, server: selection.request.server), socket)
+        print(response.message ?? "done")
+    }
+}
+
+struct Online: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Put a drained or halted real server back (it takes traffic again while its health check passes).")
+    @OptionGroup var socket: SocketOption
+    @OptionGroup var selection: ServerSelection
+    func run() throws {
+        let response = try ask(ControlRequest(command: .online, service: selection.request.service, server: selection.request.server), socket)
+        print(response.message ?? "done")
+    }
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {

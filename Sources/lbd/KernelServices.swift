@@ -16,6 +16,8 @@ final class KernelServices: @unchecked Sendable {
     private let lock = NSLock()
     /// service name → servers currently failing their checks (weight 0 or removed, per on_server_failure).
     private var down: [String: Set<String>] = [:]
+    /// Operator overrides: service name → server → drain (weight 0) or halt (removed).
+    private var admin: [String: [String: AdminState]] = [:]
     private var owned: Set<IPVSServiceKey> = []
     /// What the kernel held after the last successful apply. Health transitions plan against it instead of dumping
     /// the whole table each time; after a failure it is dropped, so the next change starts from a fresh dump.
@@ -113,11 +115,13 @@ final class KernelServices: @unchecked Sendable {
         var weights: [String: [String: UInt32]] = [:]
         var removed: [String: Set<String>] = [:]
         for service in services {
-            guard let failing = down[service.name], !failing.isEmpty else { continue }
-            if service.onServerFailure == .remove {
-                removed[service.name] = failing
-            } else {
-                weights[service.name] = Dictionary(uniqueKeysWithValues: failing.map { ($0, UInt32(0)) })
+            for (server, state) in admin[service.name] ?? [:] {
+                if state == .halt { removed[service.name, default: []].insert(server) }
+                if state == .drain { weights[service.name, default: [:]][server] = 0 }
+            }
+            for server in down[service.name] ?? [] {
+                if service.onServerFailure == .remove { removed[service.name, default: []].insert(server) }
+                else { weights[service.name, default: [:]][server] = 0 }
             }
         }
         let desired = IPVSPlanner.desiredTable(for: services, weights: weights, removed: removed)
@@ -136,6 +140,33 @@ final class KernelServices: @unchecked Sendable {
         }
         try client.apply(operations)
         lastApplied = desired
+    }
+
+    /// Operator overrides restored from the state file, before the first reconcile.
+    func restoreAdmin(_ overrides: [String: [String: AdminState]]) {
+        lock.lock()
+        defer { lock.unlock() }
+        admin = overrides
+    }
+
+    /// drain / halt / online from lbctl: one plan for the VIP concerned; the kernel's refusal is thrown.
+    func setAdmin(service: String, server: String, _ state: AdminState) throws {
+        guard let virtualService = services.first(where: { $0.name == service }) else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        admin[service, default: [:]][server] = state == .online ? nil : state
+        let scope = Set(IPVSPlanner.desiredTable(for: [virtualService]).services.keys)
+        try apply(from: lastApplied ?? client.table(), scope: lastApplied == nil ? nil : scope)
+    }
+
+    /// The kernel's destinations of a service's first VIP port, with counters, keyed by "address:port".
+    func destinationStatus(of service: VirtualService) -> [String: (IPVSDestination, IPVSCounters)] {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let first = IPVSPlanner.desiredTable(for: [service]).services.values.min(by: { $0.service.port < $1.service.port }),
+              let found = try? client.destinations(of: first.service)
+        else { return [:] }
+        return Dictionary(found.map { ($0.0.address.withPort($0.0.port), $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     func setHealthy(service: String, server: String, _ healthy: Bool) {

@@ -48,12 +48,24 @@ struct LBD: AsyncParsableCommand {
     @Option(help: "Seconds that open connections may take to finish after SIGTERM before they are closed.")
     var drainTimeout: Int = 30
 
+    @Option(help: "The control socket lbctl talks to.")
+    var socket: String = "/run/lb/lbd.sock"
+
+    @Option(help: "A group whose members may use the control socket besides root (the socket becomes mode 0660).")
+    var controlGroup: String?
+
+    /// The numeric id of --control-group (checked in validate()).
+    var controlGroupID: gid_t? { controlGroup.flatMap { getgrnam($0)?.pointee.gr_gid } }
+
     @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create.")
     var stateDir: String = "/var/lib/lb"
 
     func validate() throws {
         guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
         guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
+        if let controlGroup, getgrnam(controlGroup) == nil {
+            throw ValidationError("no group named \"\(controlGroup)\" (see /etc/group)")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown log level \"\(logLevel)\"; use trace, debug, info, notice, warning, error or critical")
         }
@@ -88,6 +100,7 @@ struct LBD: AsyncParsableCommand {
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
         let state = StateStore(directory: stateDir)
+        let stop = StopSignal()
         let kernel: KernelServices?
         do {
             kernel = try applyHost(configuration, state: state, logger: logger)
@@ -97,7 +110,6 @@ struct LBD: AsyncParsableCommand {
             throw ExitCode(1)
         }
 
-        let stop = StopSignal()
         let engine = ProxyEngine(threads: threads, logger: logger)
         do {
             try await engine.start(configuration.virtualServices)
@@ -106,16 +118,27 @@ struct LBD: AsyncParsableCommand {
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
-        // Health transitions steer the proxy's pools; the agent is the only place that knows both.
-        let kernelServices = kernel
+        // The agent is the only place that knows both paths: health transitions and lbctl's requests go through it.
+        let agent = Agent(configuration: configuration, engine: engine, kernel: kernel, state: state, logger: logger)
         let health = HealthMonitor(group: engine.group, logger: logger) { transition in
-            engine.pool(for: transition.service)?.setHealthy(transition.server, transition.healthy)
-            kernelServices?.setHealthy(service: transition.service, server: transition.server, transition.healthy)
+            agent.healthChanged(service: transition.service, server: transition.server, healthy: transition.healthy)
+        }
+        let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request in
+            agent.handle(request)
+        }
+        do {
+            _ = try agent.restoreOverrides()
+            try await control.start(group: engine.group)
+        } catch {
+            logger.critical("\(error); stopping (Layer 4 entries stay in the kernel)")
+            await engine.shutdown(drainTimeout: .zero)
+            throw ExitCode(1)
         }
         health.start(configuration.virtualServices)
 
         let signal = await stop.wait()
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
+        await control.stop()
         health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         logger.notice("stopped")
@@ -180,6 +203,8 @@ extension LBD {
             } catch {
                 throw PreflightError("Layer 4 services cannot be programmed: \(error)")
             }
+            // A server drained or halted before a restart stays so.
+            kernel?.restoreAdmin(try state.load().overrides)
         }
         let addresses = HostAddresses(services: services, state: state, logger: logger)
         try addresses.preflight()

@@ -1,4 +1,5 @@
 import Foundation
+import LBConfig
 import LBLinks
 
 /// What lbd must remember across restarts: the kernel objects it created (so it never removes what an operator or
@@ -9,10 +10,22 @@ struct AgentState: Codable, Equatable {
     var vipAddresses: [VIPAddress] = []
     /// IPVS services lbd created, as `10.0.0.40:104/tcp`.
     var ipvsServices: [String] = []
+    /// Operator overrides (drain, halt) by service and server; online servers are not listed.
+    var overrides: [String: [String: AdminState]] = [:]
 
     enum CodingKeys: String, CodingKey {
         case vipAddresses = "vip_addresses"
         case ipvsServices = "ipvs_services"
+        case overrides
+    }
+
+    init() {}
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        vipAddresses = try container.decodeIfPresent([VIPAddress].self, forKey: .vipAddresses) ?? []
+        ipvsServices = try container.decodeIfPresent([String].self, forKey: .ipvsServices) ?? []
+        overrides = try container.decodeIfPresent([String: [String: AdminState]].self, forKey: .overrides) ?? [:]
     }
 }
 

@@ -200,7 +200,7 @@ struct CLITests {
             """)
         let process = Process()
         process.executableURL = Binaries.directory.appendingPathComponent("lbd")
-        process.arguments = ["--config", file, "--threads", "1", "--drain-timeout", "1"]
+        process.arguments = ["--config", file, "--threads", "1", "--drain-timeout", "1", "--socket", scratch.url.path + "/lbd.sock", "--state-dir", scratch.url.path + "/state"]
         let err = Pipe()
         process.standardError = err
         try process.run()

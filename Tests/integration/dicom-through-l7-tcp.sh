@@ -34,7 +34,7 @@ virtual_services:
       - {name: pacs-2, address: 127.0.0.1, port: $scp2}
 YAML
 "$bin/lbctl" config check "$work/lb.yaml"
-"$bin/lbd" --config "$work/lb.yaml" --threads 2 --log-level warning & pids+=($!)
+"$bin/lbd" --config "$work/lb.yaml" --threads 2 --log-level warning --socket "$work/lbd.sock" --state-dir "$work/state" & pids+=($!)
 for _ in $(seq 50); do echoscu -q 127.0.0.1 "$vip" 2>/dev/null && break; sleep 0.1; done
 
 # C-ECHO through the VIP, then the study: one association per file, so round robin spreads it over both servers.

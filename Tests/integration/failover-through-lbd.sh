@@ -24,7 +24,7 @@ YAML
 for port in "$rs1" "$rs2"; do
     for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
 done
-"$bin/lbd" --config "$work/lb.yaml" --threads 2 > "$work/lbd.log" 2>&1 & lbd=$!; pids+=($lbd)
+"$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" > "$work/lbd.log" 2>&1 & lbd=$!; pids+=($lbd)
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$vip/" >/dev/null && curl -sf "http://127.0.0.1:$rs2/" >/dev/null && break; sleep 0.1; done
 
 # 200 requests (bounded), web-2 killed after the 50th.

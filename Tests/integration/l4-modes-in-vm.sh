@@ -13,7 +13,7 @@
 source "$(dirname "$0")/lib.sh"
 dir="$PWD/.ipvs-vm-cache/l4-modes"
 rm -rf "$dir"; mkdir -p "$dir"
-cp Tests/integration/vm/whoami-server.py Tests/integration/vm/announcements.py Tests/integration/vm/l4-modes.sh "$dir/"
+cp Tests/integration/vm/*.py Tests/integration/vm/l4-modes.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=400 scripts/ipvs-vm bash "$dir/l4-modes.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
 section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' <<<"$out"; }
@@ -57,6 +57,23 @@ grep -q -- "-> 10.0.1.12:80 " <<<"$down" && fail "DR: failed rs2 not removed (on
 back=$(section "rs2 back")
 grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +100 " <<<"$back" || fail "NAT: rs2 did not get its weight back"
 grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$back" || fail "DR: rs2 did not come back"
+operator=$(section operator)
+held=$(awk '/^held connection to/ { print $4 }' <<<"$operator")
+[ -n "$held" ] || fail "no held connection through the NAT VIP"
+grep -qE -- "-> 10\.0\.1\.1[12]:8080 +Masq +0 " <<<"$operator" || fail "lbctl drain did not set weight 0 in IPVS"
+grep -q "new connections went to: $([ "$held" = rs1 ] && echo rs2 || echo rs1) $" <<<"$operator" || fail "new connections reached the drained server"
+grep -qE "^  $held .* drain +0 " <<<"$operator" || fail "lbctl status does not show the drain"
+for step in step1 step2 step3; do
+    grep -q "^$step $held 10.0.0.100$" <<<"$operator" || fail "the held connection failed at $step (drain, kill -9, restart)"
+done
+grep -q "services: 5" <<<"$operator" || fail "the restarted lbd duplicated or dropped IPVS services"
+[ "$(grep -A1 '^step3 ' <<<"$operator" | tail -1)" = 1 ] || fail "the restarted lbd did not repair exactly the deleted destination"
+grep -q "Viewer-DR: drain\|rs2: halt in Viewer-DR" <<<"$operator" || fail "lbctl halt did not confirm"
+after_halt=$(awk '/^after halt:/ {on=1; next} /^rs2: online/ {on=0} on' <<<"$operator")
+grep -q "10.0.1.12:80 " <<<"$after_halt" && fail "halt did not remove the DR destination"
+after_online=$(awk '/^after online:/ {on=1; next} on' <<<"$operator")
+grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$after_online" || fail "online did not bring rs2 back to DR"
+grep -qE -- "-> 10\.0\.1\.1[12]:8080 +Masq +0 " <<<"$after_online" && fail "online did not restore the NAT weight"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
 [ "$(section stopped | tail -1)" = 5 ] || fail "IPVS services must stay when lbd stops (4 of lbd's, 1 hand-made)"
 

@@ -52,7 +52,7 @@ virtual_services:
 YAML
 # Real servers first, so lbd's first checks find them serving.
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$rs1/" >/dev/null && curl -sfk "https://127.0.0.1:$tlsrs/" >/dev/null && break; sleep 0.1; done
-"$bin/lbd" --config "$work/lb.yaml" --threads 2 > "$work/lbd.log" 2>&1 & pids+=($!)
+"$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" > "$work/lbd.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null && break; sleep 0.1; done
 
 # curl verifies the chain against our CA: the certificate and key from the config are the ones served.
@@ -104,7 +104,7 @@ echo "https-get: TLS server up, plain-HTTP server down"
 # A key that does not match the certificate stops lbd before anything listens.
 sed "s|$work/server.key|$work/ca.key|" "$work/lb.yaml" > "$work/bad.yaml"
 sed -i "s/$vip\]/$((vip + 2))]/; s/$((vip + 1))\]/$((vip + 3))]/" "$work/bad.yaml"
-if "$bin/lbd" --config "$work/bad.yaml" > "$work/bad.log" 2>&1; then fail "lbd started with a mismatched key"; fi
+if "$bin/lbd" --config "$work/bad.yaml" --socket "$work/bad.sock" > "$work/bad.log" 2>&1; then fail "lbd started with a mismatched key"; fi
 grep -q "cannot load private key.*key values mismatch" "$work/bad.log" || { cat "$work/bad.log" >&2; fail "no clear key error"; }
 echo "mismatched key: lbd refuses to start, nothing listens"
 echo "TLS termination: passed"

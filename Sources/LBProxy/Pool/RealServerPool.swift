@@ -25,6 +25,9 @@ public final class RealServerPool: Sendable {
     struct Member {
         var server: RealServer
         var healthy = true
+        var admin = AdminState.online
+        /// Open connections to this server, so `halt` can close them.
+        var channels: [ObjectIdentifier: Channel] = [:]
         var activeConnections = 0
         var totalConnections = 0
         /// The id the cookie carries; derived from the service and server names, never from the address.
@@ -64,7 +67,7 @@ public final class RealServerPool: Sendable {
         return state.withLockedValue { state -> Selection? in
             func usable(_ index: Int) -> Bool {
                 let member = state.members[index]
-                return member.healthy && member.server.weight > 0 && !excluding.contains(index)
+                return member.healthy && member.admin == .online && member.server.weight > 0 && !excluding.contains(index)
             }
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
                 state.members[index].activeConnections += 1
@@ -122,8 +125,38 @@ public final class RealServerPool: Sendable {
         }
     }
 
+    /// The operator's drain / halt / online. `halt` also closes every open connection to the server.
+    @discardableResult
+    public func setAdmin(_ name: String, _ admin: AdminState) -> Bool {
+        let toClose: [Channel]? = state.withLockedValue { state in
+            guard let index = state.members.firstIndex(where: { $0.server.name == name }) else { return nil }
+            state.members[index].admin = admin
+            // Clients stuck to a server that no longer takes new connections are scheduled afresh.
+            if admin != .online { state.sticky = state.sticky.filter { $0.value.index != index } }
+            return admin == .halt ? Array(state.members[index].channels.values) : []
+        }
+        guard let toClose else { return false }
+        for channel in toClose { channel.close(promise: nil) }
+        return true
+    }
+
+    /// Keeps a real-server connection on record until it closes (for `halt`).
+    func track(_ channel: Channel, selection: Selection) {
+        guard let index = selection.serverIndex else { return }
+        let id = ObjectIdentifier(channel)
+        let halted = state.withLockedValue { state -> Bool in
+            state.members[index].channels[id] = channel
+            return state.members[index].admin == .halt
+        }
+        if halted { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { [state] _ in
+            state.withLockedValue { _ = $0.members[index].channels.removeValue(forKey: id) }
+        }
+    }
+
     public struct MemberStatus: Sendable, Equatable {
         public var name: String
+        public var admin: AdminState
         public var healthy: Bool
         public var weight: Int
         public var activeConnections: Int
@@ -133,7 +166,7 @@ public final class RealServerPool: Sendable {
     public var status: [MemberStatus] {
         state.withLockedValue { state in
             state.members.map {
-                MemberStatus(name: $0.server.name, healthy: $0.healthy, weight: $0.server.weight,
+                MemberStatus(name: $0.server.name, admin: $0.admin, healthy: $0.healthy, weight: $0.server.weight,
                              activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
             }
         }

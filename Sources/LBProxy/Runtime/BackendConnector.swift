@@ -40,7 +40,10 @@ struct BackendConnector: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer(configure)
         return bootstrap.connect(to: target)
-            .map { ($0, selection) }
+            .map { [pool] channel in
+                pool.track(channel, selection: selection)
+                return (channel, selection)
+            }
             .flatMapError { [pool, logger] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
                 pool.release(selection)
                 logger.warning("connect to real server failed, trying another",

@@ -116,9 +116,43 @@ ns rs2 python3 "$dir/whoami-server.py" rs2 80 8080 &
 wait_for "ipvsadm -Ln | grep -qE '10.0.1.12:8080 +Masq +100 ' && ipvsadm -Ln | grep -q '10.0.1.12:80 '"
 ipvsadm -Ln
 
+echo "== operator"
+# A keep-alive connection through the NAT VIP stays open while its server is drained, lbd is killed with -9, a
+# destination is deleted behind its back, and lbd is started again.
+lbctl() { "$bin/lbctl" "$@"; }
+rm -f "$dir"/mark-*
+ns client python3 "$dir/held-connection.py" 10.0.0.40 "$dir" > "$dir/held.txt" &
+wait_for "[ -f '$dir/mark-ready' ]"
+wait_for "ipvsadm -Lnc | grep -q 'ESTABLISHED.*10.0.0.40:80'"
+held_rs=$(ipvsadm -Lnc | awk '/ESTABLISHED/ && /10.0.0.40:80/ { print $NF }' | head -1)
+held_name=$([ "${held_rs%%:*}" = 10.0.1.11 ] && echo rs1 || echo rs2)
+echo "held connection to $held_name ($held_rs)"
+lbctl drain Viewer-NAT $held_name
+ipvsadm -Ln -t 10.0.0.40:80
+touch "$dir/mark-step1"; wait_for "[ -f '$dir/mark-step1-done' ]"
+new=$(for i in 1 2 3 4; do ns client curl -s --max-time 3 http://10.0.0.40/; done | awk '{print $1}' | sort -u | tr '\n' ' ')
+echo "new connections went to: $new"
+lbctl status Viewer-NAT
+kill -9 $lbd; wait $lbd 2>/dev/null
+ipvsadm -d -t 10.0.0.42:80 -r 10.0.1.11:80
+echo "after kill -9 and a deleted destination:"; ipvsadm -Ln -t 10.0.0.42:80
+touch "$dir/mark-step2"; wait_for "[ -f '$dir/mark-step2-done' ]"
+start_lbd "$dir/l4.yaml"
+wait_for "ipvsadm -Ln -t 10.0.0.42:80 | grep -q '10.0.1.11:80 '"
+echo "after restart:"; ipvsadm -Ln
+echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)')"
+touch "$dir/mark-step3"; wait_for "[ -f '$dir/mark-step3-done' ]"
+cat "$dir/held.txt"
+grep -c "IPVS: add destination 10.0.1.11:80 to 10.0.0.42:80/tcp" "$dir/lbd-$run.log"
+lbctl online Viewer-NAT $held_name
+lbctl halt Viewer-DR rs2
+echo "after halt:"; ipvsadm -Ln -t 10.0.0.42:80
+lbctl online Viewer-DR rs2
+echo "after online:"; ipvsadm -Ln -t 10.0.0.42:80; ipvsadm -Ln -t 10.0.0.40:80
+
 echo "== stop"
 kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
-echo "== log 1"; cat "$dir/lbd-1.log"
+echo "== log 1"; cat "$dir/lbd-1.log" "$dir/lbd-2.log"
 echo "== stopped"
 ipvsadm -Ln | grep -c '^TCP'
 ipvsadm -D -t 10.0.0.99:80

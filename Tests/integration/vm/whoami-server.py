@@ -7,6 +7,8 @@ import threading
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection can carry several requests
+
     def do_GET(self):
         body = f"{sys.argv[1]} {self.client_address[0]}\n".encode()
         self.send_response(200)

@@ -1,0 +1,84 @@
+import LBConfig
+
+/// lbctl ↔ lbd over the control socket: one JSON object per line each way, one request per connection.
+public enum ControlProtocol {
+    public static let defaultSocketPath = "/run/lb/lbd.sock"
+}
+
+public struct ControlRequest: Codable, Equatable, Sendable {
+    public enum Command: String, Codable, Sendable { case status, drain, halt, online, reload }
+    public var command: Command
+    /// drain / halt / online: the virtual service (nil with `server` alone: that server in every service).
+    public var service: String?
+    public var server: String?
+
+    public init(command: Command, service: String? = nil, server: String? = nil) {
+        self.command = command
+        self.service = service
+        self.server = server
+    }
+}
+
+public struct ControlResponse: Codable, Equatable, Sendable {
+    public var ok: Bool
+    /// What went wrong (ok == false), or what was done.
+    public var message: String?
+    public var status: [ServiceStatus]?
+
+    public init(ok: Bool, message: String? = nil, status: [ServiceStatus]? = nil) {
+        self.ok = ok
+        self.message = message
+        self.status = status
+    }
+}
+
+/// One VIP as `lbctl status` shows it.
+public struct ServiceStatus: Codable, Equatable, Sendable {
+    public var name: String
+    public var mode: String
+    public var vip: String
+    public var ports: String
+    public var transport: String
+    /// up (every server usable), degraded, down (none usable).
+    public var state: String
+    public var servers: [ServerStatus]
+
+    public init(name: String, mode: String, vip: String, ports: String, transport: String, state: String, servers: [ServerStatus]) {
+        self.name = name
+        self.mode = mode
+        self.vip = vip
+        self.ports = ports
+        self.transport = transport
+        self.state = state
+        self.servers = servers
+    }
+}
+
+public struct ServerStatus: Codable, Equatable, Sendable {
+    public var name: String
+    public var address: String
+    /// up, down, or unchecked (health_check type none).
+    public var health: String
+    public var admin: AdminState
+    /// The weight in effect (IPVS's own for Layer 4; 0 while draining or down).
+    public var weight: Int
+    public var activeConnections: Int
+    /// Connections since start (Layer 7) or since the IPVS service was added or zeroed (Layer 4).
+    public var totalConnections: Int
+
+    enum CodingKeys: String, CodingKey {
+        case name, address, health, admin, weight
+        case activeConnections = "active_connections"
+        case totalConnections = "total_connections"
+    }
+
+    public init(name: String, address: String, health: String, admin: AdminState, weight: Int, activeConnections: Int, totalConnections: Int) {
+        self.name = name
+        self.address = address
+        self.health = health
+        self.admin = admin
+        self.weight = weight
+        self.activeConnections = activeConnections
+        self.totalConnections = totalConnections
+    }
+}

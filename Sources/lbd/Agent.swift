@@ -1,0 +1,142 @@
+import Foundation
+import LBConfig
+import LBControl
+import LBProxy
+import Logging
+
+/// The one place that knows both data paths: answers lbctl's requests, keeps operator overrides (persisted in the
+/// state file so they survive restarts), tracks health, and steers the proxy's pools and the kernel's IPVS.
+final class Agent: @unchecked Sendable {
+    private let configuration: Configuration
+    private let engine: ProxyEngine
+    private let kernel: KernelServices?
+    private let state: StateStore
+    private let logger: Logger
+    private let lock = NSLock()
+    /// service → server → healthy; absent until the first transition (servers start as up).
+    private var health: [String: [String: Bool]] = [:]
+    private var overrides: [String: [String: AdminState]] = [:]
+
+    init(configuration: Configuration, engine: ProxyEngine, kernel: KernelServices?, state: StateStore, logger: Logger) {
+        self.configuration = configuration
+        self.engine = engine
+        self.kernel = kernel
+        self.state = state
+        self.logger = logger
+    }
+
+    /// Overrides saved by an earlier run, for servers that still exist; applied to the proxy's pools (the kernel
+    /// got them before its first reconcile).
+    func restoreOverrides() throws -> [String: [String: AdminState]] {
+        let saved = try state.load().overrides
+        var kept: [String: [String: AdminState]] = [:]
+        for (service, servers) in saved {
+            guard let virtualService = configuration.virtualServices.first(where: { $0.name == service }) else { continue }
+            for (server, admin) in servers where virtualService.realServers.contains(where: { $0.name == server }) {
+                kept[service, default: [:]][server] = admin
+                engine.pool(for: service)?.setAdmin(server, admin)
+                logger.notice("operator override restored", metadata: ["service": "\(service)", "server": "\(server)", "state": "\(admin.rawValue)"])
+            }
+        }
+        lock.lock()
+        overrides = kept
+        lock.unlock()
+        return kept
+    }
+
+    func healthChanged(service: String, server: String, healthy: Bool) {
+        lock.lock()
+        health[service, default: [:]][server] = healthy
+        lock.unlock()
+        engine.pool(for: service)?.setHealthy(server, healthy)
+        kernel?.setHealthy(service: service, server: server, healthy)
+    }
+
+    func handle(_ request: ControlRequest) -> ControlResponse {
+        switch request.command {
+        case .status:
+            return ControlResponse(ok: true, status: status(only: request.service))
+        case .drain, .halt, .online:
+            let admin: AdminState = request.command == .drain ? .drain : request.command == .halt ? .halt : .online
+            return setAdmin(admin, service: request.service, server: request.server)
+        case .reload:
+            return ControlResponse(ok: false, message: "reload is not available in this version; restart lbd (Layer 4 entries are kept)")
+        }
+    }
+
+    private func setAdmin(_ admin: AdminState, service: String?, server: String?) -> ControlResponse {
+        guard let server else { return ControlResponse(ok: false, message: "name a real server") }
+        // Either one VIP's server, or (no service) that server wherever it appears: node maintenance.
+        let targets = configuration.virtualServices.filter { candidate in
+            (service == nil || candidate.name == service) && candidate.realServers.contains { $0.name == server }
+        }
+        if let service, !configuration.virtualServices.contains(where: { $0.name == service }) {
+            return ControlResponse(ok: false, message: "no virtual service named \"\(service)\"")
+        }
+        guard !targets.isEmpty else {
+            return ControlResponse(ok: false, message: "no real server named \"\(server)\"" + (service.map { " in \"\($0)\"" } ?? ""))
+        }
+        var done: [String] = []
+        for target in targets {
+            if target.mode.isLayer4 {
+                do {
+                    try kernel?.setAdmin(service: target.name, server: server, admin)
+                } catch {
+                    return ControlResponse(ok: false, message: "\(target.name): the kernel refused: \(error)"
+                                           + (done.isEmpty ? "" : " (already done: \(done.joined(separator: ", ")))"))
+                }
+            } else {
+                engine.pool(for: target.name)?.setAdmin(server, admin)
+            }
+            lock.lock()
+            overrides[target.name, default: [:]][server] = admin == .online ? nil : admin
+            if overrides[target.name]?.isEmpty == true { overrides[target.name] = nil }
+            let snapshot = overrides
+            lock.unlock()
+            do {
+                try state.update { $0.overrides = snapshot }
+            } catch {
+                logger.error("override applied but not saved: \(error)")
+            }
+            done.append(target.name)
+            logger.notice("real server \(admin.rawValue)", metadata: ["service": "\(target.name)", "server": "\(server)"])
+        }
+        return ControlResponse(ok: true, message: "\(server): \(admin.rawValue) in \(done.joined(separator: ", "))")
+    }
+
+    private func status(only name: String?) -> [ServiceStatus] {
+        lock.lock()
+        let health = self.health, overrides = self.overrides
+        lock.unlock()
+        return configuration.virtualServices.filter { name == nil || $0.name == name }.map { service in
+            let unchecked = service.healthCheck.probe == .none
+            let kernelView = service.mode.isLayer4 ? kernel?.destinationStatus(of: service) ?? [:] : [:]
+            let poolView = Dictionary(uniqueKeysWithValues: (engine.pool(for: service.name)?.status ?? []).map { ($0.name, $0) })
+            let firstPort = service.ports.first?.lower ?? 0
+            let servers = service.realServers.map { server -> ServerStatus in
+                let healthy = health[service.name]?[server.name] ?? true
+                let admin = overrides[service.name]?[server.name] ?? .online
+                var weight = 0, active = 0, total = 0
+                if service.mode.isLayer4 {
+                    if let (destination, counters) = kernelView[server.address.withPort(server.port(forVIPPort: firstPort))] {
+                        weight = Int(destination.weight)
+                        active = Int(counters.activeConnections)
+                        total = Int(counters.connections)
+                    }
+                } else if let member = poolView[server.name] {
+                    weight = member.healthy && member.admin == .online ? member.weight : 0
+                    active = member.activeConnections
+                    total = member.totalConnections
+                }
+                return ServerStatus(name: server.name, address: server.address.withPort(server.port(forVIPPort: firstPort)),
+                                    health: unchecked ? "unchecked" : healthy ? "up" : "down",
+                                    admin: admin, weight: weight, activeConnections: active, totalConnections: total)
+            }
+            let usable = servers.filter { $0.health != "down" && $0.admin == .online }.count
+            return ServiceStatus(name: service.name, mode: service.mode.rawValue, vip: service.address.description,
+                                 ports: service.ports.summary, transport: service.transport.rawValue,
+                                 state: usable == servers.count ? "up" : usable == 0 ? "down" : "degraded",
+                                 servers: servers)
+        }
+    }
+}
