@@ -194,8 +194,13 @@ struct IPVSKernelTests {
         var masked = IPVSService(transport: .tcp, address: IPAddress("10.0.0.2")!, port: 2762, scheduler: "sh",
                                  persistenceTimeout: 120, persistenceNetmask: UInt32(0xFFFF_FF00).bigEndian)
         let v6 = IPVSService(transport: .udp, address: IPAddress("2001:db8::10")!, port: 2310, scheduler: "wrr")
+        let bounded = IPVSDestination(address: IPAddress("10.0.1.11")!, port: 2762, forwarding: .masquerade, weight: 5,
+                                      upperThreshold: 200, lowerThreshold: 150)
         try client.apply([.addService(mark), .addService(masked), .addService(v6),
-                          .addDestination(IPVSDestination(address: IPAddress("10.0.1.11")!, port: 0, forwarding: .directRoute, weight: 5), mark)])
+                          .addDestination(IPVSDestination(address: IPAddress("10.0.1.11")!, port: 0, forwarding: .directRoute, weight: 5), mark),
+                          .addDestination(bounded, masked)])
+        #expect(try client.destinations(of: masked).map(\.0) == [bounded], "connection thresholds read back")
+        #expect(try run("/usr/sbin/ipvsadm", ["-Ln", "--thresholds"]).range(of: #"-> 10\.0\.1\.11:2762 +200 +150 "#, options: .regularExpression) != nil)
         #expect(Set(try client.services()) == [mark, masked, v6])
         let listing = try run("/usr/sbin/ipvsadm", ["-Ln"])
         #expect(listing.contains("FWM  7 rr persistent 60"), "\(listing)")
