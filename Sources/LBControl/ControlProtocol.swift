@@ -6,16 +6,19 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Equatable, Sendable {
-    public enum Command: String, Codable, Sendable { case status, drain, halt, online, reload }
+    public enum Command: String, Codable, Sendable { case status, drain, halt, online, reload, mode }
     public var command: Command
     /// drain / halt / online: the virtual service (nil with `server` alone: that server in every service).
     public var service: String?
     public var server: String?
+    /// mode: the forwarding mode to switch `service` to.
+    public var mode: String?
 
-    public init(command: Command, service: String? = nil, server: String? = nil) {
+    public init(command: Command, service: String? = nil, server: String? = nil, mode: String? = nil) {
         self.command = command
         self.service = service
         self.server = server
+        self.mode = mode
     }
 }
 

@@ -19,7 +19,8 @@ public final class HealthMonitor: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let onTransition: @Sendable (HealthTransition) -> Void
-    private let tasks = NIOLockedValueBox<[RepeatedTask]>([])
+    /// service name → its servers' scheduled checks.
+    private let tasks = NIOLockedValueBox<[String: [RepeatedTask]]>([:])
     /// For https-get; nil if OpenSSL could not build one (those checks then fail with the reason).
     private let tlsClient: TLSContext?
 
@@ -67,7 +68,7 @@ public final class HealthMonitor: Sendable {
                 }
             }
         }
-        tasks.withLockedValue { $0.append(task) }
+        tasks.withLockedValue { $0[service, default: []].append(task) }
     }
 
     private func report(_ event: HealthTransition, target: ProbeTarget) {
@@ -83,10 +84,16 @@ public final class HealthMonitor: Sendable {
 
     public func stop() {
         let all = tasks.withLockedValue { tasks in
-            defer { tasks = [] }
-            return tasks
+            defer { tasks = [:] }
+            return tasks.values.flatMap { $0 }
         }
         for task in all { task.cancel() }
+    }
+
+    /// Stops checking one service (a reload removed or changed it); the others keep their schedules and state.
+    public func stop(service: String) {
+        let mine = tasks.withLockedValue { $0.removeValue(forKey: service) ?? [] }
+        for task in mine { task.cancel() }
     }
 }
 

@@ -10,13 +10,13 @@ struct LBCtl: ParsableCommand {
         abstract: "Operate the lb load balancer: inspect configs and, through lbd, its virtual services.",
         discussion: """
             The config commands work on a file directly and need neither root nor a running lbd. \
-            status, drain, halt and online talk to a running lbd over its control socket (root, or a member of \
+            status, drain, halt, online, reload and mode talk to a running lbd over its control socket (root, or a member of \
             lbd's --control-group). \
             Exit status: 0 success; 1 the config is invalid, or lbd refused the request; 2 the config file cannot \
             be read, or lbd cannot be reached; 64 bad usage.
             """,
         version: LBVersion.current,
-        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self]
+        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self, Reload.self, Mode.self]
     )
 
     // Also accepted before the command name (`lbctl --socket PATH status`).
@@ -268,4 +268,43 @@ private func printDiagnostics(_ report: ConfigurationReport) {
 
 func printToStandardError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make lbd re-read its config file and apply only the differences.",
+        discussion: "An invalid file changes nothing: its errors are printed here with file:line:column and lbctl exits 1. Same as sending lbd SIGHUP, which reports to lbd's log instead.")
+    @OptionGroup var socket: SocketOption
+    func run() throws {
+        print(try ask(ControlRequest(command: .reload), socket).message ?? "reloaded")
+    }
+}
+
+struct Mode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Switch one virtual service to another forwarding mode, live, and write the change to the config file.",
+        discussion: """
+            The new config is checked whole first (the RIP:PORT rule, host netfilter rules, direct routing's \
+            port rule); then the new path comes up before the old one goes: moving to a Layer 4 mode, the IPVS \
+            entries are in the kernel before the proxy stops listening; moving to Layer 7, the proxy listens before \
+            the IPVS entries go. Other services are untouched. The config file is rewritten in place (only the mode \
+            value changes; the previous file is kept as FILE.bak), so a restart keeps the new mode.
+            """)
+    @OptionGroup var socket: SocketOption
+
+    @Argument(help: "The virtual service.")
+    var service: String
+
+    @Argument(help: "l4-dr, l4-nat, l4-snat, l7-http or l7-tcp.")
+    var mode: String
+
+    func validate() throws {
+        guard ForwardingMode(rawValue: mode) != nil else {
+            throw ValidationError("unknown mode \"\(mode)\"; use one of: \(ForwardingMode.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        print(try ask(ControlRequest(command: .mode, service: service, mode: mode), socket).message ?? "done")
+    }
 }

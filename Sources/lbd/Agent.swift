@@ -1,24 +1,32 @@
 import Foundation
 import LBConfig
 import LBControl
+import LBHealth
 import LBProxy
 import Logging
 
 /// The one place that knows both data paths: answers lbctl's requests, keeps operator overrides (persisted in the
 /// state file so they survive restarts), tracks health, and steers the proxy's pools and the kernel's IPVS.
 final class Agent: @unchecked Sendable {
-    private let configuration: Configuration
-    private let engine: ProxyEngine
-    private let kernel: KernelServices?
-    private let state: StateStore
-    private let logger: Logger
+    private var configuration: Configuration
+    let configPath: String
+    let engine: ProxyEngine
+    private var kernel: KernelServices?
+    let state: StateStore
+    let logger: Logger
+    /// Set once the health monitor exists (it reports to the agent).
+    var health: HealthMonitor?
+    /// One reload or mode switch at a time.
+    private var changing = false
     private let lock = NSLock()
     /// service → server → healthy; absent until the first transition (servers start as up).
-    private var health: [String: [String: Bool]] = [:]
+    private var healthState: [String: [String: Bool]] = [:]
     private var overrides: [String: [String: AdminState]] = [:]
 
-    init(configuration: Configuration, engine: ProxyEngine, kernel: KernelServices?, state: StateStore, logger: Logger) {
+    init(configuration: Configuration, configPath: String, engine: ProxyEngine, kernel: KernelServices?, state: StateStore,
+         logger: Logger) {
         self.configuration = configuration
+        self.configPath = configPath
         self.engine = engine
         self.kernel = kernel
         self.state = state
@@ -46,13 +54,13 @@ final class Agent: @unchecked Sendable {
 
     func healthChanged(service: String, server: String, healthy: Bool) {
         lock.lock()
-        health[service, default: [:]][server] = healthy
+        healthState[service, default: [:]][server] = healthy
         lock.unlock()
         engine.pool(for: service)?.setHealthy(server, healthy)
         kernel?.setHealthy(service: service, server: server, healthy)
     }
 
-    func handle(_ request: ControlRequest) -> ControlResponse {
+    func handle(_ request: ControlRequest) async -> ControlResponse {
         switch request.command {
         case .status:
             return ControlResponse(ok: true, status: status(only: request.service))
@@ -60,12 +68,21 @@ final class Agent: @unchecked Sendable {
             let admin: AdminState = request.command == .drain ? .drain : request.command == .halt ? .halt : .online
             return setAdmin(admin, service: request.service, server: request.server)
         case .reload:
-            return ControlResponse(ok: false, message: "reload is not available in this version; restart lbd (Layer 4 entries are kept)")
+            return await reload()
+        case .mode:
+            guard let service = request.service, let mode = request.mode.flatMap(ForwardingMode.init(rawValue:)) else {
+                return ControlResponse(ok: false, message: "name a virtual service and one of: \(ForwardingMode.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return await switchMode(of: service, to: mode)
         }
     }
 
     private func setAdmin(_ admin: AdminState, service: String?, server: String?) -> ControlResponse {
         guard let server else { return ControlResponse(ok: false, message: "name a real server") }
+        lock.lock()
+        let configuration = self.configuration
+        let kernel = self.kernel
+        lock.unlock()
         // Either one VIP's server, or (no service) that server wherever it appears: node maintenance.
         let targets = configuration.virtualServices.filter { candidate in
             (service == nil || candidate.name == service) && candidate.realServers.contains { $0.name == server }
@@ -106,7 +123,7 @@ final class Agent: @unchecked Sendable {
 
     private func status(only name: String?) -> [ServiceStatus] {
         lock.lock()
-        let health = self.health, overrides = self.overrides
+        let health = self.healthState, overrides = self.overrides, configuration = self.configuration
         lock.unlock()
         return configuration.virtualServices.filter { name == nil || $0.name == name }.map { service in
             let unchecked = service.healthCheck.probe == .none
@@ -139,4 +156,30 @@ final class Agent: @unchecked Sendable {
                                  servers: servers)
         }
     }
+
+    // MARK: Shared state, under the lock
+
+    var currentConfiguration: Configuration { lock.lock(); defer { lock.unlock() }; return configuration }
+    var currentKernel: KernelServices? { lock.lock(); defer { lock.unlock() }; return kernel }
+    var currentOverrides: [String: [String: AdminState]] { lock.lock(); defer { lock.unlock() }; return overrides }
+
+    func setKernel(_ kernel: KernelServices) { lock.lock(); self.kernel = kernel; lock.unlock() }
+
+    func setConfiguration(_ next: Configuration, dropping gone: Set<String>) {
+        lock.lock()
+        configuration = next
+        for name in gone { overrides[name] = nil; healthState[name] = nil }
+        let snapshot = overrides
+        lock.unlock()
+        try? state.update { $0.overrides = snapshot }
+    }
+
+    func beginChange() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if changing { return false }
+        changing = true
+        return true
+    }
+
+    func endChange() { lock.lock(); changing = false; lock.unlock() }
 }

@@ -9,8 +9,8 @@ import Logging
 /// from several threads).
 final class KernelServices: @unchecked Sendable {
     private let client: IPVSClient
-    private let services: [VirtualService]
-    private let settings: IPVSSettings
+    private var services: [VirtualService]
+    private var settings: IPVSSettings
     private let state: StateStore
     private let logger: Logger
     private let lock = NSLock()
@@ -111,7 +111,8 @@ final class KernelServices: @unchecked Sendable {
     }
 
     /// Must hold `lock`.
-    private func apply(from actual: IPVSTable, scope: Set<IPVSServiceKey>? = nil) throws {
+    @discardableResult
+    private func apply(from actual: IPVSTable, scope: Set<IPVSServiceKey>? = nil) throws -> [IPVSOperation] {
         var weights: [String: [String: UInt32]] = [:]
         var removed: [String: Set<String>] = [:]
         for service in services {
@@ -140,6 +141,7 @@ final class KernelServices: @unchecked Sendable {
         }
         try client.apply(operations)
         lastApplied = desired
+        return operations
     }
 
     /// Operator overrides restored from the state file, before the first reconcile.
@@ -147,6 +149,32 @@ final class KernelServices: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         admin = overrides
+    }
+
+    /// A reload: the new config's Layer 4 services replace the old ones; the kernel is planned from a fresh dump, so
+    /// services lbd created and the config dropped are deleted, and only the differences are sent.
+    func update(to configuration: Configuration) throws {
+        lock.lock()
+        services = configuration.virtualServices.filter { $0.mode.isLayer4 }
+        settings = configuration.ipvs
+        let names = Set(services.map(\.name))
+        down = down.filter { names.contains($0.key) }
+        admin = admin.filter { names.contains($0.key) }
+        lock.unlock()
+        try applySysctls()
+        try applyIPVSSettings()
+        try reconcile()
+    }
+
+    /// The periodic check: plans from a fresh dump and repairs what someone changed behind lbd's back (e.g.
+    /// `ipvsadm -C`), logging each repair. Returns the operations sent.
+    @discardableResult
+    func reconcile() throws -> [IPVSOperation] {
+        lock.lock()
+        defer { lock.unlock() }
+        let actual = try client.table()
+        if let lastApplied, actual == lastApplied { return [] }
+        return try apply(from: actual)
     }
 
     /// drain / halt / online from lbctl: one plan for the VIP concerned; the kernel's refusal is thrown.

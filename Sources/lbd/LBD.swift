@@ -48,6 +48,9 @@ struct LBD: AsyncParsableCommand {
     @Option(help: "Seconds that open connections may take to finish after SIGTERM before they are closed.")
     var drainTimeout: Int = 30
 
+    @Option(help: "Seconds between checks that the kernel still holds what lbd put there (repaired if not).")
+    var reconcileInterval: Int = 10
+
     @Option(help: "The control socket lbctl talks to.")
     var socket: String = "/run/lb/lbd.sock"
 
@@ -63,6 +66,7 @@ struct LBD: AsyncParsableCommand {
     func validate() throws {
         guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
         guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
+        guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
         if let controlGroup, getgrnam(controlGroup) == nil {
             throw ValidationError("no group named \"\(controlGroup)\" (see /etc/group)")
         }
@@ -119,12 +123,14 @@ struct LBD: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // The agent is the only place that knows both paths: health transitions and lbctl's requests go through it.
-        let agent = Agent(configuration: configuration, engine: engine, kernel: kernel, state: state, logger: logger)
+        let agent = Agent(configuration: configuration, configPath: config, engine: engine, kernel: kernel, state: state,
+                          logger: logger)
         let health = HealthMonitor(group: engine.group, logger: logger) { transition in
             agent.healthChanged(service: transition.service, server: transition.server, healthy: transition.healthy)
         }
+        agent.health = health
         let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request in
-            agent.handle(request)
+            await agent.handle(request)
         }
         do {
             _ = try agent.restoreOverrides()
@@ -135,13 +141,43 @@ struct LBD: AsyncParsableCommand {
             throw ExitCode(1)
         }
         health.start(configuration.virtualServices)
+        // SIGHUP re-reads the config, like `lbctl reload`.
+        let hangup = HangupSignal {
+            Task {
+                let result = await agent.reload()
+                if result.ok { logger.notice("SIGHUP: \(result.message ?? "reloaded")") }
+                else { logger.error("SIGHUP: \(result.message ?? "reload failed")") }
+            }
+        }
+        // Drift: someone may change the kernel behind lbd's back (ipvsadm -C, ip addr del); it is repaired.
+        let drift = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(reconcileInterval))
+                if Task.isCancelled { break }
+                agent.repairDrift()
+            }
+        }
 
         let signal = await stop.wait()
+        drift.cancel()
+        _ = hangup
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
         health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         logger.notice("stopped")
+    }
+}
+
+/// SIGHUP: re-read the config.
+final class HangupSignal: @unchecked Sendable {
+    private let source: DispatchSourceSignal
+
+    init(_ handler: @escaping @Sendable () -> Void) {
+        signal(SIGHUP, SIG_IGN)
+        source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "lbd.sighup"))
+        source.setEventHandler(handler: handler)
+        source.resume()
     }
 }
 

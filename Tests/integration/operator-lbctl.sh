@@ -121,6 +121,58 @@ lbctl drain --server node-1 >/dev/null
 grep -qE "^  node-1 .* drain " <<<"$(lbctl status DICOM)" || fail "drain --server missed DICOM"
 lbctl online --server node-1 >/dev/null
 
+# Reload: an invalid file changes nothing and lbctl prints where the error is; a valid one applies the difference.
+cp "$work/lb.yaml" "$work/lb.good"
+sed -i 's/    mode: l7-tcp/    mode: l7-tcp\n    weigth: 5/' "$work/lb.yaml"
+out=$(lbctl reload 2>&1); rc=$?
+[ $rc = 1 ] && grep -qE "lb.yaml:[0-9]+:5: error: .*unknown key \"weigth\"" <<<"$out" && grep -q "nothing changed" <<<"$out" \
+    || fail "an invalid reload must print file:line and change nothing ($rc: $out)"
+cp "$work/lb.good" "$work/lb.yaml"
+cat >> "$work/lb.yaml" <<YAML
+  - name: Extra
+    vip: 127.0.0.1
+    ports: [$((base + 2))]
+    mode: l7-http
+    health_check: {type: none}
+    real_servers: [{name: node-1, address: 127.0.0.1, port: $((base + 11))}]
+YAML
+out=$(lbctl reload) || fail "reload failed: $out"
+grep -q "reload: 1 service(s) added or changed, 0 removed" <<<"$out" || fail "reload summary: $out"
+curl -s "http://127.0.0.1:$((base + 2))/" | head -1 | grep -q node-1 || fail "the reloaded service does not serve"
+cp "$work/lb.good" "$work/lb.yaml"
+kill -HUP $lbd
+for _ in $(seq 50); do grep -q "SIGHUP: reload: 0 service(s) added or changed, 1 removed" "$work/lbd.log" && break; sleep 0.1; done
+grep -q "SIGHUP: reload: 0 service(s) added or changed, 1 removed" "$work/lbd.log" || fail "SIGHUP did not reload"
+curl -s --max-time 2 "http://127.0.0.1:$((base + 2))/" >/dev/null && fail "the removed service still serves"
+
+# Mode switch, live: Viewer from l7-http to l7-tcp and back while a client keeps requesting.
+python3 - "$web" > "$work/mode-load.txt" <<'PY' &
+import sys, time, urllib.request
+port, end = int(sys.argv[1]), time.time() + 4
+while time.time() < end:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            print(response.status, response.read().split(b"\n")[0].decode(), flush=True)
+    except Exception as error:
+        print("FAILED", error, flush=True)
+    time.sleep(0.02)
+PY
+modeload=$!
+sleep 1
+out=$(lbctl mode Viewer l7-tcp) || fail "mode switch failed: $out"
+grep -q "Viewer: l7-http → l7-tcp" <<<"$out" || fail "mode switch message: $out"
+grep -A3 "name: Viewer" "$work/lb.yaml" | grep -q "mode: l7-tcp" || fail "the config file was not updated"
+grep -A3 "name: Viewer" "$work/lb.yaml.bak" | grep -q "mode: l7-http" || fail "the previous config was not kept as .bak"
+grep -qE "^Viewer +l7-tcp " <<<"$(lbctl status Viewer)" || fail "status does not show the new mode"
+sleep 1
+lbctl mode Viewer l7-http >/dev/null || fail "switching back failed"
+wait $modeload
+total=$(wc -l < "$work/mode-load.txt"); failed=$(grep -c FAILED "$work/mode-load.txt")
+echo "mode switch under load: $total requests, $failed failed"
+[ "$total" -gt 20 ] && [ "$failed" = 0 ] || fail "the mode switch lost requests ($failed of $total)"
+out=$(lbctl mode Viewer l4-dr 2>&1); rc=$?
+[ $rc = 1 ] && grep -q "nothing changed" <<<"$out" || fail "an impossible mode switch must be refused ($rc: $out)"
+
 # Errors: unknown names; a peer that is neither root nor in the control group.
 out=$(lbctl drain Viewer node-9 2>&1); rc=$?
 [ $rc = 1 ] && grep -q 'no real server named "node-9" in "Viewer"' <<<"$out" || fail "unknown server not reported ($rc: $out)"

@@ -48,6 +48,33 @@ public final class ProxyEngine: Sendable {
         }
     }
 
+    /// Makes the running Layer 7 services equal to those in `services`: unchanged ones run on untouched (pools,
+    /// connections), removed ones stop accepting while their open connections finish, changed ones are restarted
+    /// with the new settings, new ones start. Returns the names started and stopped.
+    @discardableResult
+    public func update(to services: [VirtualService]) async throws -> (started: [String], stopped: [String]) {
+        let wanted = Dictionary(uniqueKeysWithValues: services.filter { $0.mode.isLayer7 }.map { ($0.name, $0) })
+        let current = listeners.withLockedValue { $0 }
+        // New and changed services start first (SO_REUSEPORT lets a changed one bind beside its old listener) ...
+        let toStart = wanted.values.filter { current[$0.name]?.service != $0 }.sorted { $0.name < $1.name }
+        try await start(toStart)
+        // ... then the old listeners of changed and removed services stop accepting; their connections finish.
+        var stopped: [String] = []
+        for (name, listener) in current.sorted(by: { $0.key < $1.key }) where wanted[name] != listener.service {
+            await listener.stopAccepting()
+            retire(listener)
+            if wanted[name] == nil { listeners.withLockedValue { _ = $0.removeValue(forKey: name) } }
+            stopped.append(name)
+        }
+        return (toStart.map(\.name), stopped)
+    }
+
+    /// A listener that no longer accepts; its connections finish on their own and are closed at shutdown.
+    private let retired = NIOLockedValueBox<[ServiceListener]>([])
+    private func retire(_ listener: ServiceListener) {
+        retired.withLockedValue { $0.append(listener) }
+    }
+
     /// The live pool of a running service.
     public func pool(for service: String) -> RealServerPool? {
         listeners.withLockedValue { $0[service]?.pool }
@@ -62,7 +89,7 @@ public final class ProxyEngine: Sendable {
         let all = listeners.withLockedValue { listeners in
             defer { listeners = [:] }
             return Array(listeners.values)
-        }
+        } + retired.withLockedValue { $0 }
         for listener in all { await listener.stopAccepting() }
         let deadline = ContinuousClock.now + drainTimeout
         while ContinuousClock.now < deadline, all.contains(where: { $0.activeConnections > 0 }) {
