@@ -108,7 +108,13 @@ extension Agent {
 
     /// Applies a checked configuration as a difference from the running one.
     func apply(_ next: Configuration, what: String) async -> ControlResponse {
-        guard beginChange() else { return ControlResponse(ok: false, message: "another reload or mode switch is in progress; try again") }
+        // One change at a time: wait for a drift check or another reload to finish (they take well under a minute).
+        var waited = 0
+        while !beginChange() {
+            if waited >= 1200 { return ControlResponse(ok: false, message: "another reload or mode switch is still in progress; try again") }
+            try? await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
         defer { endChange() }
         let previous = currentConfiguration
         guard next != previous else { return ControlResponse(ok: true, message: "\(what): nothing changed") }

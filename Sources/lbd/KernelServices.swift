@@ -19,6 +19,8 @@ final class KernelServices: @unchecked Sendable {
     /// Operator overrides: service name → server → drain (weight 0) or halt (removed).
     private var admin: [String: [String: AdminState]] = [:]
     private var owned: Set<IPVSServiceKey> = []
+    /// Foreign services already reported, so the periodic check does not repeat itself.
+    private var reportedForeign: Set<IPVSServiceKey> = []
     /// What the kernel held after the last successful apply. Health transitions plan against it instead of dumping
     /// the whole table each time; after a failure it is dropped, so the next change starts from a fresh dump.
     private var lastApplied: IPVSTable?
@@ -127,8 +129,9 @@ final class KernelServices: @unchecked Sendable {
         }
         let desired = IPVSPlanner.desiredTable(for: services, weights: weights, removed: removed)
         let (operations, foreign) = IPVSPlanner.plan(from: actual, to: desired, owned: owned, scope: scope)
-        for key in foreign {
+        for key in foreign where !reportedForeign.contains(key) {
             logger.notice("IPVS service not created by lb left alone", metadata: ["service": "\(key)"])
+            reportedForeign.insert(key)
         }
         for operation in operations { logger.info("IPVS: \(operation)") }
         lastApplied = nil
@@ -160,6 +163,7 @@ final class KernelServices: @unchecked Sendable {
         let names = Set(services.map(\.name))
         down = down.filter { names.contains($0.key) }
         admin = admin.filter { names.contains($0.key) }
+        lastApplied = nil  // it describes the old config: plan from a dump
         lock.unlock()
         try applySysctls()
         try applyIPVSSettings()
@@ -173,7 +177,12 @@ final class KernelServices: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         let actual = try client.table()
-        if let lastApplied, actual == lastApplied { return [] }
+        if let lastApplied {
+            // Services lbd neither wants nor owns are not its business.
+            var relevant = actual
+            relevant.services = actual.services.filter { lastApplied.services[$0.key] != nil || owned.contains($0.key) }
+            if relevant == lastApplied { return [] }
+        }
         return try apply(from: actual)
     }
 

@@ -74,8 +74,19 @@ grep -q "10.0.1.12:80 " <<<"$after_halt" && fail "halt did not remove the DR des
 after_online=$(awk '/^after online:/ {on=1; next} on' <<<"$operator")
 grep -qE -- "-> 10\.0\.1\.12:80 +Route +100 " <<<"$after_online" || fail "online did not bring rs2 back to DR"
 grep -qE -- "-> 10\.0\.1\.1[12]:8080 +Masq +0 " <<<"$after_online" && fail "online did not restore the NAT weight"
+mode=$(section "mode switch")
+grep -q "ipvs before: 0" <<<"$mode" || fail "Mover must start in the proxy"
+grep -qE -- "-> 10\.0\.1\.11:8080 +Masq +100 " <<<"$mode" || fail "lbctl mode l4-nat did not program IPVS"
+grep -q "file: mode: l4-nat" <<<"$mode" && grep -q "file: mode: l7-tcp" <<<"$mode" || fail "the config file did not follow the mode"
+grep -q "ipvs after: 0" <<<"$mode" || fail "switching back did not remove the IPVS service"
+read -r _ total _ failed _ proxied _ kernel <<<"$(grep '^requests' <<<"$mode")"
+echo "mode switch: $total requests, $failed failed, $proxied through the proxy, $kernel through IPVS"
+[ "$failed" = 0 ] && [ "$proxied" -gt 5 ] && [ "$kernel" -gt 5 ] || fail "the VIP was not served throughout the mode switch"
+drift=$(section drift)
+grep -q "services: 4 address: 1" <<<"$drift" || fail "drift (ipvsadm -C, ip addr del) not repaired: $drift"
+[ "$(tail -1 <<<"$drift")" -ge 1 ] || fail "the repair was not logged"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
-[ "$(section stopped | tail -1)" = 5 ] || fail "IPVS services must stay when lbd stops (4 of lbd's, 1 hand-made)"
+[ "$(section stopped | tail -1)" = 4 ] || fail "IPVS services must stay when lbd stops (lbd's 4; the hand-made one went with ipvsadm -C)"
 
 nosnat=$(section "without SNAT")
 grep -q "10.0.0.41" <<<"$(grep '^TCP' <<<"$nosnat")" && fail "the removed SNAT service is still in IPVS"

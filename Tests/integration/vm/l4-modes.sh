@@ -66,6 +66,15 @@ virtual_services:
     real_servers:
       - {name: rs1, address: 10.0.1.11}
       - {name: rs2, address: 10.0.1.12}
+  - name: Mover
+    vip: 10.0.0.43
+    interface: br-c
+    ports: [80]
+    mode: l7-tcp
+    health_check: {type: connect, interval: 1200ms, timeout: 1s, rise: 1, fall: 2}
+    real_servers:
+      - {name: rs1, address: 10.0.1.11, port: 8080}
+      - {name: rs2, address: 10.0.1.12, port: 8080}
   - name: Viewer-NAT6
     vip: "2001:db8::40"
     interface: br-c
@@ -82,7 +91,7 @@ ipvsadm -A -t 10.0.0.99:80 -s rr
 state="$dir/state"
 rm -rf "$state"
 run=0
-start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
+start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" --reconcile-interval 2 > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
 wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 requests() {  # VIP COUNT: the answers, one per line
     for _ in $(seq "$2"); do ns client curl -s --max-time 3 "http://$1/" || echo "FAILED"; done
@@ -150,12 +159,34 @@ echo "after halt:"; ipvsadm -Ln -t 10.0.0.42:80
 lbctl online Viewer-DR rs2
 echo "after online:"; ipvsadm -Ln -t 10.0.0.42:80; ipvsadm -Ln -t 10.0.0.40:80
 
+echo "== mode switch"
+# A client requests every 100 ms while Mover goes from the proxy (l7-tcp) to the kernel (l4-nat) and back.
+ns client bash -c 'end=$((SECONDS + 16)); while [ $SECONDS -lt $end ]; do curl -s --max-time 2 http://10.0.0.43/ || echo FAILED; sleep 0.1; done' > "$dir/mover.txt" &
+loop=$!
+sleep 4
+echo "ipvs before: $(ipvsadm -Ln | grep -c 10.0.0.43)"
+lbctl mode Mover l4-nat
+ipvsadm -Ln -t 10.0.0.43:80
+echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
+sleep 4
+lbctl mode Mover l7-tcp
+echo "ipvs after: $(ipvsadm -Ln | grep -c 10.0.0.43)"
+echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
+wait $loop
+echo "requests $(wc -l < "$dir/mover.txt") failed $(grep -c FAILED "$dir/mover.txt") via-proxy $(grep -c ' 10.0.1.1$' "$dir/mover.txt") via-ipvs $(grep -c ' 10.0.0.100$' "$dir/mover.txt")"
+
+echo "== drift"
+ipvsadm -C
+ip addr del 10.0.0.42/32 dev br-c
+wait_for "ipvsadm -Ln | grep -q 10.0.0.42 && ip -4 addr show dev br-c | grep -q 10.0.0.42"
+echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)') address: $(ip -4 addr show dev br-c | grep -c 10.0.0.42)"
+grep -c "IPVS differed from the config; repaired" "$dir/lbd-$run.log"
+
 echo "== stop"
 kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
 echo "== log 1"; cat "$dir/lbd-1.log" "$dir/lbd-2.log"
 echo "== stopped"
 ipvsadm -Ln | grep -c '^TCP'
-ipvsadm -D -t 10.0.0.99:80
 
 echo "== without SNAT"
 grep -v -e '^  - name: Viewer-SNAT' "$dir/l4.yaml" | awk '/name: Viewer-SNAT/{skip=1} /name: Viewer-DR/{skip=0} !skip' > "$dir/l4-nosnat.yaml"
