@@ -19,15 +19,20 @@ public final class HealthMonitor: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let onTransition: @Sendable (HealthTransition) -> Void
+    /// Every probe's outcome and duration (service, server, seconds, passed), for metrics.
+    private let onProbe: (@Sendable (String, String, Double, Bool) -> Void)?
     /// service name → its servers' scheduled checks.
     private let tasks = NIOLockedValueBox<[String: [RepeatedTask]]>([:])
     /// For https-get; nil if OpenSSL could not build one (those checks then fail with the reason).
     private let tlsClient: TLSContext?
 
-    public init(group: EventLoopGroup, logger: Logger, onTransition: @escaping @Sendable (HealthTransition) -> Void) {
+    public init(group: EventLoopGroup, logger: Logger,
+                onProbe: (@Sendable (String, String, Double, Bool) -> Void)? = nil,
+                onTransition: @escaping @Sendable (HealthTransition) -> Void) {
         self.group = group
         self.logger = logger
         self.onTransition = onTransition
+        self.onProbe = onProbe
         self.tlsClient = try? TLSContext.client()
     }
 
@@ -61,7 +66,13 @@ public final class HealthMonitor: Sendable {
         // Spread the first checks over the interval so a large config does not probe everything at once.
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
         let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
-            Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
+            let started = NIODeadline.now()
+            return Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
+                if let onProbe = self.onProbe {
+                    var passed = false
+                    if case .pass = result { passed = true }
+                    onProbe(service, server, Double((NIODeadline.now() - started).nanoseconds) / 1e9, passed)
+                }
                 if let transition = state.withLockedValue({ $0.record(result, rise: check.rise, fall: check.fall) }) {
                     let event = HealthTransition(service: service, server: server, healthy: transition.healthy, reason: transition.reason)
                     self.report(event, target: target)

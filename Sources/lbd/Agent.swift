@@ -2,6 +2,7 @@ import Foundation
 import LBConfig
 import LBControl
 import LBHealth
+import LBIPVS
 import LBProxy
 import Logging
 
@@ -120,6 +121,12 @@ final class Agent: @unchecked Sendable {
         }
         return ControlResponse(ok: true, message: "\(server): \(admin.rawValue) in \(done.joined(separator: ", "))")
     }
+
+    /// Every service's status, for metrics.
+    func statusReport() -> [ServiceStatus] { status(only: nil) }
+
+    /// IPVS totals per kernel service ("10.0.0.40:104/tcp").
+    func ipvsCounters() -> [(String, IPVSCounters)] { currentKernel?.serviceCounters() ?? [] }
 
     private func status(only name: String?) -> [ServiceStatus] {
         lock.lock()

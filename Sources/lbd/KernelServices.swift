@@ -206,6 +206,17 @@ final class KernelServices: @unchecked Sendable {
         return Dictionary(found.map { ($0.0.address.withPort($0.0.port), $0) }, uniquingKeysWith: { a, _ in a })
     }
 
+    /// The kernel's totals for the services lbd manages.
+    func serviceCounters() -> [(String, IPVSCounters)] {
+        lock.lock()
+        defer { lock.unlock() }
+        let mine = Set(IPVSPlanner.desiredTable(for: services).services.keys)
+        return ((try? client.servicesWithCounters()) ?? [])
+            .filter { mine.contains(IPVSServiceKey($0.0)) }
+            .map { ($0.0.description, $0.1) }
+            .sorted { $0.0 < $1.0 }
+    }
+
     func setHealthy(service: String, server: String, _ healthy: Bool) {
         guard let virtualService = services.first(where: { $0.name == service }) else { return }
         lock.lock()

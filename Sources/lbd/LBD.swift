@@ -51,6 +51,19 @@ struct LBD: AsyncParsableCommand {
     @Option(help: "Seconds between checks that the kernel still holds what lbd put there (repaired if not).")
     var reconcileInterval: Int = 10
 
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9780); off unless given.")
+    var metricsAddress: String?
+
+    /// --metrics split into host and port; IPv6 as [::1]:9780.
+    var metricsEndpoint: (String, Int)? {
+        guard let metricsAddress, let colon = metricsAddress.lastIndex(of: ":"),
+              let port = Int(metricsAddress[metricsAddress.index(after: colon)...]), (1...65535).contains(port)
+        else { return nil }
+        let host = metricsAddress[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        guard IPAddress(host) != nil else { return nil }
+        return (host, port)
+    }
+
     @Option(help: "The control socket lbctl talks to.")
     var socket: String = "/run/lb/lbd.sock"
 
@@ -66,6 +79,9 @@ struct LBD: AsyncParsableCommand {
     func validate() throws {
         guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
         guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
+        if metricsAddress != nil, metricsEndpoint == nil {
+            throw ValidationError("--metrics wants ADDRESS:PORT with a literal address, e.g. 127.0.0.1:9780 or [::1]:9780")
+        }
         guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
         if let controlGroup, getgrnam(controlGroup) == nil {
             throw ValidationError("no group named \"\(controlGroup)\" (see /etc/group)")
@@ -125,7 +141,10 @@ struct LBD: AsyncParsableCommand {
         // The agent is the only place that knows both paths: health transitions and lbctl's requests go through it.
         let agent = Agent(configuration: configuration, configPath: config, engine: engine, kernel: kernel, state: state,
                           logger: logger)
-        let health = HealthMonitor(group: engine.group, logger: logger) { transition in
+        let metrics = metricsAddress == nil ? nil : MetricsServer(agent: agent, logger: logger)
+        let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
+            metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)
+        }) { transition in
             agent.healthChanged(service: transition.service, server: transition.server, healthy: transition.healthy)
         }
         agent.health = health
@@ -135,6 +154,9 @@ struct LBD: AsyncParsableCommand {
         do {
             _ = try agent.restoreOverrides()
             try await control.start(group: engine.group)
+            if let metrics, let (host, port) = metricsEndpoint {
+                try await metrics.start(host: host, port: port, group: engine.group)
+            }
         } catch {
             logger.critical("\(error); stopping (Layer 4 entries stay in the kernel)")
             await engine.shutdown(drainTimeout: .zero)
@@ -163,6 +185,7 @@ struct LBD: AsyncParsableCommand {
         _ = hangup
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
+        await metrics?.stop()
         health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         logger.notice("stopped")

@@ -45,6 +45,10 @@ dr=$(section dr)
 [ "$(grep -cE '^rs[12] 10.0.0.100$' <<<"$dr")" = 4 ] || fail "DR: the real servers must answer, seeing the client"
 [ "$(sort -u <<<"$dr" | wc -l)" = 1 ] || fail "DR: source-IP persistence must keep the client on one server"
 stats=$(section stats)
+for vip in 10.0.0.40:80 10.0.0.41:80; do
+    value=$(grep -o "lb_ipvs_connections{virtual_service=\"$vip/tcp\"} [0-9.e+]*" <<<"$stats" | awk '{ print int($2) }' || true)
+    [ "${value:-0}" -gt 0 ] || fail "the metrics endpoint does not show IPVS connections for $vip"
+done
 for vip in 10.0.0.40:80 10.0.0.41:80 10.0.0.42:80; do
     conns=$(awk -v v="$vip" '$2 == v { print $3 }' <<<"$stats")
     [ "${conns:-0}" -gt 0 ] || fail "ipvsadm --stats shows no connections for $vip"

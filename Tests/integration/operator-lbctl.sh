@@ -32,7 +32,8 @@ virtual_services:
       - {name: node-2, address: 127.0.0.1, port: $((base + 22))}
 YAML
 start_lbd() {
-    "$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" >> "$work/lbd.log" 2>&1 &
+    "$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" \
+        --metrics "127.0.0.1:$((base + 3))" >> "$work/lbd.log" 2>&1 &
     lbd=$!; pids+=($lbd)
     for _ in $(seq 100); do lbctl status >/dev/null 2>&1 && return; sleep 0.1; done
     fail "lbd's control socket did not answer"
@@ -74,6 +75,14 @@ late=$(awk -v from=$((drained_at + 2)) '$1 >= from && $3 == "node-2"' "$work/loa
 [ "$late" = 0 ] || fail "node-2 got $late new requests after the drain"
 echo "drain under load: 400 requests, 0 failed, node-2 none after request $drained_at"
 grep -qE "^  node-2 .* up +drain +0 " <<<"$(lbctl status Viewer)" || fail "status does not show the drain"
+
+# Prometheus metrics show the same.
+metrics=$(curl -s "http://127.0.0.1:$((base + 3))/metrics") || fail "no metrics endpoint"
+grep -q '^lb_real_server_admin_online{service="Viewer",server="node-2"} 0' <<<"$metrics" || fail "metrics: drained node-2"
+grep -q '^lb_real_server_healthy{service="Viewer",server="node-1"} 1' <<<"$metrics" || fail "metrics: health"
+connections=$(awk -F' ' '/^lb_real_server_connections\{service="Viewer",server="node-1"\}/ { print int($2) }' <<<"$metrics")
+[ "${connections:-0}" -ge 200 ] || fail "metrics: node-1 connections ($connections)"
+grep -qE '^lb_health_check_seconds\{service="DICOM",server="node-2"\} [0-9.e-]+$' <<<"$metrics" || fail "metrics: check latency"
 
 # An established TCP connection to the server being drained keeps working; halt closes it.
 python3 - "$tcp" "$work" <<'PY' > "$work/tcp.txt" &

@@ -9,6 +9,7 @@ ns() { ip netns exec "$@"; }
 modprobe ip_vs 2>/dev/null
 
 # --- topology ---------------------------------------------------------------------------------------------
+ip link set lo up   # the metrics endpoint listens on 127.0.0.1
 ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
 ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
 ip addr add fd00:1::1/64 dev br-s nodad   # the IPv6 service's real-server network
@@ -91,7 +92,7 @@ ipvsadm -A -t 10.0.0.99:80 -s rr
 state="$dir/state"
 rm -rf "$state"
 run=0
-start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" --reconcile-interval 2 > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
+start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" --reconcile-interval 2 --metrics 127.0.0.1:9780 > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
 wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 requests() {  # VIP COUNT: the answers, one per line
     for _ in $(seq "$2"); do ns client curl -s --max-time 3 "http://$1/" || echo "FAILED"; done
@@ -113,6 +114,7 @@ echo "== snat"; requests 10.0.0.41 4
 echo "== dr"; requests 10.0.0.42 4
 sleep 2.5   # IPVS updates its rate counters every two seconds
 echo "== stats"; ipvsadm -Ln --stats
+echo "metrics: $(curl -s http://127.0.0.1:9780/metrics | grep -E '^lb_ipvs_(connections|in_bytes)\{virtual_service="10.0.0.4[01]:80/tcp"\}' | tr '\n' ' ')"
 echo "== announcements"; cat "$dir/announcements.txt"; echo "br-c $(cat /sys/class/net/br-c/address)"
 
 echo "== rs2 down"
