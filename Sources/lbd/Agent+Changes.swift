@@ -2,6 +2,7 @@ import Foundation
 import LBConfig
 import LBControl
 import LBHealth
+import LBNetfilter
 import LBProxy
 import Logging
 
@@ -21,8 +22,26 @@ extension Agent {
             }
             let added = try HostAddresses(services: configuration.virtualServices, state: state, logger: logger).apply()
             if !added.isEmpty { logger.warning("VIP addresses were missing; restored", metadata: ["addresses": "\(added)"]) }
+            let firewall = HostFirewall(services: configuration.virtualServices, logger: logger)
+            if configuration.virtualServices.contains(where: { $0.mode == .l4SNAT }), firewall.needsRepair() {
+                try firewall.apply()
+                logger.warning("netfilter chain \(NetfilterPlanner.snatChain) differed from the config; restored")
+            }
         } catch {
             logger.error("drift check failed: \(error)")
+        }
+    }
+
+    /// lbd --cleanup-on-stop: take out everything lbd put in the kernel (its IPVS services, its netfilter chain,
+    /// the VIP addresses it added). Objects it did not create stay.
+    func cleanUp() {
+        do {
+            try currentKernel?.removeAll()
+            try HostFirewall(services: currentConfiguration.virtualServices, logger: logger).removeAll()
+            try HostAddresses(services: [], state: state, logger: logger).apply()
+            logger.notice("kernel state removed (--cleanup-on-stop)")
+        } catch {
+            logger.error("cleanup on stop incomplete: \(error)")
         }
     }
 

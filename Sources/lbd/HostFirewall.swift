@@ -56,4 +56,34 @@ struct HostFirewall {
             }
         }
     }
+
+    /// Whether lb's chain differs from what the config needs (missing rules, a missing jump, rules left over):
+    /// the periodic drift check then re-applies it. Rules are compared by what they match (addresses and ports).
+    func needsRepair() -> Bool {
+        for family in [IPAddress.Family.ipv4, .ipv6] {
+            let wanted = NetfilterPlanner.snatRules(for: services, family: family)
+            guard let listing = try? Iptables(family: family).listing() else { continue }
+            let present = listing.rules.filter { $0.table == "nat" && $0.chain == NetfilterPlanner.snatChain }
+            let jump = listing.rules.contains { $0.table == "nat" && $0.chain == "POSTROUTING" && $0.target == NetfilterPlanner.snatChain }
+            if present.count != wanted.count || (!wanted.isEmpty && !jump) { return true }
+            let wantedKeys = Set(IptablesListing.parse("*nat\n" + wanted.joined(separator: "\n")).map(Self.key))
+            if Set(present.map(Self.key)) != wantedKeys { return true }
+        }
+        return false
+    }
+
+    private static func key(_ rule: IptablesRule) -> String {
+        // iptables-save may print the VIP without its /32 or /128.
+        let words = rule.text.split(separator: " ").map(String.init)
+        var vip = "-", vport = "-"
+        if let at = words.firstIndex(of: "--vaddr"), at + 1 < words.count { vip = words[at + 1] }
+        if let at = words.firstIndex(of: "--vport"), at + 1 < words.count { vport = words[at + 1] }
+        for suffix in ["/32", "/128"] where vip.hasSuffix(suffix) { vip.removeLast(suffix.count) }
+        return "\(rule.destination?.value.description ?? "-") \(rule.destinationPorts?.value.description ?? "-") \(vip) \(vport)"
+    }
+
+    /// lbd --cleanup-on-stop: lb's chain goes.
+    func removeAll() throws {
+        try HostFirewall(services: [], logger: logger).apply()
+    }
 }

@@ -206,6 +206,20 @@ final class KernelServices: @unchecked Sendable {
         return Dictionary(found.map { ($0.0.address.withPort($0.0.port), $0) }, uniquingKeysWith: { a, _ in a })
     }
 
+    /// Deletes every IPVS service lbd created (for --cleanup-on-stop).
+    func removeAll() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        let actual = try client.table()
+        let mine = owned.union(IPVSPlanner.desiredTable(for: services).services.keys)
+        let operations = IPVSPlanner.plan(from: actual, to: IPVSTable(), owned: mine).operations
+        for operation in operations { logger.info("IPVS: \(operation)") }
+        try client.apply(operations)
+        lastApplied = nil
+        owned = []
+        try state.update { $0.ipvsServices = [] }
+    }
+
     /// The kernel's totals for the services lbd manages.
     func serviceCounters() -> [(String, IPVSCounters)] {
         lock.lock()

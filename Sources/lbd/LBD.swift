@@ -48,6 +48,9 @@ struct LBD: AsyncParsableCommand {
     @Option(help: "Seconds that open connections may take to finish after SIGTERM before they are closed.")
     var drainTimeout: Int = 30
 
+    @Flag(help: "On SIGTERM also remove what lbd put in the kernel (its IPVS services, netfilter chain, VIP addresses); by default they stay so Layer 4 traffic flows across a restart.")
+    var cleanupOnStop = false
+
     @Option(help: "Seconds between checks that the kernel still holds what lbd put there (repaired if not).")
     var reconcileInterval: Int = 10
 
@@ -188,6 +191,7 @@ struct LBD: AsyncParsableCommand {
         await metrics?.stop()
         health.stop()
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
+        if cleanupOnStop { agent.cleanUp() }
         logger.notice("stopped")
     }
 }

@@ -87,8 +87,9 @@ read -r _ total _ failed _ proxied _ kernel <<<"$(grep '^requests' <<<"$mode")"
 echo "mode switch: $total requests, $failed failed, $proxied through the proxy, $kernel through IPVS"
 [ "$failed" = 0 ] && [ "$proxied" -gt 5 ] && [ "$kernel" -gt 5 ] || fail "the VIP was not served throughout the mode switch"
 drift=$(section drift)
-grep -q "services: 4 address: 1" <<<"$drift" || fail "drift (ipvsadm -C, ip addr del) not repaired: $drift"
-[ "$(tail -1 <<<"$drift")" -ge 1 ] || fail "the repair was not logged"
+grep -q "services: 4 address: 1 snat: 1" <<<"$drift" || fail "drift (ipvsadm -C, ip addr del, iptables -F LB-SNAT) not repaired: $drift"
+repairs=$(awk '/^repairs:/ { print $2 }' <<<"$drift")
+[ "${repairs:-0}" -ge 2 ] && [ "${repairs:-0}" -le 3 ] || fail "repairs must be logged once each (IPVS, netfilter; the address as restored): $repairs"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
 [ "$(section stopped | tail -1)" = 4 ] || fail "IPVS services must stay when lbd stops (lbd's 4; the hand-made one went with ipvsadm -C)"
 
@@ -102,4 +103,9 @@ grep -q "lbd exited 1" <<<"$conflict" || fail "lbd started despite a clashing DN
 grep -q "kernel unchanged" <<<"$conflict" || fail "the refused start changed the kernel"
 grep -q 'virtual service "Viewer-SNAT" (10.0.0.41:80/tcp): host rule "-A PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.99:80"' <<<"$conflict" \
     || fail "the refusal does not name the clashing rule"
+cleanup=$(section "cleanup on stop")
+grep -q "lbd exited 0" <<<"$cleanup" || fail "lbd --cleanup-on-stop did not stop cleanly"
+grep -q "services left: TCP 10.0.0.98:80 rr;$" <<<"$cleanup" || fail "cleanup must remove lbd's IPVS services and only those: $cleanup"
+grep -q "chain left: 0" <<<"$cleanup" || fail "cleanup left the LB-SNAT chain"
+grep -q "addresses left: 0" <<<"$cleanup" || fail "cleanup left VIP addresses lbd added"
 echo "Layer 4 modes through lbd and IPVS: passed"

@@ -192,4 +192,15 @@ out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$bin/lbctl" --socket "
 [ $rc = 1 ] && grep -q "permission denied" <<<"$out" || fail "a non-root peer was not refused ($rc: $out)"
 grep -q "uid=65534 .*control request refused" "$work/lbd.log" || fail "the refusal was not logged"
 kill -TERM $lbd; wait $lbd || fail "lbd did not stop cleanly"
+
+# A control group: its members may use the socket (mode 0660, group-owned), others still may not.
+"$bin/lbd" --config "$work/lb.yaml" --threads 1 --socket "$work/lbd.sock" --state-dir "$work/state" \
+    --control-group nogroup >> "$work/lbd.log" 2>&1 & lbd=$!; pids+=($lbd)
+for _ in $(seq 100); do lbctl status >/dev/null 2>&1 && break; sleep 0.1; done
+[ "$(stat -c '%a %G' "$work/lbd.sock")" = "660 nogroup" ] || fail "socket mode with a control group: $(stat -c '%a %G' "$work/lbd.sock")"
+setpriv --reuid=65534 --regid=65534 --clear-groups "$bin/lbctl" --socket "$work/lbd.sock" status >/dev/null \
+    || fail "a member of the control group was refused"
+out=$(setpriv --reuid=1 --regid=1 --clear-groups "$bin/lbctl" --socket "$work/lbd.sock" status 2>&1); rc=$?
+[ $rc = 1 ] || [ $rc = 2 ] || fail "a caller outside the group must be refused ($rc: $out)"
+kill -TERM $lbd; wait $lbd || fail "lbd did not stop cleanly"
 echo "lbctl against a running lbd: passed"

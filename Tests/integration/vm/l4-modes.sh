@@ -180,9 +180,11 @@ echo "requests $(wc -l < "$dir/mover.txt") failed $(grep -c FAILED "$dir/mover.t
 echo "== drift"
 ipvsadm -C
 ip addr del 10.0.0.42/32 dev br-c
-wait_for "ipvsadm -Ln | grep -q 10.0.0.42 && ip -4 addr show dev br-c | grep -q 10.0.0.42"
-echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)') address: $(ip -4 addr show dev br-c | grep -c 10.0.0.42)"
-grep -c "IPVS differed from the config; repaired" "$dir/lbd-$run.log"
+iptables -t nat -F LB-SNAT
+wait_for "ipvsadm -Ln | grep -q 10.0.0.42 && ip -4 addr show dev br-c | grep -q 10.0.0.42 && iptables -t nat -S LB-SNAT | grep -q MASQUERADE"
+echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)') address: $(ip -4 addr show dev br-c | grep -c 10.0.0.42) snat: $(iptables -t nat -S LB-SNAT | grep -c MASQUERADE)"
+sleep 4   # two more checks: nothing left to repair, nothing repeated
+echo "repairs: $(grep -c 'differed from the config' "$dir/lbd-$run.log")"
 
 echo "== stop"
 kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
@@ -214,3 +216,14 @@ wait $lbd; echo "lbd exited $?"
 after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
 [ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; diff <(echo "$before") <(echo "$after"); }
 cat "$dir/lbd-$run.log"
+
+echo "== cleanup on stop"
+iptables -t nat -D PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.99:80
+ipvsadm -A -t 10.0.0.98:80 -s rr   # not lbd's: must survive the cleanup
+"$bin/lbd" --config "$dir/l4.yaml" --threads 1 --state-dir "$state" --cleanup-on-stop > "$dir/lbd-cleanup.log" 2>&1 & lbd=$!
+wait_for "ipvsadm -Ln | grep -q 10.0.0.41 && iptables -t nat -S LB-SNAT 2>/dev/null | grep -q MASQUERADE"
+sleep 1
+kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
+echo "services left: $(ipvsadm -Ln | grep -E '^(TCP|UDP)' | tr -s ' ' | tr '\n' ';')"
+echo "chain left: $(iptables -t nat -S 2>/dev/null | grep -c LB-SNAT)"
+echo "addresses left: $(ip -4 addr show dev br-c | grep -cE '10\.0\.0\.4[0-3]/32')"
