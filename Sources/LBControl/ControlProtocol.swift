@@ -68,14 +68,23 @@ public struct ServerStatus: Codable, Equatable, Sendable {
     public var activeConnections: Int
     /// Connections since start (Layer 7) or since the IPVS service was added or zeroed (Layer 4).
     public var totalConnections: Int
+    /// Bytes sent to / received from the server: IPVS's counters (Layer 4); for the proxy, of connections as they
+    /// pass each megabyte and when they end.
+    public var bytesToServer: UInt64
+    public var bytesFromServer: UInt64
 
     enum CodingKeys: String, CodingKey {
         case name, address, health, admin, weight
         case activeConnections = "active_connections"
         case totalConnections = "total_connections"
+        case bytesToServer = "bytes_to_server"
+        case bytesFromServer = "bytes_from_server"
     }
 
-    public init(name: String, address: String, health: String, admin: AdminState, weight: Int, activeConnections: Int, totalConnections: Int) {
+    public init(name: String, address: String, health: String, admin: AdminState, weight: Int, activeConnections: Int,
+                totalConnections: Int, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0) {
+        self.bytesToServer = bytesToServer
+        self.bytesFromServer = bytesFromServer
         self.name = name
         self.address = address
         self.health = health

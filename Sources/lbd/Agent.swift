@@ -141,20 +141,26 @@ final class Agent: @unchecked Sendable {
                 let healthy = health[service.name]?[server.name] ?? true
                 let admin = overrides[service.name]?[server.name] ?? .online
                 var weight = 0, active = 0, total = 0
+                var toServer: UInt64 = 0, fromServer: UInt64 = 0
                 if service.mode.isLayer4 {
                     if let (destination, counters) = kernelView[server.address.withPort(server.port(forVIPPort: firstPort))] {
                         weight = Int(destination.weight)
                         active = Int(counters.activeConnections)
                         total = Int(counters.connections)
+                        toServer = counters.incomingBytes
+                        fromServer = counters.outgoingBytes
                     }
                 } else if let member = poolView[server.name] {
                     weight = member.healthy && member.admin == .online ? member.weight : 0
                     active = member.activeConnections
                     total = member.totalConnections
+                    toServer = member.bytesToServer
+                    fromServer = member.bytesFromServer
                 }
                 return ServerStatus(name: server.name, address: server.address.withPort(server.port(forVIPPort: firstPort)),
                                     health: unchecked ? "unchecked" : healthy ? "up" : "down",
-                                    admin: admin, weight: weight, activeConnections: active, totalConnections: total)
+                                    admin: admin, weight: weight, activeConnections: active, totalConnections: total,
+                                    bytesToServer: toServer, bytesFromServer: fromServer)
             }
             let usable = servers.filter { $0.health != "down" && $0.admin == .online }.count
             return ServiceStatus(name: service.name, mode: service.mode.rawValue, vip: service.address.description,

@@ -77,6 +77,10 @@ final class MetricsServer: @unchecked Sendable {
                 registry.makeGauge(name: "lb_real_server_connections", labels: labels,
                                    help: "connections since start (Layer 7) or since the IPVS service was added (Layer 4)")
                     .set(Double(server.totalConnections))
+                registry.makeGauge(name: "lb_real_server_bytes_to_server", labels: labels, help: "bytes sent to the real server")
+                    .set(Double(server.bytesToServer))
+                registry.makeGauge(name: "lb_real_server_bytes_from_server", labels: labels, help: "bytes received from the real server")
+                    .set(Double(server.bytesFromServer))
                 if let (seconds, _) = checks[service.name]?[server.name] {
                     registry.makeGauge(name: "lb_health_check_seconds", labels: labels, help: "duration of the last health check")
                         .set(seconds)

@@ -83,6 +83,8 @@ grep -q '^lb_real_server_healthy{service="Viewer",server="node-1"} 1' <<<"$metri
 connections=$(awk -F' ' '/^lb_real_server_connections\{service="Viewer",server="node-1"\}/ { print int($2) }' <<<"$metrics")
 [ "${connections:-0}" -ge 200 ] || fail "metrics: node-1 connections ($connections)"
 grep -qE '^lb_health_check_seconds\{service="DICOM",server="node-2"\} [0-9.e-]+$' <<<"$metrics" || fail "metrics: check latency"
+from=$(awk '/^lb_real_server_bytes_from_server\{service="Viewer",server="node-1"\}/ { print int($2) }' <<<"$metrics")
+[ "${from:-0}" -gt 10000 ] || fail "metrics: bytes from node-1 ($from)"
 
 # An established TCP connection to the server being drained keeps working; halt closes it.
 python3 - "$tcp" "$work" <<'PY' > "$work/tcp.txt" &

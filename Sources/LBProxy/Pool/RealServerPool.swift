@@ -30,6 +30,8 @@ public final class RealServerPool: Sendable {
         var channels: [ObjectIdentifier: Channel] = [:]
         var activeConnections = 0
         var totalConnections = 0
+        var bytesToServer: UInt64 = 0
+        var bytesFromServer: UInt64 = 0
         /// The id the cookie carries; derived from the service and server names, never from the address.
         let cookieValue: String
     }
@@ -154,10 +156,20 @@ public final class RealServerPool: Sendable {
         }
     }
 
+    /// Bytes a connection to a server carried, added in batches by the connection's counter.
+    func addBytes(index: Int, toServer: UInt64, fromServer: UInt64) {
+        state.withLockedValue {
+            $0.members[index].bytesToServer &+= toServer
+            $0.members[index].bytesFromServer &+= fromServer
+        }
+    }
+
     public struct MemberStatus: Sendable, Equatable {
         public var name: String
         public var admin: AdminState
         public var healthy: Bool
+        public var bytesToServer: UInt64
+        public var bytesFromServer: UInt64
         public var weight: Int
         public var activeConnections: Int
         public var totalConnections: Int
@@ -166,7 +178,8 @@ public final class RealServerPool: Sendable {
     public var status: [MemberStatus] {
         state.withLockedValue { state in
             state.members.map {
-                MemberStatus(name: $0.server.name, admin: $0.admin, healthy: $0.healthy, weight: $0.server.weight,
+                MemberStatus(name: $0.server.name, admin: $0.admin, healthy: $0.healthy,
+                             bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.server.weight,
                              activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
             }
         }
@@ -193,5 +206,54 @@ extension IPAddress {
         case .v4(let value): return withUnsafeBytes(of: value.bigEndian) { Array($0) }
         case .v6(let bytes): return bytes
         }
+    }
+}
+
+/// Counts the bytes of one real-server connection and hands them to the pool every megabyte, every second and at
+/// the end, so the pool's lock is not taken per read.
+final class ByteCounter: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let pool: RealServerPool
+    private let index: Int
+    private var toServer: UInt64 = 0
+    private var fromServer: UInt64 = 0
+    private var lastFlush = NIODeadline.now()
+
+    init(pool: RealServerPool, index: Int) {
+        self.pool = pool
+        self.index = index
+    }
+
+    private func flushIfLarge() {
+        if toServer + fromServer >= 1 << 20 { flushCounts(); return }
+        let now = NIODeadline.now()
+        if now - lastFlush >= .seconds(1) { flushCounts(); lastFlush = now }
+    }
+
+    private func flushCounts() {
+        guard toServer + fromServer > 0 else { return }
+        pool.addBytes(index: index, toServer: toServer, fromServer: fromServer)
+        toServer = 0
+        fromServer = 0
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        fromServer += UInt64(unwrapInboundIn(data).readableBytes)
+        flushIfLarge()
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        toServer += UInt64(unwrapOutboundIn(data).readableBytes)
+        flushIfLarge()
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        flushCounts()
+        context.fireChannelInactive()
     }
 }

@@ -38,7 +38,16 @@ struct BackendConnector: Sendable {
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer(configure)
+            .channelInitializer { [pool] channel in
+                // Byte counts per real server (metrics), nearest the socket so they are wire bytes.
+                guard let index = selection.serverIndex else { return configure(channel) }
+                do {
+                    try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), position: .first)
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return configure(channel)
+            }
         return bootstrap.connect(to: target)
             .map { [pool] channel in
                 pool.track(channel, selection: selection)
