@@ -77,6 +77,7 @@ let package = Package(
             name: "LBHealth",
             dependencies: [
                 "LBConfig",
+                "LBSystem",
                 "LBTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -36,21 +36,9 @@ public final class HealthMonitor: Sendable {
         self.tlsClient = try? TLSContext.client()
     }
 
-    /// Check types this version carries out itself; the others are replaced by a connect check.
-    public static func isImplemented(_ probe: HealthCheck.Probe) -> Bool {
-        switch probe {
-        case .none, .connect, .httpGet, .httpsGet: return true
-        case .dicomEcho, .hl7MLLP, .external: return false
-        }
-    }
-
     public func start(_ services: [VirtualService]) {
         for service in services where service.healthCheck.probe != .none {
             let check = service.healthCheck
-            if !Self.isImplemented(check.probe) {
-                logger.warning("\(check.probe.typeName) checks are not available in this version; using a connect check on the same port",
-                               metadata: ["service": "\(service.name)"])
-            }
             for server in service.realServers {
                 let port = check.port ?? server.port ?? service.ports.first?.lower ?? 0
                 let target = ProbeTarget(address: server.address, port: port)

@@ -33,9 +33,13 @@ enum Probe {
         case .httpsGet(let http):
             guard let tls else { return eventLoop.makeSucceededFuture(.fail("no TLS client context")) }
             result = httpGet(http, target: target, timeout: timeout, tls: tls, on: eventLoop)
-        case .dicomEcho, .hl7MLLP, .external:
-            // Not available in this version; the agent substitutes a connect check and says so at start.
-            result = connect(target, timeout: timeout, on: eventLoop) { _ in nil }.map { _ in .pass }
+        case .dicomEcho(let dicom):
+            result = converse(DICOMEchoConversation(callingAE: dicom.callingAE, calledAE: dicom.calledAE),
+                              target: target, timeout: timeout, on: eventLoop)
+        case .hl7MLLP(let hl7):
+            result = converse(HL7MLLPConversation(message: hl7.message), target: target, timeout: timeout, on: eventLoop)
+        case .external(let command):
+            result = ExternalCheck.run(command, target: target, timeout: timeout, on: eventLoop)
         }
         return result.flatMapErrorThrowing { error in .fail(describe(error)) }
     }
@@ -70,6 +74,21 @@ enum Probe {
                     throw error
                 }
             }
+    }
+
+    private static func converse<C: ProbeConversation>(_ conversation: C, target: ProbeTarget, timeout: Duration,
+                                                       on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
+        connect(target, timeout: timeout, on: eventLoop) { channel in
+            let promise = channel.eventLoop.makePromise(of: ProbeResult.self)
+            do {
+                // Added after connect: the handler opens the conversation itself.
+                try channel.pipeline.syncOperations.addHandler(ConversationHandler(conversation, promise: promise))
+                channel.writeAndFlush(ByteBuffer(bytes: conversation.opening), promise: nil)
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+            return promise.futureResult
+        }
     }
 
     private static func httpGet(_ http: HealthCheck.HTTPProbe, target: ProbeTarget, timeout: Duration, tls: TLSContext?,
