@@ -49,24 +49,5 @@ echo "sent $sent files; pacs-1 received $received1, pacs-2 received $received2"
 [ $((received1 + received2)) -eq "$sent" ] || { echo "FAIL: file count" >&2; exit 1; }
 [ "$received1" -gt 0 ] && [ "$received2" -gt 0 ] || { echo "FAIL: the study was not spread over both servers" >&2; exit 1; }
 
-# storescp writes the data set exactly as it arrived, behind a file meta header of its own (its AE title, its
-# implementation UID). So compare the data sets byte for byte: everything after the meta group.
-python3 - "$work" <<'PY'
-import glob, os, struct, sys
-work = sys.argv[1]
-def dataset(path):
-    data = open(path, "rb").read()
-    assert data[128:132] == b"DICM", path
-    # (0002,0000) UL, explicit VR little endian: tag 4, VR 2, length 2, value 4.
-    group_length = struct.unpack("<I", data[140:144])[0]
-    return data[144 + group_length:]
-sent = {dataset(p): os.path.basename(p) for p in glob.glob(f"{work}/study/*.dcm")}
-received = glob.glob(f"{work}/rs1/*") + glob.glob(f"{work}/rs2/*")
-missing = [p for p in received if dataset(p) not in sent]
-matched = {sent[dataset(p)] for p in received if dataset(p) in sent}
-if missing or len(matched) != len(sent):
-    print(f"FAIL: {len(missing)} received files differ; {len(matched)}/{len(sent)} sent files arrived intact", file=sys.stderr)
-    sys.exit(1)
-print(f"all {len(sent)} data sets byte-identical ({sum(len(d) for d in sent) // 1024} KiB)")
-PY
+python3 Tests/integration/compare-datasets.py "$work/study" "$work/rs1" "$work/rs2" || exit 1
 echo "DICOM through l7-tcp: passed"

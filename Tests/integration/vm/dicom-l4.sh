@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs inside scripts/ipvs-vm (see Tests/integration/dicom-through-l4-in-vm.sh): a DICOM study from a client
+# namespace through an l4-nat and an l4-snat VIP programmed by lbd, to dcmtk storescp real servers.
+set -uo pipefail
+bin=$1 dir=$2
+export PATH=$PATH:/usr/sbin:/sbin
+ns() { ip netns exec "$@"; }
+modprobe ip_vs 2>/dev/null
+ip link set lo up
+ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
+ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
+attach() {  # NAMESPACE BRIDGE ADDRESS [GATEWAY]
+    ip netns add "$1"
+    ip link add "v-$1" type veth peer name eth0 netns "$1"
+    ip link set "v-$1" master "$2" up
+    ns "$1" ip addr add "$3/24" dev eth0
+    ns "$1" ip link set eth0 up; ns "$1" ip link set lo up
+    [ -n "${4:-}" ] && ns "$1" ip route add default via "$4"
+}
+attach client br-c 10.0.0.100 10.0.0.1
+attach pacs1 br-s 10.0.1.11 10.0.1.1
+attach pacs2 br-s 10.0.1.12 10.0.1.1
+attach pacs3 br-s 10.0.1.13          # behind SNAT: no route back to the clients
+for r in pacs1 pacs2 pacs3; do
+    mkdir -p "$dir/$r"
+    # -dhl: no reverse lookup of callers; the VM has no DNS, and a lookup would stall every association.
+    ns $r storescp --disable-host-lookup --aetitle ANY-SCP -od "$dir/$r" -uf 11112 > /dev/null 2>&1 &
+done
+for r in pacs1 pacs2 pacs3; do
+    for _ in $(seq 100); do ns $r bash -c "exec 3<>/dev/tcp/127.0.0.1/11112" 2>/dev/null && break; sleep 0.1; done
+done
+cat > "$dir/lb.yaml" <<YAML
+virtual_services:
+  - name: CoreServerDICOM-NAT
+    vip: 10.0.0.50
+    interface: br-c
+    ports: [104]
+    mode: l4-nat
+    health_check: {type: dicom-echo, called_ae: ANY-SCP, interval: 2s, timeout: 1500ms}
+    real_servers:
+      - {name: pacs1, address: 10.0.1.11, port: 11112}
+      - {name: pacs2, address: 10.0.1.12, port: 11112}
+  - name: CoreServerDICOM-SNAT
+    vip: 10.0.0.51
+    interface: br-c
+    ports: [104]
+    mode: l4-snat
+    health_check: {type: dicom-echo, called_ae: ANY-SCP, interval: 2s, timeout: 1500ms}
+    real_servers:
+      - {name: pacs3, address: 10.0.1.13, port: 11112}
+YAML
+"$bin/lbd" --config "$dir/lb.yaml" --threads 1 --state-dir "$dir/state" > "$dir/lbd.log" 2>&1 & lbd=$!
+for _ in $(seq 100); do ipvsadm -Ln | grep -q 10.0.0.51 && break; sleep 0.1; done
+sleep 3   # first checks
+echo "== ipvs"; ipvsadm -Ln
+echo "== nat"
+for file in "$dir"/study/*.dcm; do ns client storescu -aec ANY-SCP 10.0.0.50 104 "$file" || echo "storescu FAILED"; done
+echo "== snat"
+for file in "$dir"/study/*.dcm; do ns client storescu -aec ANY-SCP 10.0.0.51 104 "$file" || echo "storescu FAILED"; done
+sleep 2.5
+echo "== stats"; ipvsadm -Ln --stats
+kill -TERM $lbd; wait $lbd
+echo "== log"; cat "$dir/lbd.log"
