@@ -97,6 +97,7 @@ let package = Package(
                 "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
+                "LBSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

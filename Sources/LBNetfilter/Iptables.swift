@@ -6,6 +6,10 @@ public struct NetfilterError: Error, CustomStringConvertible, Sendable {
     public var command: String
     public var message: String
     public var description: String { "\(command): \(message)" }
+    public init(command: String, message: String) {
+        self.command = command
+        self.message = message
+    }
 }
 
 /// The effector: reads the host's rules with iptables-save and applies lb's chains with `iptables-restore --noflush`
@@ -25,11 +29,11 @@ public struct Iptables: Sendable {
     }
 
     /// Whether lb's chain exists in the nat table (it can exist empty, which a rule listing does not show).
-    public func chainExists(_ chain: String, inListing text: String) -> Bool {
+    public func chainExists(_ chain: String, inListing text: String, table wanted: String = "nat") -> Bool {
         var table = ""
         for line in text.split(separator: "\n") {
             if line.hasPrefix("*") { table = String(line.dropFirst()) }
-            if table == "nat", line.hasPrefix(":\(chain) ") { return true }
+            if table == wanted, line.hasPrefix(":\(chain) ") { return true }
         }
         return false
     }

@@ -68,6 +68,51 @@ public enum NetfilterPlanner {
         return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
     }
 
+    // MARK: Transparent Layer 7
+
+    /// lb's chain in the mangle table for transparent proxying, and the firewall mark and routing table that deliver
+    /// real servers' replies (addressed to a client's address) to lbd's transparent socket instead of forwarding them.
+    public static let tproxyChain = "LB-TPROXY"
+    public static let tproxyMark = "0x4c42"
+    public static let tproxyTable = "19522"
+    static let tproxyJump = "-A PREROUTING -m comment --comment \"lb: replies to transparent proxy connections\" -j \(tproxyChain)"
+
+    /// One rule per real server port of each transparent service: a reply from it that belongs to one of lbd's
+    /// transparent sockets (`-m socket --transparent`) gets lb's mark.
+    public static func tproxyRules(for services: [VirtualService]) -> [String] {
+        var rules: [String] = []
+        for service in services where service.transparent && service.mode.isLayer7 && service.address.family == .ipv4 {
+            var seen = Set<String>()
+            for port in service.ports.allPorts {
+                for server in service.realServers {
+                    let key = server.address.withPort(server.port(forVIPPort: port))
+                    guard seen.insert(key).inserted else { continue }
+                    rules.append("-A \(tproxyChain) -s \(server.address)/32 -p tcp -m tcp --sport \(server.port(forVIPPort: port))"
+                                 + " -m socket --transparent -m comment --comment \"lb: \(service.name)\""
+                                 + " -j MARK --set-xmark \(tproxyMark)/0xffffffff")
+                }
+            }
+        }
+        return rules
+    }
+
+    /// Restore input for the mangle table, like `ruleset` for SNAT.
+    public static func tproxyRuleset(for services: [VirtualService], current: [IptablesRule], chainExists: Bool) -> NetfilterRuleset {
+        let rules = tproxyRules(for: services)
+        let hasJump = current.contains { $0.table == "mangle" && $0.chain == "PREROUTING" && $0.target == tproxyChain }
+        if rules.isEmpty {
+            guard chainExists || hasJump else { return NetfilterRuleset(restore: nil, rules: []) }
+            var lines = ["*mangle", ":\(tproxyChain) - [0:0]"]
+            if hasJump { lines.append(tproxyJump.replacingOccurrences(of: "-A PREROUTING", with: "-D PREROUTING")) }
+            lines += ["-X \(tproxyChain)", "COMMIT"]
+            return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: [])
+        }
+        var lines = ["*mangle", ":\(tproxyChain) - [0:0]"] + rules
+        if !hasJump { lines.append(tproxyJump) }
+        lines.append("COMMIT")
+        return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
+    }
+
     /// Host rules (outside lb's chains) that would clash with the services:
     /// - a DNAT or REDIRECT that can match a VIP port (the traffic would never reach IPVS or lbd's listener);
     /// - a SNAT or MASQUERADE naming a real server that an `l4-snat` service reaches (two source rewrites);

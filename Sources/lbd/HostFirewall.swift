@@ -1,5 +1,7 @@
 import LBConfig
 import LBNetfilter
+import LBSystem
+import Foundation
 import Logging
 
 /// The agent's netfilter side: scans the host's rules for clashes before anything is applied, and keeps lb's
@@ -57,6 +59,46 @@ struct HostFirewall {
         }
     }
 
+    /// Transparent Layer 7 services: lb's LB-TPROXY chain (mangle) and the policy route that delivers marked
+    /// replies locally (`ip rule fwmark MARK lookup TABLE`, `local 0.0.0.0/0 dev lo` in TABLE); both go with the last
+    /// transparent service.
+    func applyTransparency() throws {
+        let wanted = !NetfilterPlanner.tproxyRules(for: services).isEmpty
+        let iptables = Iptables(family: .ipv4)
+        let listing: (rules: [IptablesRule], text: String)
+        do {
+            listing = try iptables.listing()
+        } catch {
+            if wanted { throw error }
+            return
+        }
+        let ruleset = NetfilterPlanner.tproxyRuleset(
+            for: services, current: listing.rules,
+            chainExists: iptables.chainExists(NetfilterPlanner.tproxyChain, inListing: listing.text, table: "mangle"))
+        if let restore = ruleset.restore {
+            try iptables.apply(restore)
+            logger.notice("netfilter: \(NetfilterPlanner.tproxyChain) holds \(ruleset.rules.count) rule(s)")
+        }
+        let mark = NetfilterPlanner.tproxyMark, table = NetfilterPlanner.tproxyTable
+        let rules = (try? Subprocess.run("ip", ["-4", "rule", "show"]).output) ?? ""
+        let hasRule = rules.contains("fwmark \(mark) lookup \(table)")
+        if wanted {
+            if !hasRule { try run("ip", ["-4", "rule", "add", "fwmark", mark, "lookup", table, "priority", table]) }
+            try run("ip", ["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table])
+        } else if hasRule {
+            try run("ip", ["-4", "rule", "del", "fwmark", mark, "lookup", table, "priority", table])
+            try run("ip", ["-4", "route", "flush", "table", table])
+        }
+    }
+
+    private func run(_ program: String, _ arguments: [String]) throws {
+        let result = try Subprocess.run(program, arguments, timeout: 10)
+        guard result.succeeded else {
+            throw NetfilterError(command: ([program] + arguments).joined(separator: " "),
+                                 message: result.errorOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
     /// Whether lb's chain differs from what the config needs (missing rules, a missing jump, rules left over):
     /// the periodic drift check then re-applies it. Rules are compared by what they match (addresses and ports).
     func needsRepair() -> Bool {
@@ -82,8 +124,9 @@ struct HostFirewall {
         return "\(rule.destination?.value.description ?? "-") \(rule.destinationPorts?.value.description ?? "-") \(vip) \(vport)"
     }
 
-    /// lbd --cleanup-on-stop: lb's chain goes.
+    /// lbd --cleanup-on-stop: lb's chains and policy route go.
     func removeAll() throws {
         try HostFirewall(services: [], logger: logger).apply()
+        try HostFirewall(services: [], logger: logger).applyTransparency()
     }
 }

@@ -285,6 +285,7 @@ extension LBD {
                 try kernel.applyIPVSSettings()
             }
             try firewall.apply()
+            try firewall.applyTransparency()
             try kernel?.reconcileOrRollBack()
         } catch {
             addresses.rollBack(added)

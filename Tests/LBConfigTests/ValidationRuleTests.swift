@@ -357,4 +357,15 @@ struct ProxySettingsTests {
         expectError(document(service(mode: "l4-nat")) + "ipvs:\n  sync_daemon: {role: primary, interface: eth2}\n",
                     "\"primary\" is not a valid role", at: "primary")
     }
+
+    @Test func transparencyIsForLayer7IPv4() throws {
+        let ok = check(document(service(mode: "l7-tcp", extra: ["transparent: true"])))
+        #expect(ok.isValid, "\(ok.diagnostics)")
+        #expect(ok.configuration?.virtualServices.first?.transparent == true)
+        expectError(document(service(mode: "l4-snat", extra: ["transparent: true"])),
+                    "transparent applies to Layer 7 modes, not to l4-snat", at: "transparent")
+        expectError(document(service(vip: "2001:db8::10", mode: "l7-tcp", extra: ["transparent: true"],
+                                     servers: ["{name: rs1, address: \"2001:db8::11\"}"])),
+                    "transparent is available for IPv4 VIPs only", at: "transparent")
+    }
 }

@@ -143,4 +143,25 @@ struct NetfilterPlannerTests {
         #expect(try #require(AddressPrefix("2001:db8::/33")).contains(IPAddress("2001:db8:8000::5")!) == false)
         #expect(IptablesListing.tokens(#"-A X -m comment --comment "two words" -j Y"#) == ["-A", "X", "-m", "comment", "--comment", "two words", "-j", "Y"])
     }
+
+    @Test func transparentProxyRulesAndRemoval() throws {
+        let transparent = try services("""
+              - name: DICOM-T
+                vip: 10.0.0.20
+                ports: [104, 11112]
+                mode: l7-tcp
+                transparent: true
+                real_servers: [{name: pacs-1, address: 10.0.1.11, port: 11112}]
+            """)
+        #expect(NetfilterPlanner.tproxyRules(for: transparent) == [
+            "-A LB-TPROXY -s 10.0.1.11/32 -p tcp -m tcp --sport 11112 -m socket --transparent -m comment --comment \"lb: DICOM-T\" -j MARK --set-xmark 0x4c42/0xffffffff",
+        ], "one rule per real server port, even for two VIP ports")
+        let restore = try #require(NetfilterPlanner.tproxyRuleset(for: transparent, current: [], chainExists: false).restore)
+        #expect(restore.hasPrefix("*mangle\n:LB-TPROXY - [0:0]\n"))
+        #expect(restore.contains("-A PREROUTING -m comment --comment \"lb: replies to transparent proxy connections\" -j LB-TPROXY"))
+        let listing = IptablesListing.parse("*mangle\n-A PREROUTING -m comment --comment \"lb: replies to transparent proxy connections\" -j LB-TPROXY\nCOMMIT\n")
+        #expect(NetfilterPlanner.tproxyRuleset(for: [], current: listing, chainExists: true).restore
+                == "*mangle\n:LB-TPROXY - [0:0]\n-D PREROUTING -m comment --comment \"lb: replies to transparent proxy connections\" -j LB-TPROXY\n-X LB-TPROXY\nCOMMIT\n")
+        #expect(NetfilterPlanner.tproxyRules(for: try services(config)).isEmpty)
+    }
 }

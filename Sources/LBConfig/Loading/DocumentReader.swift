@@ -14,6 +14,7 @@ struct DocumentReader {
     static let serviceKeys = [
         "name", "vip", "ports", "protocol", "mode", "scheduler", "persistence", "health_check",
         "real_servers", "fallback", "tls", "forwarded_for", "timeouts", "limits", "interface", "on_server_failure",
+        "transparent",
     ]
     static let timeoutKeys = ["connect", "idle", "header", "body"]
     static let limitKeys = ["max_connections", "max_header_bytes", "max_headers"]
@@ -156,6 +157,7 @@ struct DocumentReader {
             nodes.choice($0, key: "on_server_failure", as: ServerFailureAction.self)
         } ?? .drain
         let persistenceNetmask = (fields["persistence"]?.mapping?["netmask"]).flatMap { readNetmask($0) }
+        let transparent = fields["transparent"].flatMap { nodes.bool($0, key: "transparent") } ?? false
 
         // Without these the service cannot be reasoned about at all; their errors are already recorded.
         guard let name, let address, let ports, let mode, let realServers else { return nil }
@@ -163,7 +165,8 @@ struct DocumentReader {
             name: name, address: address, ports: ports, transport: transport, mode: mode, scheduler: scheduler,
             persistence: persistence, healthCheck: healthCheck, realServers: realServers,
             fallback: fallback, tls: tls, forwardedFor: forwardedFor, timeouts: timeouts, limits: limits,
-            interface: interface, onServerFailure: onServerFailure, persistenceNetmask: persistenceNetmask)
+            interface: interface, onServerFailure: onServerFailure, persistenceNetmask: persistenceNetmask,
+            transparent: transparent)
     }
 
     /// A contiguous IPv4 netmask such as 255.255.255.0.

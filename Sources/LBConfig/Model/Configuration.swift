@@ -187,6 +187,8 @@ public struct VirtualService: Hashable, Sendable {
     public var interface: String?
     /// Layer 4 modes only.
     public var onServerFailure: ServerFailureAction
+    /// Layer 7 only: connect to the real servers from the client's own address (IP_TRANSPARENT), so they see it.
+    public var transparent: Bool
     /// Layer 4 source-IP persistence granularity: clients in the same network share a server (IPv4 netmask).
     public var persistenceNetmask: IPAddress?
 
@@ -196,8 +198,9 @@ public struct VirtualService: Hashable, Sendable {
         healthCheck: HealthCheck, realServers: [RealServer], fallback: Endpoint? = nil,
         tls: TLSSettings? = nil, forwardedFor: Bool = false, timeouts: ProxyTimeouts = .default,
         limits: ProxyLimits = .default, interface: String? = nil, onServerFailure: ServerFailureAction = .drain,
-        persistenceNetmask: IPAddress? = nil
+        persistenceNetmask: IPAddress? = nil, transparent: Bool = false
     ) {
+        self.transparent = transparent
         self.interface = interface
         self.onServerFailure = onServerFailure
         self.persistenceNetmask = persistenceNetmask

@@ -64,6 +64,14 @@ public struct Validator {
                       hint: "remove it; l7-tcp does not parse the stream")
             }
         }
+        if service.transparent, service.mode.isLayer4 {
+            error(name, key: path / "transparent", "transparent applies to Layer 7 modes, not to \(mode)",
+                  hint: "remove it; \(mode == "l4-snat" ? "use l4-nat or l4-dr if the real servers must see client addresses" : "in \(mode) the real servers already see the client's address")")
+        }
+        if service.transparent, service.address.family != .ipv4 {
+            error(name, key: path / "transparent", "transparent is available for IPv4 VIPs only",
+                  hint: "remove it, or use forwarded_for (l7-http) to pass the client address")
+        }
         if service.mode.isLayer7, sourceMap.contains(path / "on_server_failure") {
             error(name, key: path / "on_server_failure", "on_server_failure applies to Layer 4 modes, not to \(mode)",
                   hint: "remove it; lbd's proxy always drains a failed server: no new connections, open ones finish")

@@ -34,7 +34,7 @@ struct BackendConnector: Sendable {
             pool.release(selection)
             return eventLoop.makeFailedFuture(error)
         }
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -48,6 +48,14 @@ struct BackendConnector: Sendable {
                 }
                 return configure(channel)
             }
+        // Transparent: the connection leaves from the client's own address (IP_TRANSPARENT lets a socket bind a
+        // non-local address; lb's TPROXY rule and policy route bring the server's replies back to this socket).
+        if pool.service.transparent, let client, case .v4 = client,
+           let source = try? SocketAddress(ipAddress: client.description, port: 0) {
+            bootstrap = bootstrap
+                .channelOption(ChannelOptions.Types.SocketOption(level: .ip, name: NIOBSDSocket.Option(rawValue: 19)), value: 1)
+                .bind(to: source)
+        }
         return bootstrap.connect(to: target)
             .map { [pool] channel in
                 pool.track(channel, selection: selection)
