@@ -22,7 +22,8 @@ ns $sv ip addr add 10.9.1.11/24 dev s0; ns $sv ip link set s0 up; ns $sv ip link
 ns $sv ip route add default via 10.9.1.1
 mkdir -p "$work/received" "$work/bmp" "$work/study"
 ip netns exec $sv python3 Tests/integration/vm/whoami-server.py pacs 8080 & pids+=($!)
-ip netns exec $sv storescp --disable-host-lookup --aetitle ANY-SCP -od "$work/received" -uf 11112 & pids+=($!)
+ip netns exec $sv storescp --debug --disable-host-lookup --aetitle ANY-SCP -od "$work/received" -uf 11112 \
+    > "$work/storescp.log" 2>&1 & pids+=($!)
 python3 Tests/integration/make-study.py "$work/bmp" 3 512
 img2dcm -i BMP "$work/bmp/image00.bmp" "$work/study/image00.dcm"
 for bmp in "$work"/bmp/image0[12].bmp; do
@@ -59,6 +60,9 @@ for file in "$work"/study/*.dcm; do
     ns $cl storescu -aec ANY-SCP 10.9.0.10 104 "$file" || fail "storescu through the transparent VIP failed"
 done
 python3 Tests/integration/compare-datasets.py "$work/study" "$work/received" || fail "data sets differ"
+# storescp logs each caller; the study's associations must come from the client, the checks' from the LB.
+grep -E "^D: Association Received: " "$work/storescp.log" | sort | uniq -c
+grep -q "^D: Association Received: 10.9.0.100$" "$work/storescp.log" || fail "storescp did not see the client's own address"
 kill -TERM $lbd; wait $lbd
 ns $lb iptables -t mangle -S 2>/dev/null | grep -q LB-TPROXY && fail "LB-TPROXY left after --cleanup-on-stop"
 ns $lb ip -4 rule show | grep -q "lookup 19522" && fail "policy rule left after --cleanup-on-stop"
