@@ -53,16 +53,24 @@ public enum NetfilterPlanner {
     /// the chain is (re)declared and refilled; the jump is added once; with no rules wanted, chain and jump go.
     public static func ruleset(for services: [VirtualService], family: IPAddress.Family, current: [IptablesRule],
                                chainExists: Bool) -> NetfilterRuleset {
-        let rules = snatRules(for: services, family: family)
-        let hasJump = current.contains { $0.table == "nat" && $0.chain == "POSTROUTING" && $0.target == snatChain }
+        chainRuleset(table: "nat", chain: snatChain, jump: jump, rules: snatRules(for: services, family: family),
+                     current: current, chainExists: chainExists)
+    }
+
+    /// The restore input that makes `chain` in `table` hold exactly `rules`: the chain is (re)declared and refilled
+    /// (declaring a chain empties it), the jump to it is added once; with no rules wanted, chain and jump go.
+    static func chainRuleset(table: String, chain: String, jump: String, rules: [String], current: [IptablesRule],
+                             chainExists: Bool) -> NetfilterRuleset {
+        let hook = String(jump.split(separator: " ")[1])
+        let hasJump = current.contains { $0.table == table && $0.chain == hook && $0.target == chain }
         if rules.isEmpty {
             guard chainExists || hasJump else { return NetfilterRuleset(restore: nil, rules: []) }
-            var lines = ["*nat", ":\(snatChain) - [0:0]"]
-            if hasJump { lines.append(jump.replacingOccurrences(of: "-A POSTROUTING", with: "-D POSTROUTING")) }
-            lines += ["-X \(snatChain)", "COMMIT"]
+            var lines = ["*\(table)", ":\(chain) - [0:0]"]
+            if hasJump { lines.append(jump.replacingOccurrences(of: "-A \(hook)", with: "-D \(hook)")) }
+            lines += ["-X \(chain)", "COMMIT"]
             return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: [])
         }
-        var lines = ["*nat", ":\(snatChain) - [0:0]"] + rules
+        var lines = ["*\(table)", ":\(chain) - [0:0]"] + rules
         if !hasJump { lines.append(jump) }
         lines.append("COMMIT")
         return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
@@ -98,19 +106,8 @@ public enum NetfilterPlanner {
 
     /// Restore input for the mangle table, like `ruleset` for SNAT.
     public static func tproxyRuleset(for services: [VirtualService], current: [IptablesRule], chainExists: Bool) -> NetfilterRuleset {
-        let rules = tproxyRules(for: services)
-        let hasJump = current.contains { $0.table == "mangle" && $0.chain == "PREROUTING" && $0.target == tproxyChain }
-        if rules.isEmpty {
-            guard chainExists || hasJump else { return NetfilterRuleset(restore: nil, rules: []) }
-            var lines = ["*mangle", ":\(tproxyChain) - [0:0]"]
-            if hasJump { lines.append(tproxyJump.replacingOccurrences(of: "-A PREROUTING", with: "-D PREROUTING")) }
-            lines += ["-X \(tproxyChain)", "COMMIT"]
-            return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: [])
-        }
-        var lines = ["*mangle", ":\(tproxyChain) - [0:0]"] + rules
-        if !hasJump { lines.append(tproxyJump) }
-        lines.append("COMMIT")
-        return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
+        chainRuleset(table: "mangle", chain: tproxyChain, jump: tproxyJump, rules: tproxyRules(for: services),
+                     current: current, chainExists: chainExists)
     }
 
     /// Host rules (outside lb's chains) that would clash with the services:

@@ -109,7 +109,13 @@ struct ServerSelection: ParsableArguments {
         }
     }
 
-    var request: (service: String?, server: String?) { everywhere != nil ? (nil, everywhere) : (service, server) }
+    /// Sends the command for this selection and prints lbd's answer.
+    func send(_ command: ControlRequest.Command, _ socket: SocketOption) throws {
+        let request = everywhere != nil
+            ? ControlRequest(command: command, server: everywhere)
+            : ControlRequest(command: command, service: service, server: server)
+        print(try ask(request, socket).message ?? "done")
+    }
 }
 
 struct Drain: ParsableCommand {
@@ -118,10 +124,7 @@ struct Drain: ParsableCommand {
         discussion: "Kept across lbd restarts until `lbctl online`. Example: lbctl drain CoreServerDICOM-104 ei-core-2; lbctl drain --server ei-core-2")
     @OptionGroup var socket: SocketOption
     @OptionGroup var selection: ServerSelection
-    func run() throws {
-        let response = try ask(ControlRequest(command: .drain, service: selection.request.service, server: selection.request.server), socket)
-        print(response.message ?? "done")
-    }
+    func run() throws { try selection.send(.drain, socket) }
 }
 
 struct Halt: ParsableCommand {
@@ -130,10 +133,7 @@ struct Halt: ParsableCommand {
         discussion: "Kept across lbd restarts until `lbctl online`.")
     @OptionGroup var socket: SocketOption
     @OptionGroup var selection: ServerSelection
-    func run() throws {
-        let response = try ask(ControlRequest(command: .halt, service: selection.request.service, server: selection.request.server), socket)
-        print(response.message ?? "done")
-    }
+    func run() throws { try selection.send(.halt, socket) }
 }
 
 struct Online: ParsableCommand {
@@ -141,10 +141,7 @@ struct Online: ParsableCommand {
         abstract: "Put a drained or halted real server back (it takes traffic again while its health check passes).")
     @OptionGroup var socket: SocketOption
     @OptionGroup var selection: ServerSelection
-    func run() throws {
-        let response = try ask(ControlRequest(command: .online, service: selection.request.service, server: selection.request.server), socket)
-        print(response.message ?? "done")
-    }
+    func run() throws { try selection.send(.online, socket) }
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {

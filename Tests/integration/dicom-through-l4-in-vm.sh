@@ -11,7 +11,7 @@ img2dcm -i BMP "$dir/bmp/image00.bmp" "$dir/study/image00.dcm"
 for bmp in "$dir"/bmp/image0[1-5].bmp; do
     img2dcm -i BMP --study-from "$dir/study/image00.dcm" --series-from "$dir/study/image00.dcm" "$bmp" "$dir/study/$(basename "$bmp" .bmp).dcm"
 done
-cp Tests/integration/vm/dicom-l4.sh "$dir/"
+cp Tests/integration/vm/dicom-l4.sh Tests/integration/vm/topology.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=300 scripts/ipvs-vm bash "$dir/dicom-l4.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
 grep -q "storescu FAILED" <<<"$out" && fail "a storescu run failed"

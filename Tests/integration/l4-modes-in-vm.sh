@@ -13,7 +13,7 @@
 source "$(dirname "$0")/lib.sh"
 dir="$PWD/.ipvs-vm-cache/l4-modes"
 rm -rf "$dir"; mkdir -p "$dir"
-cp Tests/integration/vm/*.py Tests/integration/vm/l4-modes.sh "$dir/"
+cp Tests/integration/vm/*.py Tests/integration/vm/l4-modes.sh Tests/integration/vm/topology.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=400 scripts/ipvs-vm bash "$dir/l4-modes.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
 section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' <<<"$out"; }

@@ -3,20 +3,7 @@
 # namespace through an l4-nat and an l4-snat VIP programmed by lbd, to dcmtk storescp real servers.
 set -uo pipefail
 bin=$1 dir=$2
-export PATH=$PATH:/usr/sbin:/sbin
-ns() { ip netns exec "$@"; }
-modprobe ip_vs 2>/dev/null
-ip link set lo up
-ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
-ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
-attach() {  # NAMESPACE BRIDGE ADDRESS [GATEWAY]
-    ip netns add "$1"
-    ip link add "v-$1" type veth peer name eth0 netns "$1"
-    ip link set "v-$1" master "$2" up
-    ns "$1" ip addr add "$3/24" dev eth0
-    ns "$1" ip link set eth0 up; ns "$1" ip link set lo up
-    [ -n "${4:-}" ] && ns "$1" ip route add default via "$4"
-}
+source "$dir/topology.sh"
 attach client br-c 10.0.0.100 10.0.0.1
 attach pacs1 br-s 10.0.1.11 10.0.1.1
 attach pacs2 br-s 10.0.1.12 10.0.1.1

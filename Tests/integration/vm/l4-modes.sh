@@ -4,23 +4,8 @@
 # then runs lbd on it. Prints "== section" markers and facts the host side checks.
 set -uo pipefail
 bin=$1 dir=$2
-export PATH=$PATH:/usr/sbin:/sbin
-ns() { ip netns exec "$@"; }
-modprobe ip_vs 2>/dev/null
-
-# --- topology ---------------------------------------------------------------------------------------------
-ip link set lo up   # the metrics endpoint listens on 127.0.0.1
-ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
-ip link add br-s type bridge && ip addr add 10.0.1.1/24 dev br-s && ip link set br-s up
+source "$dir/topology.sh"
 ip addr add fd00:1::1/64 dev br-s nodad   # the IPv6 service's real-server network
-attach() {  # NAMESPACE BRIDGE ADDRESS [GATEWAY]
-    ip netns add "$1"
-    ip link add "v-$1" type veth peer name eth0 netns "$1"
-    ip link set "v-$1" master "$2" up
-    ns "$1" ip addr add "$3/24" dev eth0
-    ns "$1" ip link set eth0 up; ns "$1" ip link set lo up
-    [ -n "${4:-}" ] && ns "$1" ip route add default via "$4"
-}
 attach client br-c 10.0.0.100 10.0.0.1
 attach rs1 br-s 10.0.1.11 10.0.1.1
 attach rs2 br-s 10.0.1.12 10.0.1.1
