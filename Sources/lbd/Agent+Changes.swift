@@ -170,7 +170,6 @@ extension Agent {
             try currentKernel?.update(to: next)
             step = "netfilter"
             try firewall.apply()
-            try firewall.applyTransparency()
             step = "proxy listeners"
             try await engine.update(to: next.virtualServices)
         } catch {

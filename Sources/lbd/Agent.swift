@@ -36,7 +36,7 @@ final class Agent: @unchecked Sendable {
 
     /// Overrides saved by an earlier run, for servers that still exist; applied to the proxy's pools (the kernel
     /// got them before its first reconcile).
-    func restoreOverrides() throws -> [String: [String: AdminState]] {
+    func restoreOverrides() throws {
         let saved = try state.load().overrides
         var kept: [String: [String: AdminState]] = [:]
         for (service, servers) in saved {
@@ -50,7 +50,6 @@ final class Agent: @unchecked Sendable {
         lock.lock()
         overrides = kept
         lock.unlock()
-        return kept
     }
 
     func healthChanged(service: String, server: String, healthy: Bool) {

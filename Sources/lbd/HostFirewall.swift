@@ -32,53 +32,45 @@ struct HostFirewall {
         return found
     }
 
-    /// Makes lb's SNAT chain match the config (one iptables-restore transaction per family), removing it when no
-    /// l4-snat service is left.
+    /// Makes lb's chains match the config from one iptables-save per family: LB-SNAT (nat) for l4-snat services and,
+    /// for IPv4, LB-TPROXY (mangle) for transparent Layer 7 services, sent in one iptables-restore; then the policy
+    /// route that delivers transparent replies locally. Chains, jumps and the route go with their last service.
     func apply() throws {
         for family in [IPAddress.Family.ipv4, .ipv6] {
-            let wantsRules = services.contains { $0.mode == .l4SNAT && $0.address.family == family }
+            let wantsSNAT = services.contains { $0.mode == .l4SNAT && $0.address.family == family }
+            let wantsTPROXY = family == .ipv4 && !NetfilterPlanner.tproxyRules(for: services).isEmpty
             let iptables = Iptables(family: family)
             let listing: (rules: [IptablesRule], text: String)
             do {
                 listing = try iptables.listing()
             } catch {
-                if wantsRules { throw error }
+                if wantsSNAT || wantsTPROXY { throw error }
                 continue  // no iptables and nothing to do
             }
-            let ruleset = NetfilterPlanner.ruleset(
+            var rulesets = [NetfilterPlanner.ruleset(
                 for: services, family: family, current: listing.rules,
-                chainExists: iptables.chainExists(NetfilterPlanner.snatChain, inListing: listing.text))
-            guard let restore = ruleset.restore else { continue }
-            // Refilling the chain is one atomic transaction and idempotent: no need to compare first.
-            try iptables.apply(restore)
-            if wantsRules {
-                logger.notice("netfilter: \(NetfilterPlanner.snatChain) holds \(ruleset.rules.count) rule(s)", metadata: ["family": "\(family.rawValue)"])
-            } else {
-                logger.notice("netfilter: \(NetfilterPlanner.snatChain) removed (no l4-snat service)", metadata: ["family": "\(family.rawValue)"])
+                chainExists: iptables.chainExists(NetfilterPlanner.snatChain, inListing: listing.text))]
+            if family == .ipv4 {
+                rulesets.append(NetfilterPlanner.tproxyRuleset(
+                    for: services, current: listing.rules,
+                    chainExists: iptables.chainExists(NetfilterPlanner.tproxyChain, inListing: listing.text, table: "mangle")))
             }
+            let restore = rulesets.compactMap(\.restore).joined()
+            // Refilling a chain is one atomic transaction per table and idempotent: no need to compare first.
+            if !restore.isEmpty {
+                try iptables.apply(restore)
+                for (chain, ruleset) in zip([NetfilterPlanner.snatChain, NetfilterPlanner.tproxyChain], rulesets) where ruleset.restore != nil {
+                    logger.notice(ruleset.rules.isEmpty ? "netfilter: \(chain) removed (no service needs it)"
+                                                        : "netfilter: \(chain) holds \(ruleset.rules.count) rule(s)",
+                                  metadata: ["family": "\(family.rawValue)"])
+                }
+            }
+            if family == .ipv4 { try applyPolicyRoute(wanted: wantsTPROXY) }
         }
     }
 
-    /// Transparent Layer 7 services: lb's LB-TPROXY chain (mangle) and the policy route that delivers marked
-    /// replies locally (`ip rule fwmark MARK lookup TABLE`, `local 0.0.0.0/0 dev lo` in TABLE); both go with the last
-    /// transparent service.
-    func applyTransparency() throws {
-        let wanted = !NetfilterPlanner.tproxyRules(for: services).isEmpty
-        let iptables = Iptables(family: .ipv4)
-        let listing: (rules: [IptablesRule], text: String)
-        do {
-            listing = try iptables.listing()
-        } catch {
-            if wanted { throw error }
-            return
-        }
-        let ruleset = NetfilterPlanner.tproxyRuleset(
-            for: services, current: listing.rules,
-            chainExists: iptables.chainExists(NetfilterPlanner.tproxyChain, inListing: listing.text, table: "mangle"))
-        if let restore = ruleset.restore {
-            try iptables.apply(restore)
-            logger.notice("netfilter: \(NetfilterPlanner.tproxyChain) holds \(ruleset.rules.count) rule(s)")
-        }
+    /// `ip rule fwmark MARK lookup TABLE` and `local 0.0.0.0/0 dev lo` in TABLE, for transparent Layer 7 replies.
+    private func applyPolicyRoute(wanted: Bool) throws {
         let mark = NetfilterPlanner.tproxyMark, table = NetfilterPlanner.tproxyTable
         let rules = (try? Subprocess.run("ip", ["-4", "rule", "show"]).output) ?? ""
         let hasRule = rules.contains("fwmark \(mark) lookup \(table)")
@@ -127,6 +119,5 @@ struct HostFirewall {
     /// lbd --cleanup-on-stop: lb's chains and policy route go.
     func removeAll() throws {
         try HostFirewall(services: [], logger: logger).apply()
-        try HostFirewall(services: [], logger: logger).applyTransparency()
     }
 }

@@ -192,8 +192,14 @@ final class KernelServices: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         admin[service, default: [:]][server] = state == .online ? nil : state
-        let scope = Set(IPVSPlanner.desiredTable(for: [virtualService]).services.keys)
-        try apply(from: lastApplied ?? client.table(), scope: lastApplied == nil ? nil : scope)
+        try applyChange(to: virtualService)
+    }
+
+    /// Must hold `lock`. One VIP changed: plan only its IPVS services against what lbd last applied (or, after a
+    /// failure, everything against a fresh dump).
+    private func applyChange(to service: VirtualService) throws {
+        guard let lastApplied else { try apply(from: client.table()); return }
+        try apply(from: lastApplied, scope: Set(IPVSPlanner.desiredTable(for: [service]).services.keys))
     }
 
     /// The kernel's destinations of a service's first VIP port, with counters, keyed by "address:port".
@@ -236,10 +242,8 @@ final class KernelServices: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if healthy { down[service, default: []].remove(server) } else { down[service, default: []].insert(server) }
-        // Only this VIP's IPVS services can change.
-        let scope = Set(IPVSPlanner.desiredTable(for: [virtualService]).services.keys)
         do {
-            try apply(from: lastApplied ?? client.table(), scope: lastApplied == nil ? nil : scope)
+            try applyChange(to: virtualService)
         } catch {
             logger.error("IPVS update failed: \(error)", metadata: ["service": "\(service)", "server": "\(server)"])
         }

@@ -155,7 +155,7 @@ struct LBD: AsyncParsableCommand {
             await agent.handle(request)
         }
         do {
-            _ = try agent.restoreOverrides()
+            try agent.restoreOverrides()
             try await control.start(group: engine.group)
             if let metrics, let (host, port) = metricsEndpoint {
                 try await metrics.start(host: host, port: port, group: engine.group)
@@ -285,7 +285,6 @@ extension LBD {
                 try kernel.applyIPVSSettings()
             }
             try firewall.apply()
-            try firewall.applyTransparency()
             try kernel?.reconcileOrRollBack()
         } catch {
             addresses.rollBack(added)

@@ -15,3 +15,10 @@ extension Duration {
         return "\(ms)ms"
     }
 }
+
+extension String {
+    /// Zero-padded on the left to `length` characters (hex ids, DICOM status codes).
+    public func leftPadded(to length: Int) -> String {
+        count >= length ? self : String(repeating: "0", count: length - count) + self
+    }
+}

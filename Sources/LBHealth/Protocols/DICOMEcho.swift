@@ -165,8 +165,3 @@ struct DICOMEchoConversation: ProbeConversation {
     }
 }
 
-extension String {
-    func leftPadded(to length: Int) -> String {
-        count >= length ? self : String(repeating: "0", count: length - count) + self
-    }
-}

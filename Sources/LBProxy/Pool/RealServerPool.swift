@@ -193,11 +193,6 @@ public final class RealServerPool: Sendable {
     }
 }
 
-extension String {
-    func leftPadded(to length: Int) -> String {
-        count >= length ? self : String(repeating: "0", count: length - count) + self
-    }
-}
 
 extension IPAddress {
     /// Network-order bytes, for hashing.
