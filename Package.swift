@@ -22,6 +22,9 @@ let package = Package(
             name: "LBConfig",
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
+        // Runtime state as values: operator overrides, health records, and the one rule that derives each real
+        // server's effective membership (weight, present) from config, health and overrides.
+        .target(name: "LBRuntime", dependencies: ["LBConfig"]),
         // The system OpenSSL (libssl-dev), found with pkg-config.
         .systemLibrary(
             name: "COpenSSL",
@@ -54,7 +57,7 @@ let package = Package(
         // unsolicited neighbour advertisement).
         .target(name: "LBLinks", dependencies: ["LBConfig", "CNetlinkRoute"]),
         // lbctl ↔ lbd: the control socket's JSON messages and lbctl's client.
-        .target(name: "LBControl", dependencies: ["LBConfig"]),
+        .target(name: "LBControl", dependencies: ["LBConfig", "LBRuntime"]),
         // Running helper programs (iptables-restore, external checks) without a shell.
         .target(name: "LBSystem"),
         // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
@@ -64,6 +67,7 @@ let package = Package(
             name: "LBProxy",
             dependencies: [
                 "LBConfig",
+                "LBRuntime",
                 "LBTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -86,18 +90,31 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The agent.
-        .executableTarget(
-            name: "lbd",
+        // The agent: the one owner of runtime state, acting on the machine only through effector protocols.
+        .target(
+            name: "LBAgent",
             dependencies: [
                 "LBConfig",
+                "LBRuntime",
                 "LBHealth",
                 "LBIPVS",
                 "LBControl",
                 "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
-                "LBSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // lbd: composes the agent with the real effectors, the control socket, metrics and signals.
+        .executableTarget(
+            name: "lbd",
+            dependencies: [
+                "LBAgent",
+                "LBConfig",
+                "LBHealth",
+                "LBIPVS",
+                "LBControl",
+                "LBProxy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -121,12 +138,43 @@ let package = Package(
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
         .testTarget(name: "LBLinksTests", dependencies: ["LBLinks"]),
+        .testTarget(name: "LBRuntimeTests", dependencies: ["LBRuntime"]),
+        // Loopback backends, a raw client and config helpers shared by the test targets.
+        .target(
+            name: "LBTestSupport",
+            dependencies: [
+                "LBConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/LBTestSupport"
+        ),
         .testTarget(
             name: "LBProxyTests",
             dependencies: [
-                "LBProxy", "LBHealth",
+                "LBProxy", "LBRuntime", "LBTestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "LBHealthTests",
+            dependencies: [
+                "LBHealth", "LBTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        // The agent as a table: sequences of events against in-memory effectors (and the real proxy on loopback).
+        .testTarget(
+            name: "LBAgentTests",
+            dependencies: [
+                "LBAgent", "LBRuntime", "LBProxy", "LBHealth", "LBIPVS", "LBControl", "LBLinks", "LBNetfilter", "LBTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Drives the built lbctl/lbd binaries as a user would (exit codes, output).

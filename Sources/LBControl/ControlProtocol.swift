@@ -1,4 +1,5 @@
 import LBConfig
+import LBRuntime
 
 /// lbctl ↔ lbd over the control socket: one JSON object per line each way, one request per connection.
 public enum ControlProtocol {

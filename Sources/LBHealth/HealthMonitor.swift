@@ -10,6 +10,13 @@ public struct HealthTransition: Sendable, Equatable {
     public var server: String
     public var healthy: Bool
     public var reason: String
+
+    public init(service: String, server: String, healthy: Bool, reason: String) {
+        self.service = service
+        self.server = server
+        self.healthy = healthy
+        self.reason = reason
+    }
 }
 
 /// Checks every real server of the services it is given, on their own schedules, and reports each transition
@@ -21,8 +28,24 @@ public final class HealthMonitor: Sendable {
     private let onTransition: @Sendable (HealthTransition) -> Void
     /// Every probe's outcome and duration (service, server, seconds, passed), for metrics.
     private let onProbe: (@Sendable (String, String, Double, Bool) -> Void)?
-    /// service name → its servers' scheduled checks.
-    private let tasks = NIOLockedValueBox<[String: [RepeatedTask]]>([:])
+    /// service name → its servers' scheduled checks and their rise/fall state.
+    private let tasks = NIOLockedValueBox<[String: [ScheduledCheck]]>([:])
+
+    private struct ScheduledCheck {
+        var server: String
+        var check: HealthCheck
+        var target: ProbeTarget
+        var task: RepeatedTask
+        var state: NIOLockedValueBox<CheckState>
+    }
+
+    /// A server's check as it stood when its service's checks stopped: what a restart can carry over.
+    public struct CarriedCheck: Sendable {
+        public var check: HealthCheck
+        public var target: ProbeTarget
+        public var state: CheckState
+    }
+
     /// For https-get; nil if OpenSSL could not build one (those checks then fail with the reason).
     private let tlsClient: TLSContext?
 
@@ -36,24 +59,32 @@ public final class HealthMonitor: Sendable {
         self.tlsClient = try? TLSContext.client()
     }
 
-    public func start(_ services: [VirtualService]) {
+    /// Starts checking the servers of `services`. `initial` (service → server → state) carries checks over from a
+    /// reload: a server whose check and target are unchanged keeps its state and counters; one whose check changed
+    /// starts from its last known health (not optimistically healthy); servers without an entry start as healthy.
+    public func start(_ services: [VirtualService], carrying initial: [String: [String: CarriedCheck]] = [:]) {
         for service in services where service.healthCheck.probe != .none {
             let check = service.healthCheck
             for server in service.realServers {
                 let port = check.port ?? server.port ?? service.ports.first?.lower ?? 0
                 let target = ProbeTarget(address: server.address, port: port)
-                schedule(service: service.name, server: server.name, check: check, target: target)
+                var state = CheckState()
+                if let carried = initial[service.name]?[server.name] {
+                    state = carried.check == check && carried.target == target
+                        ? carried.state : CheckState(healthy: carried.state.healthy)
+                }
+                schedule(service: service.name, server: server.name, check: check, target: target, state: state)
             }
         }
     }
 
-    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget) {
+    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState) {
         let eventLoop = group.next()
-        let state = NIOLockedValueBox(CheckState())
+        let state = NIOLockedValueBox(initial)
         let interval = TimeAmount(check.interval)
         // Spread the first checks over the interval so a large config does not probe everything at once.
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
-        let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
+        let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] task in
             let started = NIODeadline.now()
             return Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
                 if let onProbe = self.onProbe {
@@ -61,13 +92,21 @@ public final class HealthMonitor: Sendable {
                     if case .pass = result { passed = true }
                     onProbe(service, server, Double((NIODeadline.now() - started).nanoseconds) / 1e9, passed)
                 }
+                // A check stopped by a reload while its probe ran reports nothing: its state moved on without it.
+                guard self.isScheduled(task) else { return }
                 if let transition = state.withLockedValue({ $0.record(result, rise: check.rise, fall: check.fall) }) {
                     let event = HealthTransition(service: service, server: server, healthy: transition.healthy, reason: transition.reason)
                     self.report(event, target: target)
                 }
             }
         }
-        tasks.withLockedValue { $0[service, default: []].append(task) }
+        tasks.withLockedValue {
+            $0[service, default: []].append(ScheduledCheck(server: server, check: check, target: target, task: task, state: state))
+        }
+    }
+
+    private func isScheduled(_ task: RepeatedTask) -> Bool {
+        tasks.withLockedValue { tasks in tasks.values.contains { $0.contains { $0.task === task } } }
     }
 
     private func report(_ event: HealthTransition, target: ProbeTarget) {
@@ -86,23 +125,33 @@ public final class HealthMonitor: Sendable {
             defer { tasks = [:] }
             return tasks.values.flatMap { $0 }
         }
-        for task in all { task.cancel() }
+        for scheduled in all { scheduled.task.cancel() }
     }
 
     /// Stops checking one service (a reload removed or changed it); the others keep their schedules and state.
-    public func stop(service: String) {
+    /// Returns each server's check as it stood, for `start(_:carrying:)`.
+    @discardableResult
+    public func stop(service: String) -> [String: CarriedCheck] {
         let mine = tasks.withLockedValue { $0.removeValue(forKey: service) ?? [] }
-        for task in mine { task.cancel() }
+        var carried: [String: CarriedCheck] = [:]
+        for scheduled in mine {
+            scheduled.task.cancel()
+            carried[scheduled.server] = CarriedCheck(check: scheduled.check, target: scheduled.target,
+                                                     state: scheduled.state.withLockedValue { $0 })
+        }
+        return carried
     }
 }
 
 /// Consecutive-result counting for one server: pure, so rise/fall behaviour is unit-tested.
-public struct CheckState: Sendable {
-    public private(set) var healthy = true
+public struct CheckState: Sendable, Equatable {
+    public private(set) var healthy: Bool
     private var passes = 0
     private var failures = 0
 
-    public init() {}
+    /// A new check starts as healthy (a freshly started lbd serves at once); a check restarted with other settings
+    /// starts from the health its predecessor had reached.
+    public init(healthy: Bool = true) { self.healthy = healthy }
 
     /// Returns the transition this result causes, if any.
     public mutating func record(_ result: ProbeResult, rise: Int, fall: Int) -> (healthy: Bool, reason: String)? {

@@ -67,8 +67,10 @@ public enum IPVSOperation: Equatable, Sendable, CustomStringConvertible {
 public enum IPVSPlanner {
     /// The kernel table for the Layer 4 services of a config: one IPVS service per VIP port.
     /// `weights` overrides a real server's weight (service name → server name → weight), e.g. 0 while it is down.
+    /// `fallbacks` names the services whose fallback server stands in (no real server takes new connections), as
+    /// keepalived's sorry_server: it is added as a destination of weight 1 and goes again when a server is back.
     public static func desiredTable(for services: [VirtualService], weights: [String: [String: UInt32]] = [:],
-                                    removed: [String: Set<String>] = [:]) -> IPVSTable {
+                                    removed: [String: Set<String>] = [:], fallbacks: Set<String> = []) -> IPVSTable {
         var entries: [(IPVSService, [IPVSDestination])] = []
         for service in services where service.mode.isLayer4 {
             let forwarding: IPVSDestination.Forwarding = service.mode == .l4DirectRouting ? .directRoute : .masquerade
@@ -82,9 +84,15 @@ public enum IPVSPlanner {
                                        persistenceNetmask: mask)
                 // A server listed in `removed` is left out (on_server_failure: remove); otherwise `weights` may
                 // override its weight (0 while it drains).
-                let destinations = service.realServers.filter { removed[service.name]?.contains($0.name) != true }.map { server in
+                var destinations = service.realServers.filter { removed[service.name]?.contains($0.name) != true }.map { server in
                     IPVSDestination(address: server.address, port: server.port(forVIPPort: port), forwarding: forwarding,
                                     weight: weights[service.name]?[server.name] ?? UInt32(server.weight))
+                }
+                if fallbacks.contains(service.name), let fallback = service.fallback {
+                    let sorry = IPVSDestination(address: fallback.address, port: fallback.port ?? port, forwarding: forwarding, weight: 1)
+                    // A fallback that is also a listed real server (kept at weight 0) takes weight 1 in its place.
+                    destinations.removeAll { $0.address == sorry.address && $0.port == sorry.port }
+                    destinations.append(sorry)
                 }
                 entries.append((ipvs, destinations))
             }

@@ -40,7 +40,9 @@ public struct Iptables: Sendable {
 
     /// Applies a restore file atomically, leaving every chain it does not name alone.
     public func apply(_ restoreInput: String) throws {
-        _ = try runChecked(restore, ["--noflush"], input: restoreInput)
+        // --wait: firewalld, docker or kube-proxy may hold the xtables lock for a moment; wait for it (bounded)
+        // rather than fail a start or reload at once.
+        _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
     }
 
     private func runChecked(_ program: String, _ arguments: [String], input: String = "") throws -> Subprocess.Result {

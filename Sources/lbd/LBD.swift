@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+import LBAgent
 import LBConfig
 import LBHealth
-import LBNetfilter
+import LBIPVS
 import LBProxy
 import Logging
 
@@ -124,48 +125,49 @@ struct LBD: AsyncParsableCommand {
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
         let state = StateStore(directory: stateDir)
         let stop = StopSignal()
-        let kernel: KernelServices?
+
+        // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
+        let engine = ProxyEngine(threads: threads, logger: logger)
+        let relay = TransitionRelay()
+        var metrics: MetricsServer?
+        let probes = ProbeRelay()
+        let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
+            probes.metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)
+        }) { transition in
+            relay.agent?.healthChanged(transition)
+        }
+        let effectors = Effectors(
+            ipvs: { try IPVSClient() }, sysctl: ProcSysctl(), addresses: HostLinks(),
+            firewall: HostNetfilter(logger: logger), proxy: ProxyEngineEffector(engine: engine), health: health)
+        let agent = Agent(configuration: configuration, configText: try? String(contentsOfFile: config, encoding: .utf8),
+                          configPath: config, effectors: effectors, state: state, logger: logger)
+        relay.agent = agent
         do {
-            kernel = try applyHost(configuration, state: state, logger: logger)
+            try await agent.start()
         } catch {
             logger.critical("\(error)")
             logger.critical("nothing started; the host was left as it was")
-            throw ExitCode(1)
-        }
-
-        let engine = ProxyEngine(threads: threads, logger: logger)
-        do {
-            try await engine.start(configuration.virtualServices)
-        } catch {
-            logger.critical("\(error); nothing started")
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
-        // The agent is the only place that knows both paths: health transitions and lbctl's requests go through it.
-        let agent = Agent(configuration: configuration, configPath: config, engine: engine, kernel: kernel, state: state,
-                          logger: logger)
-        let metrics = metricsAddress == nil ? nil : MetricsServer(agent: agent, logger: logger)
-        let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
-            metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)
-        }) { transition in
-            agent.healthChanged(service: transition.service, server: transition.server, healthy: transition.healthy)
+        if metricsAddress != nil {
+            metrics = MetricsServer(agent: agent, logger: logger)
+            probes.metrics = metrics
         }
-        agent.health = health
         let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request in
             await agent.handle(request)
         }
         do {
-            try agent.restoreOverrides()
             try await control.start(group: engine.group)
             if let metrics, let (host, port) = metricsEndpoint {
                 try await metrics.start(host: host, port: port, group: engine.group)
             }
         } catch {
             logger.critical("\(error); stopping (Layer 4 entries stay in the kernel)")
+            await agent.stop(cleanUp: false)
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
-        health.start(configuration.virtualServices)
         // SIGHUP re-reads the config, like `lbctl reload`.
         let hangup = HangupSignal {
             Task {
@@ -179,7 +181,7 @@ struct LBD: AsyncParsableCommand {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(reconcileInterval))
                 if Task.isCancelled { break }
-                agent.repairDrift()
+                await agent.repairDrift()
             }
         }
 
@@ -189,9 +191,9 @@ struct LBD: AsyncParsableCommand {
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
         await metrics?.stop()
-        health.stop()
+        await agent.stop(cleanUp: false)
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
-        if cleanupOnStop { agent.cleanUp() }
+        if cleanupOnStop { await agent.stop(cleanUp: true) }
         logger.notice("stopped")
     }
 }
@@ -251,45 +253,12 @@ final class StopSignal: @unchecked Sendable {
     }
 }
 
-extension LBD {
-    /// Brings the host's kernel in line with the config, in an order that never exposes a half-built service:
-    /// first every check that changes nothing (IPVS present, interfaces exist, no clashing netfilter rules), then
-    /// VIP addresses, kernel settings, lb's netfilter chain, and the IPVS table last. If a step fails, what this
-    /// start added is taken back.
-    func applyHost(_ configuration: Configuration, state: StateStore, logger: Logger) throws -> KernelServices? {
-        let services = configuration.virtualServices
-        let layer4 = services.contains { $0.mode.isLayer4 }
-        var kernel: KernelServices?
-        if layer4 {
-            do {
-                kernel = try KernelServices(configuration: configuration, state: state, logger: logger)
-            } catch {
-                throw PreflightError("Layer 4 services cannot be programmed: \(error)")
-            }
-            // A server drained or halted before a restart stays so.
-            kernel?.restoreAdmin(try state.load().overrides)
-        }
-        let addresses = HostAddresses(services: services, state: state, logger: logger)
-        try addresses.preflight()
-        let firewall = HostFirewall(services: services, logger: logger)
-        let conflicts = try firewall.conflicts()
-        if !conflicts.isEmpty {
-            for conflict in conflicts { logger.error("\(conflict)") }
-            throw PreflightError("\(conflicts.count) host netfilter rule(s) clash with the config")
-        }
+/// The health monitor is made before the agent it reports to.
+final class TransitionRelay: @unchecked Sendable {
+    var agent: Agent?
+}
 
-        let added = try addresses.apply()
-        do {
-            if let kernel {
-                try kernel.applySysctls()
-                try kernel.applyIPVSSettings()
-            }
-            try firewall.apply()
-            try kernel?.reconcileOrRollBack()
-        } catch {
-            addresses.rollBack(added)
-            throw error
-        }
-        return kernel
-    }
+/// Probe durations go to the metrics server, if there is one.
+final class ProbeRelay: @unchecked Sendable {
+    var metrics: MetricsServer?
 }

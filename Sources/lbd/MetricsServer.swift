@@ -1,5 +1,6 @@
 import Foundation
 import LBConfig
+import LBAgent
 import LBControl
 import Logging
 import NIOCore
@@ -8,7 +9,8 @@ import NIOPosix
 import Prometheus
 
 /// The Prometheus endpoint (`lbd --metrics ADDRESS:PORT`): GET /metrics. Values are read when scraped, from the
-/// same status lbctl shows plus the kernel's IPVS counters, into a swift-prometheus registry.
+/// same status lbctl shows plus the kernel's IPVS counters, into a swift-prometheus registry. The read is a
+/// snapshot taken on the agent's queue: the event loop that serves the request never waits on netlink.
 final class MetricsServer: @unchecked Sendable {
     private let registry = PrometheusCollectorRegistry()
     private let agent: Agent
@@ -54,11 +56,10 @@ final class MetricsServer: @unchecked Sendable {
     func stop() async { try? await channel?.close().get() }
 
     /// The text exposition of every metric, refreshed now.
-    func render() -> [UInt8] {
-        let status = agent.statusReport()
-        lock.lock()
-        let checks = self.checks
-        lock.unlock()
+    func render() async -> [UInt8] {
+        let status = await agent.statusReport()
+        let ipvs = await agent.ipvsCounters()
+        let checks = lock.withLock { self.checks }
         for service in status {
             let serviceLabels = [("service", service.name), ("mode", service.mode)]
             registry.makeGauge(name: "lb_virtual_service_up", labels: serviceLabels,
@@ -87,7 +88,7 @@ final class MetricsServer: @unchecked Sendable {
                 }
             }
         }
-        for (service, counters) in agent.ipvsCounters() {
+        for (service, counters) in ipvs {
             let labels = [("virtual_service", service)]
             registry.makeGauge(name: "lb_ipvs_connections", labels: labels, help: "IPVS connections scheduled").set(Double(counters.connections))
             registry.makeGauge(name: "lb_ipvs_in_bytes", labels: labels, help: "bytes from clients").set(Double(counters.incomingBytes))
@@ -113,14 +114,23 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
         case .body: break
         case .end:
             let found = path == "/metrics"
-            let body = found ? server.render() : Array("only /metrics is served here\n".utf8)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4" : "text/plain")
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "Connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let server = self.server
+            let eventLoop = context.eventLoop
+            Task {
+                let body = found ? await server.render() : Array("only /metrics is served here\n".utf8)
+                eventLoop.execute { Self.respond(loopBound.value, found: found, body: body) }
+            }
         }
+    }
+
+    private static func respond(_ context: ChannelHandlerContext, found: Bool, body: [UInt8]) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4" : "text/plain")
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }
 }

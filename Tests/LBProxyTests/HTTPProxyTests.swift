@@ -2,6 +2,7 @@ import Foundation
 import LBConfig
 import NIOCore
 import NIOPosix
+import LBTestSupport
 import Testing
 @testable import LBProxy
 

@@ -3,6 +3,7 @@ import LBConfig
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import LBTestSupport
 import Testing
 @testable import LBProxy
 

@@ -220,13 +220,3 @@ public struct VirtualService: Hashable, Sendable {
         self.limits = limits
     }
 }
-
-/// An operator's override of one real server, kept across lbd restarts.
-public enum AdminState: String, CaseIterable, Codable, Hashable, Sendable {
-    /// Takes traffic (when healthy).
-    case online
-    /// No new connections; established ones run to their end. IPVS: weight 0.
-    case drain
-    /// Out now: the proxy closes its connections; IPVS removes the destination.
-    case halt
-}

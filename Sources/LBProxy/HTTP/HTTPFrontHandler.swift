@@ -26,9 +26,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         case closing
     }
 
-    private let service: VirtualService
-    private let connector: BackendConnector
-    private let logger: Logger
+    /// Where the service's generation in force is found; read at each request, so a reload's new settings and
+    /// pool (a removed server gone, a changed weight) apply to requests of connections opened before it.
+    private let slot: ServiceSlot
+    private var runtime: ServiceRuntime
+    private var service: VirtualService { runtime.service }
+    private var connector: BackendConnector { runtime.connector }
+    private var logger: Logger { runtime.logger }
     private let scheme: String
     private var state = State.idle
     private var context: ChannelHandlerContext?
@@ -42,12 +46,20 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     private let rawWriter: RawResponseWriter
 
-    init(service: VirtualService, connector: BackendConnector, logger: Logger, scheme: String, rawWriter: RawResponseWriter) {
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, rawWriter: RawResponseWriter) {
         self.rawWriter = rawWriter
-        self.service = service
-        self.connector = connector
-        self.logger = logger
+        self.runtime = runtime
+        self.slot = slot
         self.scheme = scheme
+    }
+
+    /// Between requests: moves to the generation in force if a reload replaced this one (an l7-http generation
+    /// only: after a switch to l7-tcp, an open HTTP connection finishes on the settings it started with).
+    private func followReload(on eventLoop: EventLoop) {
+        let current = slot.current
+        guard current !== runtime, current.service.mode == .l7HTTP else { return }
+        runtime = current
+        idleConnections = IdleConnections.forLoop(eventLoop, pool: current.pool)
     }
 
     // MARK: Lifecycle
@@ -63,7 +75,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        idleConnections = IdleConnections.forLoop(context.eventLoop, service: service.name)
+        idleConnections = IdleConnections.forLoop(context.eventLoop, pool: runtime.pool)
         armTimer(service.timeouts.header, reason: "request head not received in time")
     }
 
@@ -178,6 +190,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         guard case .idle = state else { return }
+        followReload(on: context.eventLoop)
         armTimer(service.timeouts.body, reason: "request body stalled")
         clientKeepAlive = head.isKeepAlive
         responseStarted = false

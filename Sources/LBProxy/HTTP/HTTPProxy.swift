@@ -8,10 +8,9 @@ import NIOHTTP1
 /// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers) with a
 /// 400 and a close; `HTTPFrontHandler` does the proxying.
 struct HTTPProxy: Sendable {
-    let service: VirtualService
-    let connector: BackendConnector
-    let tls: TLSContext?
-    let logger: Logger
+    let runtime: ServiceRuntime
+    let slot: ServiceSlot
+    var service: VirtualService { runtime.service }
 
     func initialize(client channel: Channel) -> EventLoopFuture<Void> {
         do {
@@ -21,7 +20,7 @@ struct HTTPProxy: Sendable {
             limits.maxHeaderFieldCount = service.limits.maxHeaders
             let sync = channel.pipeline.syncOperations
             // TLS sits nearest the socket, so everything above it, even the raw 408, is encrypted.
-            if let tls { try sync.addHandler(TLSHandler(context: tls)) }
+            if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
             let rawWriter = RawResponseWriter()
             try sync.addHandler(rawWriter)
             try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
@@ -31,7 +30,7 @@ struct HTTPProxy: Sendable {
             try sync.configureHTTPServerPipeline(
                 withPipeliningAssistance: false, withErrorHandling: true,
                 withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
-            try sync.addHandler(HTTPFrontHandler(service: service, connector: connector, logger: logger,
+            try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot,
                                                  scheme: service.tls == nil ? "http" : "https", rawWriter: rawWriter))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {

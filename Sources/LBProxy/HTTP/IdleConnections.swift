@@ -2,30 +2,54 @@ import LBConfig
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Keep-alive connections to real servers, waiting for their next request. One set per event loop and service,
-/// used only from that loop, so a reused connection needs no locking.
+/// Keep-alive connections to real servers, waiting for their next request. One set per event loop and pool
+/// instance (a generation of a service), used only from that loop, so a reused connection needs no locking. A
+/// connection is only ever reused by the pool that opened it: after a reload, a new pool starts with none, and the
+/// retired pool's idle connections are closed.
 final class IdleConnections {
     private var idle: [Int: [(handler: BackendHandler, selection: Selection)]] = [:]
+    /// Set when the pool is retired: returned connections are closed instead of kept.
+    private var retired = false
 
     /// More than this many idle connections per server are closed rather than kept.
     private let maximumPerServer = 64
 
-    private static let registry = NIOLockedValueBox<[RegistryKey: NIOLoopBound<IdleConnections>]>([:])
-
     private struct RegistryKey: Hashable {
         let loop: ObjectIdentifier
-        let service: String
+        let pool: ObjectIdentifier
     }
 
-    static func forLoop(_ loop: EventLoop, service: String) -> IdleConnections {
-        let key = RegistryKey(loop: ObjectIdentifier(loop), service: service)
+    private static let registry = NIOLockedValueBox<[RegistryKey: (loop: EventLoop, connections: NIOLoopBound<IdleConnections>)]>([:])
+
+    static func forLoop(_ loop: EventLoop, pool: RealServerPool) -> IdleConnections {
+        let key = RegistryKey(loop: ObjectIdentifier(loop), pool: ObjectIdentifier(pool))
         let bound = registry.withLockedValue { registry in
-            if let existing = registry[key] { return existing }
+            if let existing = registry[key] { return existing.connections }
             let created = NIOLoopBound(IdleConnections(), eventLoop: loop)
-            registry[key] = created
+            registry[key] = (loop, created)
             return created
         }
         return bound.value
+    }
+
+    /// The pool's generation is over: its idle connections close on their loops, and none is kept from now on.
+    static func retire(pool: RealServerPool) {
+        let id = ObjectIdentifier(pool)
+        let mine = registry.withLockedValue { registry in
+            let found = registry.filter { $0.key.pool == id }
+            for key in found.keys { registry[key] = nil }
+            return Array(found.values)
+        }
+        for (loop, connections) in mine {
+            loop.execute { connections.value.closeAll() }
+        }
+    }
+
+    private func closeAll() {
+        retired = true
+        let all = idle.values.flatMap { $0 }
+        idle = [:]
+        for entry in all { entry.handler.close() }
     }
 
     /// An open idle connection to the chosen server, if there is one.
@@ -41,7 +65,7 @@ final class IdleConnections {
     /// Keeps a connection whose response has completed. The pool's active count is released now: idle is not busy.
     func put(_ handler: BackendHandler, selection: Selection, pool: RealServerPool) {
         pool.release(selection)
-        guard let index = selection.serverIndex, (idle[index]?.count ?? 0) < maximumPerServer else {
+        guard !retired, let index = selection.serverIndex, (idle[index]?.count ?? 0) < maximumPerServer else {
             handler.close()
             return
         }

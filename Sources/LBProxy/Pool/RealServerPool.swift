@@ -1,4 +1,5 @@
 import LBConfig
+import LBRuntime
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -24,8 +25,8 @@ public final class RealServerPool: Sendable {
 
     struct Member {
         var server: RealServer
-        var healthy = true
-        var admin = AdminState.online
+        /// Set by the agent from the one membership rule (health, overrides, weight); the pool never derives it.
+        var membership: Membership
         /// Open connections to this server, so `halt` can close them.
         var channels: [ObjectIdentifier: Channel] = [:]
         var activeConnections = 0
@@ -48,7 +49,8 @@ public final class RealServerPool: Sendable {
     public init(service: VirtualService) {
         self.service = service
         let members = service.realServers.map { server in
-            Member(server: server, cookieValue: Self.cookieValue(service: service.name, server: server.name))
+            Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
+                   cookieValue: Self.cookieValue(service: service.name, server: server.name))
         }
         self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
     }
@@ -69,7 +71,7 @@ public final class RealServerPool: Sendable {
         return state.withLockedValue { state -> Selection? in
             func usable(_ index: Int) -> Bool {
                 let member = state.members[index]
-                return member.healthy && member.admin == .online && member.server.weight > 0 && !excluding.contains(index)
+                return member.membership.acceptsNew && !excluding.contains(index)
             }
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
                 state.members[index].activeConnections += 1
@@ -95,7 +97,7 @@ public final class RealServerPool: Sendable {
             }
             // 3. The scheduler, over the usable servers.
             let candidates = state.members.indices.filter(usable).map {
-                Candidate(index: $0, weight: state.members[$0].server.weight, activeConnections: state.members[$0].activeConnections)
+                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].activeConnections)
             }
             let key = client.map(\.bytes) ?? []
             if let chosen = state.scheduler.choose(from: candidates, clientKey: key) {
@@ -117,29 +119,26 @@ public final class RealServerPool: Sendable {
         state.withLockedValue { $0.members[index].activeConnections -= 1 }
     }
 
-    /// Health transitions from the checkers. Returns false for an unknown server name.
-    @discardableResult
-    public func setHealthy(_ name: String, _ healthy: Bool) -> Bool {
-        state.withLockedValue { state in
-            guard let index = state.members.firstIndex(where: { $0.server.name == name }) else { return false }
-            state.members[index].healthy = healthy
-            return true
+    /// The agent's effective membership of each server (by name; servers not named keep theirs). A server that
+    /// takes no new connections loses its source-IP stick entries; one that is no longer present has its open
+    /// connections closed (halt, or down with on_server_failure: remove).
+    public func apply(_ membership: ServiceMembership) {
+        let toClose: [Channel] = state.withLockedValue { state in
+            var closing: [Channel] = []
+            for (server, wanted) in membership.servers {
+                guard let index = state.members.firstIndex(where: { $0.server.name == server.name }) else { continue }
+                state.members[index].membership = wanted
+                if !wanted.acceptsNew { state.sticky = state.sticky.filter { $0.value.index != index } }
+                if !wanted.present { closing += state.members[index].channels.values }
+            }
+            return closing
         }
+        for channel in toClose { channel.close(promise: nil) }
     }
 
-    /// The operator's drain / halt / online. `halt` also closes every open connection to the server.
-    @discardableResult
-    public func setAdmin(_ name: String, _ admin: AdminState) -> Bool {
-        let toClose: [Channel]? = state.withLockedValue { state in
-            guard let index = state.members.firstIndex(where: { $0.server.name == name }) else { return nil }
-            state.members[index].admin = admin
-            // Clients stuck to a server that no longer takes new connections are scheduled afresh.
-            if admin != .online { state.sticky = state.sticky.filter { $0.value.index != index } }
-            return admin == .halt ? Array(state.members[index].channels.values) : []
-        }
-        guard let toClose else { return false }
-        for channel in toClose { channel.close(promise: nil) }
-        return true
+    /// The membership the pool currently schedules with, by server name.
+    public var membership: [String: Membership] {
+        state.withLockedValue { Dictionary($0.members.map { ($0.server.name, $0.membership) }, uniquingKeysWith: { a, _ in a }) }
     }
 
     /// Keeps a real-server connection on record until it closes (for `halt`).
@@ -148,7 +147,7 @@ public final class RealServerPool: Sendable {
         let id = ObjectIdentifier(channel)
         let halted = state.withLockedValue { state -> Bool in
             state.members[index].channels[id] = channel
-            return state.members[index].admin == .halt
+            return !state.members[index].membership.present
         }
         if halted { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { [state] _ in
@@ -166,8 +165,6 @@ public final class RealServerPool: Sendable {
 
     public struct MemberStatus: Sendable, Equatable {
         public var name: String
-        public var admin: AdminState
-        public var healthy: Bool
         public var bytesToServer: UInt64
         public var bytesFromServer: UInt64
         public var weight: Int
@@ -178,8 +175,8 @@ public final class RealServerPool: Sendable {
     public var status: [MemberStatus] {
         state.withLockedValue { state in
             state.members.map {
-                MemberStatus(name: $0.server.name, admin: $0.admin, healthy: $0.healthy,
-                             bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.server.weight,
+                MemberStatus(name: $0.server.name,
+                             bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.membership.weight,
                              activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
             }
         }

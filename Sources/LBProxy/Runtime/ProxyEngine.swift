@@ -1,4 +1,5 @@
 import LBConfig
+import LBRuntime
 import LBTLS
 import Logging
 import NIOConcurrencyHelpers
@@ -6,91 +7,160 @@ import NIOCore
 import NIOPosix
 
 /// lbd's Layer 7 data plane: runs the l7-http and l7-tcp virtual services it is given on a pool of event loops
-/// (one per core by default) and exposes each service's real-server pool so health checks can steer it.
+/// (one per core by default). The agent tells it which services to run (`update`) and the effective membership of
+/// their real servers (`apply`); the engine never decides either.
 public final class ProxyEngine: Sendable {
     public let group: MultiThreadedEventLoopGroup
     private let logger: Logger
-    private let listeners = NIOLockedValueBox<[String: ServiceListener]>([:])
+
+    private struct Running {
+        /// The generation in force of each service, by name.
+        var runtimes: [String: ServiceRuntime] = [:]
+        var bindings: [Binding.Key: Binding] = [:]
+        /// Generations replaced or removed whose client connections have not all ended yet.
+        var retired: [ServiceRuntime] = []
+    }
+
+    private let running = NIOLockedValueBox(Running())
 
     public init(threads: Int = System.coreCount, logger: Logger) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.logger = logger
     }
 
-    /// Starts the given services; if any cannot bind, the ones already started are stopped and the error thrown.
-    public func start(_ services: [VirtualService]) async throws {
-        var started: [ServiceListener] = []
+    /// Starts the given services (the engine's first update).
+    public func start(_ services: [VirtualService], membership: [String: ServiceMembership] = [:]) async throws {
+        try await update(to: services, membership: membership)
+    }
+
+    /// Makes the running Layer 7 services equal to those in `services`. Unchanged services run on untouched
+    /// (pools, connections). A changed one gets a new generation, which its listening sockets hand new connections
+    /// to from now on; sockets are opened for new address:ports and closed only for address:ports no longer served.
+    /// If anything cannot be set up (a certificate, a bind), nothing is changed and the error is thrown.
+    /// Returns the names of services given a new generation and of those stopped.
+    @discardableResult
+    public func update(to services: [VirtualService], membership: [String: ServiceMembership] = [:]) async throws
+        -> (started: [String], stopped: [String])
+    {
+        let wanted = services.filter { $0.mode.isLayer7 }
+        let before = running.withLockedValue { $0 }
+
+        // 1. A generation for every wanted service: the one running if unchanged, one retired by a change that was
+        //    rolled back, or a new one (certificates load here, before anything listens).
+        var runtimes: [String: ServiceRuntime] = [:]
+        var started: [String] = []
+        var revived: [ServiceRuntime] = []
+        for service in wanted {
+            if let current = before.runtimes[service.name], current.service == service {
+                runtimes[service.name] = current
+            } else if let old = before.retired.last(where: { $0.service == service }) {
+                runtimes[service.name] = old
+                revived.append(old)
+                started.append(service.name)
+            } else {
+                runtimes[service.name] = try makeRuntime(service)
+                started.append(service.name)
+            }
+            if let membership = membership[service.name] { runtimes[service.name]?.pool.apply(membership) }
+        }
+
+        // 2. Listening sockets for address:ports not yet served; if one cannot be bound, those opened here close.
+        var opened: [Binding] = []
         do {
-            for service in services where service.mode.isLayer7 {
-                // Certificates are loaded before anything listens: a bad key stops the start, it never half-serves.
-                let tls = try service.tls.map { settings in
-                    do {
-                        return try TLSContext.server(
-                            default: (settings.certificatePath, settings.keyPath),
-                            byName: settings.sniCertificates.map { ($0.certificatePath, $0.keyPath) })
-                    } catch {
-                        throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
-                    }
+            for service in wanted {
+                guard let runtime = runtimes[service.name] else { continue }
+                for key in service.bindingKeys where before.bindings[key] == nil {
+                    opened.append(try await Binding.bind(key, serving: runtime, group: group))
                 }
-                let listener = ServiceListener(service: service, pool: RealServerPool(service: service), tls: tls, logger: logger)
-                try await listener.start(group: group)
-                started.append(listener)
             }
         } catch {
-            for listener in started {
-                await listener.stopAccepting()
-                await listener.closeAll()
-            }
+            for binding in opened { await binding.close() }
             throw error
         }
-        listeners.withLockedValue { listeners in
-            for listener in started { listeners[listener.service.name] = listener }
-        }
-    }
 
-    /// Makes the running Layer 7 services equal to those in `services`: unchanged ones run on untouched (pools,
-    /// connections), removed ones stop accepting while their open connections finish, changed ones are restarted
-    /// with the new settings, new ones start. Returns the names started and stopped.
-    @discardableResult
-    public func update(to services: [VirtualService]) async throws -> (started: [String], stopped: [String]) {
-        let wanted = Dictionary(uniqueKeysWithValues: services.filter { $0.mode.isLayer7 }.map { ($0.name, $0) })
-        let current = listeners.withLockedValue { $0 }
-        // New and changed services start first (SO_REUSEPORT lets a changed one bind beside its old listener) ...
-        let toStart = wanted.values.filter { current[$0.name]?.service != $0 }.sorted { $0.name < $1.name }
-        try await start(toStart)
-        // ... then the old listeners of changed and removed services stop accepting; their connections finish.
+        // 3. Kept sockets hand new connections to the new generation; sockets no longer served close.
+        var bindings = before.bindings
+        for binding in opened { bindings[binding.key] = binding }
+        var owner: [Binding.Key: ServiceRuntime] = [:]
+        for service in wanted { for key in service.bindingKeys { owner[key] = runtimes[service.name] } }
+        for (key, binding) in bindings {
+            if let runtime = owner[key] {
+                if binding.slot.current !== runtime { binding.slot.replace(with: runtime) }
+            } else {
+                await binding.close()
+                bindings[key] = nil
+            }
+        }
+        for binding in opened {
+            logger.info("listening", metadata: ["service": "\(binding.slot.current.service.name)", "address": "\(binding.key)",
+                                                "mode": "\(binding.slot.current.service.mode.rawValue)"])
+        }
+
+        // 4. Generations no longer in force are retired; retired ones whose clients have all left are released.
+        let kept = Set(runtimes.values.map(ObjectIdentifier.init))
         var stopped: [String] = []
-        for (name, listener) in current.sorted(by: { $0.key < $1.key }) where wanted[name] != listener.service {
-            await listener.stopAccepting()
-            retire(listener)
-            if wanted[name] == nil { listeners.withLockedValue { _ = $0.removeValue(forKey: name) } }
-            stopped.append(name)
+        var retired = before.retired.filter { runtime in !revived.contains { $0 === runtime } }
+        for (name, runtime) in before.runtimes where !kept.contains(ObjectIdentifier(runtime)) {
+            runtime.retire()
+            retired.append(runtime)
+            if runtimes[name] == nil { stopped.append(name) }
         }
-        return (toStart.map(\.name), stopped)
+        retired.removeAll { $0.activeConnections == 0 }
+        running.withLockedValue { $0 = Running(runtimes: runtimes, bindings: bindings, retired: retired) }
+        return (started.sorted(), stopped.sorted())
     }
 
-    /// A listener that no longer accepts; its connections finish on their own and are closed at shutdown.
-    private let retired = NIOLockedValueBox<[ServiceListener]>([])
-    private func retire(_ listener: ServiceListener) {
-        retired.withLockedValue { $0.append(listener) }
+    private func makeRuntime(_ service: VirtualService) throws -> ServiceRuntime {
+        let tls = try service.tls.map { settings in
+            do {
+                return try TLSContext.server(
+                    default: (settings.certificatePath, settings.keyPath),
+                    byName: settings.sniCertificates.map { ($0.certificatePath, $0.keyPath) })
+            } catch {
+                throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
+            }
+        }
+        return ServiceRuntime(service: service, tls: tls, logger: logger)
+    }
+
+    /// The agent's effective membership for the running services (by service name). Retired generations of a
+    /// service get it too: their connections were opened before a reload, and a halt must close them as well.
+    public func apply(_ membership: [String: ServiceMembership]) {
+        let (runtimes, retired) = running.withLockedValue { ($0.runtimes, $0.retired) }
+        for (name, servers) in membership {
+            runtimes[name]?.pool.apply(servers)
+            for runtime in retired where runtime.service.name == name { runtime.pool.apply(servers) }
+        }
     }
 
     /// The live pool of a running service.
     public func pool(for service: String) -> RealServerPool? {
-        listeners.withLockedValue { $0[service]?.pool }
+        running.withLockedValue { $0.runtimes[service]?.pool }
+    }
+
+    /// Connections and bytes per real server of every running service.
+    public var counters: [String: [RealServerPool.MemberStatus]] {
+        running.withLockedValue { $0.runtimes }.mapValues(\.pool.status)
+    }
+
+    /// The address:ports the proxy listens on.
+    public var listening: [String] {
+        running.withLockedValue { $0.bindings.keys.sorted().map(\.description) }
     }
 
     public var activeConnections: Int {
-        listeners.withLockedValue { Array($0.values) }.reduce(0) { $0 + $1.activeConnections }
+        let all = running.withLockedValue { Array($0.runtimes.values) + $0.retired }
+        return all.reduce(0) { $0 + $1.activeConnections }
     }
 
     /// Graceful stop: no new connections; existing ones may finish for up to `drainTimeout`, then are closed.
     public func shutdown(drainTimeout: Duration) async {
-        let all = listeners.withLockedValue { listeners in
-            defer { listeners = [:] }
-            return Array(listeners.values)
-        } + retired.withLockedValue { $0 }
-        for listener in all { await listener.stopAccepting() }
+        let stopping = running.withLockedValue { running in
+            defer { running = Running() }
+            return running
+        }
+        for binding in stopping.bindings.values { await binding.close() }
+        let all = Array(stopping.runtimes.values) + stopping.retired
         let deadline = ContinuousClock.now + drainTimeout
         while ContinuousClock.now < deadline, all.contains(where: { $0.activeConnections > 0 }) {
             try? await Task.sleep(for: .milliseconds(50))
@@ -99,7 +169,10 @@ public final class ProxyEngine: Sendable {
         if remaining > 0 {
             logger.warning("drain timeout reached, closing remaining connections", metadata: ["connections": "\(remaining)"])
         }
-        for listener in all { await listener.closeAll() }
+        for runtime in all {
+            runtime.retire()
+            await runtime.closeAll()
+        }
         try? await group.shutdownGracefully()
     }
 }

@@ -1,112 +1,59 @@
 import LBConfig
-import LBTLS
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// One Layer 7 virtual service at run time: its listening sockets, its pool, and the client connections it holds.
-final class ServiceListener: Sendable {
-    let service: VirtualService
-    let pool: RealServerPool
-    /// l7-http with `tls`: the server context every client connection's session is made from.
-    let tls: TLSContext?
-    let logger: Logger
-    private let state = NIOLockedValueBox(State())
+/// A listening socket of the proxy (one VIP address and port). It stays open for as long as some Layer 7 service
+/// serves that address and port — across reloads and l7-http ↔ l7-tcp switches — so no connection waiting in its
+/// accept queue is ever reset; what changes is the generation in its slot, which each new connection reads.
+final class Binding: Sendable {
+    let address: IPAddress
+    let port: UInt16
+    let slot: ServiceSlot
+    private let channel: Channel
 
-    private struct State {
-        var listeners: [Channel] = []
-        var clients: [ObjectIdentifier: Channel] = [:]
-        var accepting = true
+    private init(address: IPAddress, port: UInt16, slot: ServiceSlot, channel: Channel) {
+        self.address = address
+        self.port = port
+        self.slot = slot
+        self.channel = channel
     }
 
-    init(service: VirtualService, pool: RealServerPool, tls: TLSContext?, logger: Logger) {
-        self.service = service
-        self.pool = pool
-        self.tls = tls
-        var logger = logger
-        logger[metadataKey: "service"] = "\(service.name)"
-        self.logger = logger
+    struct Key: Hashable, Comparable, CustomStringConvertible {
+        var address: IPAddress
+        var port: UInt16
+        var description: String { address.withPort(port) }
+        static func < (lhs: Key, rhs: Key) -> Bool { (lhs.address, lhs.port) < (rhs.address, rhs.port) }
     }
 
-    var activeConnections: Int { state.withLockedValue { $0.clients.count } }
+    var key: Key { Key(address: address, port: port) }
 
-    /// Binds every port of the service; if one fails, the others are closed again so nothing is half-started.
-    func start(group: EventLoopGroup) async throws {
-        var bound: [Channel] = []
-        do {
-            for port in service.ports.allPorts {
-                bound.append(try await bind(port: port, group: group))
-            }
-        } catch {
-            for channel in bound { try? await channel.close() }
-            throw error
-        }
-        state.withLockedValue { $0.listeners = bound }
-        logger.info("listening", metadata: ["vip": "\(service.address)", "ports": "\(service.ports.summary)",
-                                            "mode": "\(service.mode.rawValue)"])
-    }
-
-    private func bind(port: UInt16, group: EventLoopGroup) async throws -> Channel {
-        let address = service.address.withPort(port)
+    static func bind(_ key: Key, serving runtime: ServiceRuntime, group: EventLoopGroup) async throws -> Binding {
+        let slot = ServiceSlot(runtime)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // A changed service's new listener binds beside the old one, which then stops: no refused connections.
-            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
-            .childChannelInitializer { [self] channel in
-                self.initialize(client: channel)
+            .childChannelInitializer { channel in
+                slot.current.initialize(client: channel, slot: slot)
             }
         do {
-            return try await bootstrap.bind(host: service.address.description, port: Int(port)).get()
+            let channel = try await bootstrap.bind(host: key.address.description, port: Int(key.port)).get()
+            return Binding(address: key.address, port: key.port, slot: slot, channel: channel)
         } catch {
-            throw ProxyError.bindFailed(service: service.name, address: address, reason: "\(error)")
+            throw ProxyError.bindFailed(service: runtime.service.name, address: key.description, reason: "\(error)")
         }
     }
 
-    /// Admits or refuses a new client, then hands it to the mode's pipeline.
-    private func initialize(client channel: Channel) -> EventLoopFuture<Void> {
-        let admitted = state.withLockedValue { state -> Bool in
-            guard state.accepting, state.clients.count < service.limits.maxConnections else { return false }
-            state.clients[ObjectIdentifier(channel)] = channel
-            return true
-        }
-        guard admitted else {
-            logger.warning("connection refused: limit reached", metadata: ["limit": "\(service.limits.maxConnections)"])
-            return channel.eventLoop.makeFailedFuture(ProxyError.connectionLimit(service: service.name, limit: service.limits.maxConnections))
-        }
-        channel.closeFuture.whenComplete { [state] _ in
-            state.withLockedValue { _ = $0.clients.removeValue(forKey: ObjectIdentifier(channel)) }
-        }
-        let connector = BackendConnector(pool: pool, connectTimeout: service.timeouts.connect, logger: logger)
-        switch service.mode {
-        case .l7TCP:
-            return TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
-        case .l7HTTP:
-            return HTTPProxy(service: service, connector: connector, tls: tls, logger: logger).initialize(client: channel)
-        case .l4DirectRouting, .l4NAT, .l4SNAT:
-            // The agent never hands Layer 4 services to the proxy; refuse rather than guess.
-            return channel.eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: service.name))
-        }
+    /// Closes the listening socket; established connections carry on.
+    func close() async {
+        try? await channel.close()
     }
+}
 
-    /// Stops accepting: the listening sockets close, established connections carry on.
-    func stopAccepting() async {
-        let listeners = state.withLockedValue { state -> [Channel] in
-            state.accepting = false
-            defer { state.listeners = [] }
-            return state.listeners
-        }
-        for channel in listeners { try? await channel.close() }
-    }
-
-    /// Ends every remaining client connection now.
-    func closeAll() async {
-        let clients = state.withLockedValue { Array($0.clients.values) }
-        for channel in clients { try? await channel.close() }
-    }
+extension VirtualService {
+    /// The proxy's listening sockets for this service.
+    var bindingKeys: [Binding.Key] { ports.allPorts.map { Binding.Key(address: address, port: $0) } }
 }
 
 extension IPAddress {

@@ -5,39 +5,36 @@ import Logging
 /// The agent's VIP addresses: adds the ones the config puts on an interface, announces each new one, removes
 /// only those lbd added itself (recorded in the state file) once the config no longer has them.
 struct HostAddresses {
-    let services: [VirtualService]
+    let kernel: AddressKernel
     let state: StateStore
     let logger: Logger
 
-    var desired: Set<VIPAddress> { VIPAddressPlanner.desired(for: services) }
-
     /// Interfaces named by the config must exist: checked before anything is changed.
-    func preflight() throws {
-        for vip in desired.sorted() where !LinkAddresses.interfaceExists(vip.interface) {
+    func preflight(_ services: [VirtualService]) throws {
+        for vip in VIPAddressPlanner.desired(for: services).sorted() where !kernel.interfaceExists(vip.interface) {
             throw PreflightError("VIP \(vip.address): interface \(vip.interface) does not exist on this host (see `ip link`); fix `interface:` in the config")
         }
     }
 
-    /// Returns the addresses added by this call (for a roll-back if a later step fails).
+    /// Makes the host hold the addresses of `services`. With `removing: false` addresses no longer wanted stay (a
+    /// change adds first and removes last, so a failure in between leaves the old services whole).
+    /// Returns the addresses added by this call.
     @discardableResult
-    func apply() throws -> [VIPAddress] {
-        let desired = self.desired
+    func apply(_ services: [VirtualService], removing: Bool = true) throws -> [VIPAddress] {
+        let desired = VIPAddressPlanner.desired(for: services)
         var saved = try state.load()
-        let plan = VIPAddressPlanner.plan(desired: desired, present: LinkAddresses.present(), owned: Set(saved.vipAddresses))
-        guard !(plan.add.isEmpty && plan.remove.isEmpty && plan.vanished.isEmpty) else {
-            for vip in plan.foreign { logger.info("VIP address already present (not added by lb; lb will not remove it)", metadata: ["vip": "\(vip)"]) }
-            return []
-        }
-        let links = try LinkAddresses()
+        let plan = VIPAddressPlanner.plan(desired: desired, present: kernel.present(), owned: Set(saved.vipAddresses))
+        let remove = removing ? plan.remove : []
+        guard !(plan.add.isEmpty && remove.isEmpty && plan.vanished.isEmpty) else { return [] }
         var added: [VIPAddress] = []
         for vip in plan.add {
             // Recorded first: if lbd dies right after the add, the next start still knows the address is lb's.
             saved.vipAddresses = Array(Set(saved.vipAddresses).union([vip])).sorted()
             try state.save(saved)
             do {
-                try links.add(vip)
+                try kernel.add(vip)
             } catch {
-                for done in added { try? links.remove(done) }
+                for done in added { try? kernel.remove(done) }
                 saved.vipAddresses = Array(Set(saved.vipAddresses).subtracting(added + [vip])).sorted()
                 try? state.save(saved)
                 throw error
@@ -45,28 +42,28 @@ struct HostAddresses {
             added.append(vip)
             logger.notice("VIP address added", metadata: ["vip": "\(vip)"])
             do {
-                try Announcement.send(for: vip)
+                try kernel.announce(vip)
             } catch {
                 logger.warning("VIP announcement failed: \(error); neighbours learn the VIP when their caches expire", metadata: ["vip": "\(vip)"])
             }
         }
         for vip in plan.foreign { logger.info("VIP address already present (not added by lb; lb will not remove it)", metadata: ["vip": "\(vip)"]) }
-        for vip in plan.remove {
-            try links.remove(vip)
+        for vip in remove {
+            try kernel.remove(vip)
             logger.notice("VIP address removed (no longer in the config)", metadata: ["vip": "\(vip)"])
         }
-        saved.vipAddresses = Array(Set(saved.vipAddresses).subtracting(plan.remove).subtracting(plan.vanished)).sorted()
+        saved.vipAddresses = Array(Set(saved.vipAddresses).subtracting(remove).subtracting(plan.vanished)).sorted()
         try state.save(saved)
         return added
     }
 
-    /// Takes back addresses added by `apply` in this start (a later step failed).
+    /// Takes back addresses added in a change that failed.
     func rollBack(_ added: [VIPAddress]) {
-        guard !added.isEmpty, let links = try? LinkAddresses() else { return }
+        guard !added.isEmpty else { return }
         for vip in added {
             do {
-                try links.remove(vip)
-                logger.notice("VIP address removed again (start failed)", metadata: ["vip": "\(vip)"])
+                try kernel.remove(vip)
+                logger.notice("VIP address removed again (the change failed)", metadata: ["vip": "\(vip)"])
             } catch {
                 logger.error("VIP address could not be removed: \(error)", metadata: ["vip": "\(vip)"])
             }
@@ -75,8 +72,8 @@ struct HostAddresses {
     }
 }
 
-/// A reason not to start, found before anything was changed.
-struct PreflightError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+/// A reason not to start or change, found before anything was changed.
+public struct PreflightError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

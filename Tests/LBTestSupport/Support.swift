@@ -4,41 +4,60 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-@testable import LBProxy
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Ports for one test: each test takes its own block so suites can run in parallel.
-enum Ports {
+/// Ports for one test: each test takes its own block of 10, so suites (and other test processes on the machine)
+/// can run in parallel. A block is handed out only if all its ports can be bound right now.
+public enum Ports {
     private static let counter = NIOLockedCounter()
-    /// A block of 10 ports from a range lbd does not use elsewhere in the tests.
-    static func block() -> UInt16 { UInt16(20_000 + Int(getpid() % 100) * 100 + counter.next() * 10) }
+    private static let start = Int(getpid() % 1000) * 10
+
+    public static func block() -> UInt16 {
+        while true {
+            let base = UInt16(20_000 + (start + counter.next() * 10) % 10_000)
+            if (base..<base + 10).allSatisfy(isFree) { return base }
+        }
+    }
+
+    private static func isFree(_ port: UInt16) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
 }
 
-final class NIOLockedCounter: @unchecked Sendable {
+public final class NIOLockedCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var value = 0
-    func next() -> Int {
+    public func next() -> Int {
         lock.lock(); defer { lock.unlock() }
         value += 1
         return value
     }
-    var current: Int {
+    public var current: Int {
         lock.lock(); defer { lock.unlock() }
         return value
     }
 }
 
-let testLogger: Logger = {
+public let testLogger: Logger = {
     var logger = Logger(label: "lb-test")
     logger.logLevel = .critical
     return logger
 }()
 
 /// Builds a virtual service from YAML fragments, through the real loader.
-func makeService(_ yaml: String) throws -> VirtualService {
+public func makeService(_ yaml: String) throws -> VirtualService {
     let report = ConfigurationLoader.check(yaml: "virtual_services:\n" + yaml, file: "test.yaml")
     guard let service = report.configuration?.virtualServices.first else {
         throw TestFailure("config rejected: \(report.diagnostics)")
@@ -46,29 +65,29 @@ func makeService(_ yaml: String) throws -> VirtualService {
     return service
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }
 
 // MARK: Backends
 
 /// A small HTTP/1.1 server on loopback that answers with its name and reports what it received in headers.
-final class HTTPBackend: @unchecked Sendable {
-    let name: String
-    let port: UInt16
+public final class HTTPBackend: @unchecked Sendable {
+    public let name: String
+    public let port: UInt16
     private var channel: Channel?
     private let group: EventLoopGroup
-    let requests = NIOLockedCounter()
+    public let requests = NIOLockedCounter()
 
-    init(name: String, port: UInt16, group: EventLoopGroup) throws {
+    public init(name: String, port: UInt16, group: EventLoopGroup) throws {
         self.name = name
         self.port = port
         self.group = group
         try start()
     }
 
-    func start() throws {
+    public func start() throws {
         let name = self.name, requests = self.requests
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -81,7 +100,7 @@ final class HTTPBackend: @unchecked Sendable {
             .bind(host: "127.0.0.1", port: Int(port)).wait()
     }
 
-    func stop() throws {
+    public func stop() throws {
         try channel?.close().wait()
         channel = nil
     }
@@ -130,12 +149,12 @@ final class EchoingHTTPHandler: ChannelInboundHandler {
 }
 
 /// A TCP server that greets with its name, echoes everything, and half-closes after the client does.
-final class EchoBackend: @unchecked Sendable {
-    let name: String
-    let port: UInt16
+public final class EchoBackend: @unchecked Sendable {
+    public let name: String
+    public let port: UInt16
     private var channel: Channel?
 
-    init(name: String, port: UInt16, group: EventLoopGroup) throws {
+    public init(name: String, port: UInt16, group: EventLoopGroup) throws {
         self.name = name
         self.port = port
         let greeting = "hello from \(name)\n"
@@ -150,7 +169,7 @@ final class EchoBackend: @unchecked Sendable {
             .bind(host: "127.0.0.1", port: Int(port)).wait()
     }
 
-    func stop() throws { try channel?.close().wait() }
+    public func stop() throws { try channel?.close().wait() }
 }
 
 final class EchoHandler: ChannelInboundHandler {
@@ -182,10 +201,10 @@ final class EchoHandler: ChannelInboundHandler {
 // MARK: A raw client
 
 /// A blocking TCP client on plain sockets: the test decides every byte, as an attacker would.
-final class RawClient: @unchecked Sendable {
-    let fd: Int32
+public final class RawClient: @unchecked Sendable {
+    public let fd: Int32
 
-    init(port: UInt16, from source: String? = nil) throws {
+    public init(port: UInt16, from source: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket() failed") }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
@@ -214,10 +233,10 @@ final class RawClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    func send(_ text: String) { send(Array(text.utf8)) }
+    public func send(_ text: String) { send(Array(text.utf8)) }
 
     /// The local port, to tell in a failure which connection it was.
-    var localPort: UInt16 {
+    public var localPort: UInt16 {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
@@ -228,7 +247,7 @@ final class RawClient: @unchecked Sendable {
 
     /// Sends everything unless the connection fails; returns the number of bytes the kernel accepted.
     @discardableResult
-    func send(_ bytes: [UInt8]) -> Int {
+    public func send(_ bytes: [UInt8]) -> Int {
         var offset = 0
         while offset < bytes.count {
             let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -239,10 +258,10 @@ final class RawClient: @unchecked Sendable {
         return offset
     }
 
-    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+    public func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
     /// Reads until the peer closes (or `timeout` seconds pass without a byte).
-    func readAll(timeout seconds: Int = 5) -> [UInt8] {
+    public func readAll(timeout seconds: Int = 5) -> [UInt8] {
         var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var result: [UInt8] = []
@@ -260,12 +279,12 @@ final class RawClient: @unchecked Sendable {
     }
 
     /// How the last readAll ended: "end of stream", or the error (a timeout shows as "Resource temporarily unavailable").
-    private(set) var lastReadEnd = ""
+    public private(set) var lastReadEnd = ""
 
-    func readAllText() -> String { String(decoding: readAll(), as: UTF8.self) }
+    public func readAllText() -> String { String(decoding: readAll(), as: UTF8.self) }
 
     /// Reads one HTTP response with a Content-Length body.
-    func readResponse() -> String {
+    public func readResponse() -> String {
         var data: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -286,7 +305,7 @@ final class RawClient: @unchecked Sendable {
 }
 
 /// The value of a header in a raw response.
-func header(_ name: String, in response: String) -> String? {
+public func header(_ name: String, in response: String) -> String? {
     for line in response.components(separatedBy: "\r\n") {
         let parts = line.split(separator: ":", maxSplits: 1)
         if parts.count == 2, parts[0].lowercased() == name.lowercased() {
@@ -296,12 +315,12 @@ func header(_ name: String, in response: String) -> String? {
     return nil
 }
 
-func statusLine(_ response: String) -> String {
+public func statusLine(_ response: String) -> String {
     response.components(separatedBy: "\r\n").first ?? ""
 }
 
 /// One HTTP GET on a fresh connection.
-func get(_ port: UInt16, _ path: String = "/", headers: [String] = [], from source: String? = nil) throws -> String {
+public func get(_ port: UInt16, _ path: String = "/", headers: [String] = [], from source: String? = nil) throws -> String {
     let client = try RawClient(port: port, from: source)
     client.send("GET \(path) HTTP/1.1\r\nHost: test\r\n" + headers.map { $0 + "\r\n" }.joined() + "Connection: close\r\n\r\n")
     return client.readResponse()

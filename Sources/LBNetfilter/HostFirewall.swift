@@ -1,14 +1,19 @@
-import LBConfig
-import LBNetfilter
-import LBSystem
 import Foundation
-import Logging
+import LBConfig
+import LBSystem
 
-/// The agent's netfilter side: scans the host's rules for clashes before anything is applied, and keeps lb's
-/// own chain (LB-SNAT) equal to what the l4-snat services need.
-struct HostFirewall {
-    let services: [VirtualService]
-    let logger: Logger
+/// lb's netfilter side on the host: scans the host's rules for clashes before anything is applied, and keeps lb's
+/// own chains (LB-SNAT for l4-snat, LB-TPROXY for transparent Layer 7) and the transparent policy route equal to
+/// what the services need. Reports what it did through `log` (the agent logs it).
+public struct HostFirewall: Sendable {
+    public let services: [VirtualService]
+    /// Messages for the operator's log ("netfilter: LB-SNAT holds 4 rule(s)"), with the family.
+    public let log: @Sendable (String) -> Void
+
+    public init(services: [VirtualService], log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.services = services
+        self.log = log
+    }
 
     private var families: [IPAddress.Family] {
         [.ipv4, .ipv6].filter { family in services.contains { $0.address.family == family } }
@@ -16,7 +21,7 @@ struct HostFirewall {
 
     /// Host rules that would fight the services. Reads only; changes nothing. Without iptables on the host the
     /// scan is skipped with a warning, unless an l4-snat service needs iptables anyway.
-    func conflicts() throws -> [NetfilterConflict] {
+    public func conflicts() throws -> [NetfilterConflict] {
         var found: [NetfilterConflict] = []
         for family in families {
             let listing: [IptablesRule]
@@ -24,7 +29,7 @@ struct HostFirewall {
                 listing = try Iptables(family: family).listing().rules
             } catch {
                 if services.contains(where: { $0.mode == .l4SNAT && $0.address.family == family }) { throw error }
-                logger.warning("host netfilter rules not scanned for clashes: \(error)")
+                log("host netfilter rules not scanned for clashes: \(error)")
                 continue
             }
             found += NetfilterPlanner.conflicts(for: services.filter { $0.address.family == family }, in: listing)
@@ -35,7 +40,7 @@ struct HostFirewall {
     /// Makes lb's chains match the config from one iptables-save per family: LB-SNAT (nat) for l4-snat services and,
     /// for IPv4, LB-TPROXY (mangle) for transparent Layer 7 services, sent in one iptables-restore; then the policy
     /// route that delivers transparent replies locally. Chains, jumps and the route go with their last service.
-    func apply() throws {
+    public func apply() throws {
         for family in [IPAddress.Family.ipv4, .ipv6] {
             let wantsSNAT = services.contains { $0.mode == .l4SNAT && $0.address.family == family }
             let wantsTPROXY = family == .ipv4 && !NetfilterPlanner.tproxyRules(for: services).isEmpty
@@ -60,9 +65,8 @@ struct HostFirewall {
             if !restore.isEmpty {
                 try iptables.apply(restore)
                 for (chain, ruleset) in zip([NetfilterPlanner.snatChain, NetfilterPlanner.tproxyChain], rulesets) where ruleset.restore != nil {
-                    logger.notice(ruleset.rules.isEmpty ? "netfilter: \(chain) removed (no service needs it)"
-                                                        : "netfilter: \(chain) holds \(ruleset.rules.count) rule(s)",
-                                  metadata: ["family": "\(family.rawValue)"])
+                    log((ruleset.rules.isEmpty ? "netfilter: \(chain) removed (no service needs it)"
+                                               : "netfilter: \(chain) holds \(ruleset.rules.count) rule(s)") + " (\(family.rawValue))")
                 }
             }
             if family == .ipv4 { try applyPolicyRoute(wanted: wantsTPROXY) }
@@ -91,33 +95,52 @@ struct HostFirewall {
         }
     }
 
-    /// Whether lb's chain differs from what the config needs (missing rules, a missing jump, rules left over):
-    /// the periodic drift check then re-applies it. Rules are compared by what they match (addresses and ports).
-    func needsRepair() -> Bool {
+    /// Whether lb's chains or the transparent policy route differ from what the config needs (missing or extra
+    /// rules, a missing jump, a missing policy rule or route): the periodic drift check then re-applies them. Rules
+    /// are compared by their words, so the order iptables-save prints options in does not matter.
+    public func needsRepair() -> Bool {
         for family in [IPAddress.Family.ipv4, .ipv6] {
-            let wanted = NetfilterPlanner.snatRules(for: services, family: family)
             guard let listing = try? Iptables(family: family).listing() else { continue }
-            let present = listing.rules.filter { $0.table == "nat" && $0.chain == NetfilterPlanner.snatChain }
-            let jump = listing.rules.contains { $0.table == "nat" && $0.chain == "POSTROUTING" && $0.target == NetfilterPlanner.snatChain }
-            if present.count != wanted.count || (!wanted.isEmpty && !jump) { return true }
-            let wantedKeys = Set(IptablesListing.parse("*nat\n" + wanted.joined(separator: "\n")).map(Self.key))
-            if Set(present.map(Self.key)) != wantedKeys { return true }
+            let chains: [(table: String, chain: String, hook: String, wanted: [String])] = [
+                ("nat", NetfilterPlanner.snatChain, "POSTROUTING", NetfilterPlanner.snatRules(for: services, family: family)),
+                ("mangle", NetfilterPlanner.tproxyChain, "PREROUTING",
+                 family == .ipv4 ? NetfilterPlanner.tproxyRules(for: services) : []),
+            ]
+            for (table, chain, hook, wanted) in chains {
+                let present = listing.rules.filter { $0.table == table && $0.chain == chain }
+                let jump = listing.rules.contains { $0.table == table && $0.chain == hook && $0.target == chain }
+                if wanted.isEmpty {
+                    if !present.isEmpty || jump { return true }
+                    continue
+                }
+                if !jump || present.count != wanted.count { return true }
+                let wantedKeys = Set(IptablesListing.parse("*\(table)\n" + wanted.joined(separator: "\n")).map(Self.key))
+                if Set(present.map(Self.key)) != wantedKeys { return true }
+            }
+        }
+        let wantsRoute = !NetfilterPlanner.tproxyRules(for: services).isEmpty
+        let rules = (try? Subprocess.run("ip", ["-4", "rule", "show"]).output) ?? ""
+        let hasRule = rules.contains("fwmark \(NetfilterPlanner.tproxyMark) lookup \(NetfilterPlanner.tproxyTable)")
+        if wantsRoute != hasRule { return true }
+        if wantsRoute {
+            let routes = (try? Subprocess.run("ip", ["-4", "route", "show", "table", NetfilterPlanner.tproxyTable]).output) ?? ""
+            if !routes.contains("local default dev lo") && !routes.contains("local 0.0.0.0/0 dev lo") { return true }
         }
         return false
     }
 
-    private static func key(_ rule: IptablesRule) -> String {
-        // iptables-save may print the VIP without its /32 or /128.
-        let words = rule.text.split(separator: " ").map(String.init)
-        var vip = "-", vport = "-"
-        if let at = words.firstIndex(of: "--vaddr"), at + 1 < words.count { vip = words[at + 1] }
-        if let at = words.firstIndex(of: "--vport"), at + 1 < words.count { vport = words[at + 1] }
-        for suffix in ["/32", "/128"] where vip.hasSuffix(suffix) { vip.removeLast(suffix.count) }
-        return "\(rule.destination?.value.description ?? "-") \(rule.destinationPorts?.value.description ?? "-") \(vip) \(vport)"
+    /// A rule by its words, less the chain it is in; iptables-save may print an address without its /32 or /128.
+    private static func key(_ rule: IptablesRule) -> Set<String> {
+        var words = IptablesListing.tokens(rule.text)
+        if words.count >= 2, words[0] == "-A" { words.removeFirst(2) }
+        return Set(words.map { word in
+            for suffix in ["/32", "/128"] where word.hasSuffix(suffix) { return String(word.dropLast(suffix.count)) }
+            return word
+        })
     }
 
     /// lbd --cleanup-on-stop: lb's chains and policy route go.
-    func removeAll() throws {
-        try HostFirewall(services: [], logger: logger).apply()
+    public func removeAll() throws {
+        try HostFirewall(services: [], log: log).apply()
     }
 }

@@ -4,6 +4,7 @@ import LBHealth
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import LBTestSupport
 import Testing
 
 @Suite("Health checks")
