@@ -37,6 +37,8 @@ public final class HealthMonitor: Sendable {
         var target: ProbeTarget
         var task: RepeatedTask
         var state: NIOLockedValueBox<CheckState>
+        /// Cleared when the check is stopped, so a probe still in flight reports nothing.
+        var live: NIOLockedValueBox<Bool>
     }
 
     /// A server's check as it stood when its service's checks stopped: what a restart can carry over.
@@ -81,10 +83,11 @@ public final class HealthMonitor: Sendable {
     private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState) {
         let eventLoop = group.next()
         let state = NIOLockedValueBox(initial)
+        let live = NIOLockedValueBox(true)
         let interval = TimeAmount(check.interval)
         // Spread the first checks over the interval so a large config does not probe everything at once.
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
-        let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] task in
+        let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
             let started = NIODeadline.now()
             return Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
                 if let onProbe = self.onProbe {
@@ -93,7 +96,7 @@ public final class HealthMonitor: Sendable {
                     onProbe(service, server, Double((NIODeadline.now() - started).nanoseconds) / 1e9, passed)
                 }
                 // A check stopped by a reload while its probe ran reports nothing: its state moved on without it.
-                guard self.isScheduled(task) else { return }
+                guard live.withLockedValue({ $0 }) else { return }
                 if let transition = state.withLockedValue({ $0.record(result, rise: check.rise, fall: check.fall) }) {
                     let event = HealthTransition(service: service, server: server, healthy: transition.healthy, reason: transition.reason)
                     self.report(event, target: target)
@@ -101,12 +104,8 @@ public final class HealthMonitor: Sendable {
             }
         }
         tasks.withLockedValue {
-            $0[service, default: []].append(ScheduledCheck(server: server, check: check, target: target, task: task, state: state))
+            $0[service, default: []].append(ScheduledCheck(server: server, check: check, target: target, task: task, state: state, live: live))
         }
-    }
-
-    private func isScheduled(_ task: RepeatedTask) -> Bool {
-        tasks.withLockedValue { tasks in tasks.values.contains { $0.contains { $0.task === task } } }
     }
 
     private func report(_ event: HealthTransition, target: ProbeTarget) {
@@ -125,7 +124,10 @@ public final class HealthMonitor: Sendable {
             defer { tasks = [:] }
             return tasks.values.flatMap { $0 }
         }
-        for scheduled in all { scheduled.task.cancel() }
+        for scheduled in all {
+            scheduled.live.withLockedValue { $0 = false }
+            scheduled.task.cancel()
+        }
     }
 
     /// Stops checking one service (a reload removed or changed it); the others keep their schedules and state.
@@ -135,6 +137,7 @@ public final class HealthMonitor: Sendable {
         let mine = tasks.withLockedValue { $0.removeValue(forKey: service) ?? [] }
         var carried: [String: CarriedCheck] = [:]
         for scheduled in mine {
+            scheduled.live.withLockedValue { $0 = false }
             scheduled.task.cancel()
             carried[scheduled.server] = CarriedCheck(check: scheduled.check, target: scheduled.target,
                                                      state: scheduled.state.withLockedValue { $0 })

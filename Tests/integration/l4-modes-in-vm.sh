@@ -8,6 +8,9 @@
 #   back and sees the load balancer), DR (the VIP on the real servers' loopback); the --stats counters move;
 # - a killed real server is drained to weight 0 (NAT) or removed (DR, on_server_failure: remove), traffic goes on
 #   on the other, and it comes back when it answers again;
+# - a server that is down when a reload changes its service gets its weight back when it recovers;
+# - a reload that fails at the netfilter step (the kernel refuses to delete LB-SNAT while an operator's rule uses
+#   it) rolls back whole: ipvsadm -Ln, iptables-save and ip addr are byte-identical to before;
 # - dropping the SNAT service from the config removes its IPVS service, its rules and its VIP address;
 # - a pre-existing DNAT rule on a VIP port makes lbd refuse to start, leaving the kernel exactly as it was.
 source "$(dirname "$0")/lib.sh"
@@ -90,6 +93,18 @@ drift=$(section drift)
 grep -q "services: 4 address: 1 snat: 1" <<<"$drift" || fail "drift (ipvsadm -C, ip addr del, iptables -F LB-SNAT) not repaired: $drift"
 repairs=$(awk '/^repairs:/ { print $2 }' <<<"$drift")
 [ "${repairs:-0}" -ge 2 ] && [ "${repairs:-0}" -le 3 ] || fail "repairs must be logged once each (IPVS, netfilter; the address as restored): $repairs"
+recover=$(section "reload then recover")
+grep -q "reload: 1 service(s) added or changed" <<<"$recover" || fail "the reload did not change Viewer-NAT: $recover"
+grep -A5 "after reload:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +0 " || fail "rs2 must stay at weight 0 across the reload while down"
+grep -A5 "after reload:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.11:8080 +Masq +50 " || fail "the reload did not set rs1's weight"
+grep -A5 "after recovery:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +100 " || fail "rs2 recovered after the reload but IPVS did not get its weight back: $recover"
+grep -qE "^  rs2 .* up +online +100 " <<<"$recover" || fail "status does not show rs2 back: $recover"
+failed_reload=$(section "failed reload")
+grep -q "reload exited 1" <<<"$failed_reload" || fail "the reload that cannot delete LB-SNAT must fail: $failed_reload"
+grep -q "failed at netfilter" <<<"$failed_reload" && grep -q "rolled back, nothing changed" <<<"$failed_reload" \
+    || fail "the failed reload must name its step and roll back: $failed_reload"
+grep -q "kernel unchanged" <<<"$failed_reload" || fail "the failed reload left the kernel changed: $failed_reload"
+grep -qE "^  rs2 .* online +100 " <<<"$failed_reload" || fail "status must still show the old weight: $failed_reload"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
 [ "$(section stopped | tail -1)" = 4 ] || fail "IPVS services must stay when lbd stops (lbd's 4; the hand-made one went with ipvsadm -C)"
 

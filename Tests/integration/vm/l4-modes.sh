@@ -171,6 +171,51 @@ echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)') address: $(ip -4 addr sho
 sleep 4   # two more checks: nothing left to repair, nothing repeated
 echo "repairs: $(grep -c 'differed from the config' "$dir/lbd-$run.log")"
 
+echo "== reload then recover"
+# rs2 fails; a reload changes its service (rs1's weight); rs2 recovers: its weight must come back in IPVS.
+pkill -f "whoami-server.py rs2"
+wait_for "ipvsadm -Ln -t 10.0.0.40:80 | grep -qE '10.0.1.12:8080 +Masq +0 '" || echo "rs2 not drained"
+sed -i '0,/- {name: rs1, address: 10.0.1.11, port: 8080}/s//- {name: rs1, address: 10.0.1.11, port: 8080, weight: 50}/' "$dir/l4.yaml"
+lbctl reload
+echo "after reload:"; ipvsadm -Ln -t 10.0.0.40:80
+ns rs2 python3 "$dir/whoami-server.py" rs2 80 8080 &
+wait_for "ipvsadm -Ln -t 10.0.0.40:80 | grep -qE '10.0.1.12:8080 +Masq +100 '" || echo "rs2 did not come back"
+echo "after recovery:"; ipvsadm -Ln -t 10.0.0.40:80
+lbctl status Viewer-NAT
+
+echo "== failed reload"
+# An operator's rule jumps to lb's SNAT chain, so the kernel refuses to delete it: a reload that drops the last
+# SNAT service (and changes a weight and adds a VIP on the way) fails at the netfilter step, after IPVS and the
+# addresses were changed. Everything must be as before.
+iptables -t nat -A POSTROUTING -d 10.9.9.9/32 -p tcp -j LB-SNAT
+cp "$dir/l4.yaml" "$dir/l4.good"
+python3 - "$dir/l4.good" "$dir/l4.yaml" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+start = text.index("  - name: Viewer-SNAT"); end = text.index("  - name: Viewer-DR")
+text = text[:start] + text[end:]
+text = text.replace("{name: rs2, address: 10.0.1.12, port: 8080}", "{name: rs2, address: 10.0.1.12, port: 8080, weight: 7}", 1)
+text = text.replace("ipvs:\n", """  - name: Extra
+    vip: 10.0.0.44
+    interface: br-c
+    ports: [80]
+    mode: l4-nat
+    health_check: {type: none}
+    real_servers:
+      - {name: rs1, address: 10.0.1.11, port: 8080}
+ipvs:
+""")
+open(sys.argv[2], "w").write(text)
+PY
+before="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+lbctl reload; echo "reload exited $?"
+after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+[ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; echo "$before" > "$dir/before.txt"; echo "$after" > "$dir/after.txt"; diff "$dir/before.txt" "$dir/after.txt"; }
+lbctl status Viewer-NAT | grep rs2
+cp "$dir/l4.good" "$dir/l4.yaml"
+iptables -t nat -D POSTROUTING -d 10.9.9.9/32 -p tcp -j LB-SNAT
+lbctl reload
+
 echo "== stop"
 kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
 echo "== log 1"; cat "$dir/lbd-1.log" "$dir/lbd-2.log"
@@ -199,7 +244,7 @@ before="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
 start_lbd "$dir/l4.yaml"
 wait $lbd; echo "lbd exited $?"
 after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
-[ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; diff <(echo "$before") <(echo "$after"); }
+[ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; echo "$before" > "$dir/before.txt"; echo "$after" > "$dir/after.txt"; diff "$dir/before.txt" "$dir/after.txt"; }
 cat "$dir/lbd-$run.log"
 
 echo "== cleanup on stop"
