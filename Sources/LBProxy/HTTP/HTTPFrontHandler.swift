@@ -549,10 +549,13 @@ final class RawResponseWriter: ChannelOutboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
+    /// Writes `text` and closes at once, without waiting for the write to complete: a write can wait forever
+    /// (a TLS handshake that stalled halfway holds it until the handshake ends), and the point is to free the socket.
+    /// On an open connection the bytes are handed to the socket by the flush, before the close.
     func sendAndClose(_ text: String) {
         guard let context else { return }
-        let channel = context.channel
-        context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text)), promise: nil)
+        context.close(promise: nil)
     }
 }
 
