@@ -58,8 +58,11 @@ let package = Package(
         .target(name: "LBLinks", dependencies: ["LBConfig", "CNetlinkRoute"]),
         // lbctl ↔ lbd: the control socket's JSON messages and lbctl's client.
         .target(name: "LBControl", dependencies: ["LBConfig", "LBRuntime"]),
-        // Running helper programs (iptables-restore, external checks) without a shell.
-        .target(name: "LBSystem"),
+        // fork/exec for confined programs: what posix_spawn cannot do (switch user) with async-signal-safe C only.
+        .target(name: "CSpawn"),
+        // Running helper programs without a shell (iptables-restore, ip), and external health checks confined
+        // (their own user, environment, process group and signal state; see ConfinedProcess).
+        .target(name: "LBSystem", dependencies: ["CSpawn"]),
         // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
         .target(name: "LBNetfilter", dependencies: ["LBConfig", "LBSystem"]),
         // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.

@@ -8,8 +8,9 @@ import LBRuntime
 import Logging
 
 /// Start, reload, live mode switch, drift repair and clean-up. A change is checked whole first (file, interfaces,
-/// host netfilter rules), then applied step by step in an order that keeps every VIP served: addresses are added
-/// first and removed last; a service moving to the kernel gets its IPVS entries before its proxy listener closes,
+/// host netfilter rules), then applied step by step in an order that keeps every VIP served: addresses and IPVS
+/// services are added first and removed last; a service moving to the kernel gets its IPVS entries before its proxy
+/// listener closes,
 /// one moving to the proxy gets its listener before its IPVS entries go. If a step fails, the steps before it are
 /// undone in reverse order, so the kernel, the proxy, the state file and the config in force are as they were.
 extension Agent {
@@ -206,7 +207,13 @@ extension Agent {
                 try kernel.applySettings(next.ipvs)
                 step = "IPVS"
                 if let ipvsBefore { undo.add { try kernel.restore(ipvsBefore, ownedBefore: ownedBefore) } }
-                try kernel.apply(desiredIPVSTable(for: nextState))
+                // Additions and edits now; the services the config drops stay until every other step is done,
+                // so a failure never deletes a service (and the connections it carries).
+                var keeping = desiredIPVSTable(for: nextState)
+                for (key, entry) in ipvsBefore?.services ?? [:] where ownedBefore.contains(key) && keeping.services[key] == nil {
+                    keeping.services[key] = entry
+                }
+                try kernel.apply(keeping)
             }
             step = "netfilter"
             do {
@@ -219,6 +226,10 @@ extension Agent {
             undo.add { try self.effectors.firewall.apply(previous.virtualServices) }
             step = "proxy listeners"
             try effectors.proxy.update(to: next.virtualServices, membership: nextMembership)
+            if let kernel {
+                step = "IPVS"
+                try kernel.apply(desiredIPVSTable(for: nextState))
+            }
             step = "VIP addresses"
             try addresses.apply(next.virtualServices, removing: true)
         } catch {

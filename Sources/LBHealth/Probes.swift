@@ -38,8 +38,8 @@ enum Probe {
                               target: target, timeout: timeout, on: eventLoop)
         case .hl7MLLP(let hl7):
             result = converse(HL7MLLPConversation(message: hl7.message), target: target, timeout: timeout, on: eventLoop)
-        case .external(let command):
-            result = ExternalCheck.run(command, target: target, timeout: timeout, on: eventLoop)
+        case .external(let command, let user):
+            result = ExternalCheck.run(command, user: user, target: target, timeout: timeout, on: eventLoop)
         }
         return result.flatMapErrorThrowing { error in .fail(describe(error)) }
     }

@@ -79,10 +79,17 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound: ciphertext in, plaintext up
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let readBIO else { return }
+        guard let readBIO, state != .closed else { return }
         let cipher = unwrapInboundIn(data)
-        cipher.withUnsafeReadableBytes { bytes in
-            _ = BIO_write(readBIO, bytes.baseAddress, Int32(bytes.count))
+        // A memory BIO takes everything unless memory runs out; anything less would silently drop ciphertext.
+        let accepted = cipher.withUnsafeReadableBytes { bytes -> Bool in
+            guard bytes.count > 0 else { return true }
+            ERR_clear_error()
+            return BIO_write(readBIO, bytes.baseAddress, Int32(bytes.count)) == Int32(bytes.count)
+        }
+        guard accepted else {
+            fail(context: context, TLSError("TLS input of \(cipher.readableBytes) bytes could not be buffered"))
+            return
         }
         if state == .handshaking { advanceHandshake(context: context) }
         if state == .open { readPlaintext(context: context) }
@@ -91,6 +98,9 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func advanceHandshake(context: ChannelHandlerContext) {
         guard let ssl, state == .handshaking else { return }
         handshakeStarted = true
+        // OpenSSL's error queue is per thread and shared by every connection of this event loop: what an earlier
+        // call left there must not be read as this call's reason (SSL_get_error consults it).
+        ERR_clear_error()
         let result = SSL_do_handshake(ssl)
         sendCiphertext(context: context, promise: nil)
         context.flush()
@@ -116,6 +126,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
             var result: Int32 = 0
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { pointer in
+                ERR_clear_error()
                 result = SSL_read(ssl, pointer.baseAddress, Int32(pointer.count))
                 return max(Int(result), 0)
             }
@@ -165,6 +176,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         if mode == .all, state == .open, let ssl {
             state = .closed
+            ERR_clear_error()
             _ = SSL_shutdown(ssl)
             sendCiphertext(context: context, promise: nil)
             context.flush()
@@ -181,6 +193,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         plaintext.withUnsafeReadableBytes { bytes in
             guard bytes.count > 0 else { return }
             // Without partial-write mode SSL_write consumes all of it or fails.
+            ERR_clear_error()
             failed = SSL_write(ssl, bytes.baseAddress, Int32(bytes.count)) <= 0
         }
         if failed {
@@ -204,7 +217,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         var buffer = context.channel.allocator.buffer(capacity: pending)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { pointer in
-            Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
+            ERR_clear_error()
+            return Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
         }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }

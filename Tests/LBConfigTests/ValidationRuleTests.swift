@@ -369,3 +369,22 @@ struct ProxySettingsTests {
                     "transparent is available for IPv4 VIPs only", at: "transparent")
     }
 }
+
+@Suite("External check rules")
+struct ExternalCheckRuleTests {
+    @Test func nulInCommandIsRefusedWithItsLine() {
+        let yaml = document(service(extra: ["health_check: {type: external, command: \"check\\0 --all\"}"]))
+        expectError(yaml, "the external check command contains a NUL byte", at: "\"check", service: "web")
+    }
+
+    @Test func userIsAnUnprivilegedName() {
+        expectError(document(service(extra: ["health_check: {type: external, command: true, user: root}"])),
+                    "external checks do not run as root", at: "root}", service: "web")
+        expectError(document(service(extra: ["health_check: {type: external, command: true, user: \"a b\"}"])),
+                    "\"a b\" is not a user name", at: "\"a b\"", service: "web")
+        let report = check(document(service(extra: ["health_check: {type: external, command: true, user: lbcheck}"])))
+        #expect(report.configuration?.virtualServices.first?.healthCheck.probe == .external(command: "true", user: "lbcheck"))
+        let defaulted = check(document(service(extra: ["health_check: {type: external, command: true}"])))
+        #expect(defaulted.configuration?.virtualServices.first?.healthCheck.probe == .external(command: "true", user: "nobody"))
+    }
+}

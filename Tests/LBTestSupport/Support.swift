@@ -79,6 +79,8 @@ public final class HTTPBackend: @unchecked Sendable {
     private var channel: Channel?
     private let group: EventLoopGroup
     public let requests = NIOLockedCounter()
+    /// TCP connections accepted: what keep-alive saves.
+    public let connections = NIOLockedCounter()
 
     public init(name: String, port: UInt16, group: EventLoopGroup) throws {
         self.name = name
@@ -88,11 +90,12 @@ public final class HTTPBackend: @unchecked Sendable {
     }
 
     public func start() throws {
-        let name = self.name, requests = self.requests
+        let name = self.name, requests = self.requests, connections = self.connections
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                _ = connections.next()
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(EchoingHTTPHandler(name: name, requests: requests))
                 }
@@ -324,4 +327,14 @@ public func get(_ port: UInt16, _ path: String = "/", headers: [String] = [], fr
     let client = try RawClient(port: port, from: source)
     client.send("GET \(path) HTTP/1.1\r\nHost: test\r\n" + headers.map { $0 + "\r\n" }.joined() + "Connection: close\r\n\r\n")
     return client.readResponse()
+}
+
+/// Waits for a condition (polling every 10 ms) up to `timeout`; returns whether it became true.
+public func eventually(timeout: Duration = .seconds(3), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
 }

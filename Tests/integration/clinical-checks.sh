@@ -11,16 +11,17 @@ python3 -c "import pynetdicom" 2>/dev/null \
     || fail "pynetdicom missing: python3 -m pip install --target .build/python pynetdicom"
 base=$((16000 + RANDOM % 800))
 p() { echo $((base + $1)); }
-storescp --aetitle PACS --output-directory "$work" "$(p 1)" & pids+=($!)
+# Servers start as up in lbd, so "up" proves nothing until it was reached from "down": the peers that must pass
+# (dcmtk-storescp, pynetdicom-pacs, engine-aa, script-ok) start only after lbd has seen them fail.
 storescp --refuse "$(p 2)" & pids+=($!)
 python3 Tests/integration/clinical-peers.py verification-scp OTHER "$(p 3)" require-called & pids+=($!)
 python3 Tests/integration/clinical-peers.py verification-scp PACS "$(p 4)" status 0110 & pids+=($!)
-python3 Tests/integration/clinical-peers.py verification-scp PACS "$(p 5)" require-called & pids+=($!)
-python3 Tests/integration/clinical-peers.py mllp "$(p 11)" AA & pids+=($!)
 python3 Tests/integration/clinical-peers.py mllp "$(p 12)" AE "unknown message type" & pids+=($!)
-for port in $(p 1) $(p 2) $(p 3) $(p 4) $(p 5) $(p 11) $(p 12); do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; fail "nothing listens on $1"; }
+for port in $(p 2) $(p 3) $(p 4) $(p 12); do wait_port "$port"; done
+# The external check runs as nobody: its flag lives where nobody can look.
+mkdir -m 755 "$work/pub"
+chmod 711 "$work"
 cat > "$work/lb.yaml" <<YAML
 virtual_services:
   - name: CoreServerDICOM-104
@@ -47,33 +48,45 @@ virtual_services:
     vip: 127.0.0.1
     ports: [$(p 22)]
     mode: l7-tcp
-    health_check: {type: external, command: 'test "\$LB_SERVER_PORT" = $(p 1) && echo fine', interval: 1s, timeout: 800ms, rise: 1, fall: 1}
+    health_check: {type: external, command: 'test "\$(id -un)" = nobody && test -e $work/pub/ready && test "\$LB_SERVER_PORT" = $(p 1) && echo fine', interval: 1s, timeout: 800ms, rise: 1, fall: 1}
     real_servers:
       - {name: script-ok, address: 127.0.0.1, port: $(p 1)}
       - {name: script-fails, address: 127.0.0.1, port: $(p 2)}
 YAML
 "$bin/lbd" --config "$work/lb.yaml" --threads 1 --socket "$work/lbd.sock" --state-dir "$work/state" > "$work/lbd.log" 2>&1 & pids+=($!)
-sleep 4
-"$bin/lbctl" --socket "$work/lbd.sock" status --format json > "$work/status.json" || fail "lbctl status"
+status() { "$bin/lbctl" --socket "$work/lbd.sock" status --format json > "$work/status.json" 2>/dev/null; }
 health() { python3 -c "
 import json, sys
 for s in json.load(open('$work/status.json')):
     for r in s['servers']:
         if r['name'] == '$1': print(r['health'])"; }
+wait_health() {  # SERVER HEALTH: waits up to 15 s (checks run every second)
+    for _ in $(seq 75); do status && [ "$(health "$1")" = "$2" ] && return 0; sleep 0.2; done
+    fail "$1 should be $2, is $(health "$1")"
+}
 expect() {  # SERVER HEALTH [REASON]
-    [ "$(health "$1")" = "$2" ] || fail "$1 should be $2, is $(health "$1")"
+    wait_health "$1" "$2"
     [ -z "${3:-}" ] || grep -q "reason=$3.* server=$1 " "$work/lbd.log" || fail "$1: no \"$3\" in the log"
     echo "$1: $2${3:+ ($3)}"
 }
-expect dcmtk-storescp up
-expect pynetdicom-pacs up
+# First: each must-pass server fails its check for the reason its check gives.
+expect dcmtk-storescp down "connection refused"
+expect pynetdicom-pacs down "connection refused"
+expect engine-aa down "connection refused"
+expect script-ok down "command exited 1"
+# Then their peers start (and the script's flag appears): each comes back up, and lbd says so.
+storescp --aetitle PACS --output-directory "$work" "$(p 1)" & pids+=($!)
+python3 Tests/integration/clinical-peers.py verification-scp PACS "$(p 5)" require-called & pids+=($!)
+python3 Tests/integration/clinical-peers.py mllp "$(p 11)" AA & pids+=($!)
+touch "$work/pub/ready"
+for server in dcmtk-storescp pynetdicom-pacs engine-aa script-ok; do
+    expect "$server" up
+    grep " server=$server " "$work/lbd.log" | grep -q "real server up$" || fail "$server: no \"real server up\" in the log"
+done
 expect dcmtk-refusing down "association rejected: rejected by the service user, no reason given"
 expect pynetdicom-other-ae down "association rejected: called AE title not recognized"
 expect pynetdicom-failing down "C-ECHO status 0x0110"
 expect stopped down "connection refused"
-expect engine-aa up
 expect engine-ae down "HL7 acknowledgement AE: unknown message type"
-expect script-ok up
 expect script-fails down "command exited 1"
-grep -q "checks are not available" "$work/lbd.log" && fail "lbd still substitutes connect checks"
 echo "clinical health checks: passed"

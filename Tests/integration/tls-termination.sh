@@ -33,6 +33,7 @@ virtual_services:
     ports: [$vip]
     mode: l7-http
     persistence: {type: http-cookie}
+    timeouts: {header: 1s, idle: 60s}
     tls:
       certificate: $work/server.pem
       key: $work/server.key
@@ -88,6 +89,30 @@ printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' \
 grep -q "^web-" "$work/close.out" || fail "no response before close"
 if grep -qi "unexpected eof" "$work/close.err"; then fail "connection closed without close_notify"; fi
 echo "close_notify sent before closing"
+
+# A handshake that stalls halfway (half a ClientHello) is closed at the header timeout (1 s), not at the idle
+# timeout (60 s): the socket itself, measured from the client's side.
+stalled=$(python3 - "$vip" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+# A TLS record header announcing a 512-byte ClientHello, then only its first bytes.
+s.sendall(bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]))
+s.settimeout(10)
+started = time.monotonic()
+try:
+    while s.recv(4096):
+        pass
+    print(f"closed {time.monotonic() - started:.1f}")
+except socket.timeout:
+    print("open")
+except ConnectionResetError:
+    print(f"closed {time.monotonic() - started:.1f}")
+PY
+)
+case "$stalled" in
+    closed\ 0.*|closed\ 1.*|closed\ 2.*) echo "stalled TLS handshake: socket $stalled s after the last byte" ;;
+    *) fail "a stalled TLS handshake was not closed at the header timeout: $stalled" ;;
+esac
 
 # Plain HTTP to the TLS port is refused, and lbd keeps serving.
 plain=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$vip/" || true)

@@ -21,7 +21,7 @@ struct DocumentReader {
     static let persistenceKeys = ["type", "timeout", "cookie", "netmask"]
     static let healthCheckKeys = [
         "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
-        "calling_ae", "called_ae", "message", "command",
+        "calling_ae", "called_ae", "message", "command", "user",
     ]
     static let realServerKeys = ["name", "address", "port", "weight"]
     static let endpointKeys = ["address", "port"]
@@ -369,7 +369,7 @@ struct DocumentReader {
             case .httpGet, .httpsGet: return ["path", "expect_status", "expect_body"]
             case .dicomEcho: return ["calling_ae", "called_ae"]
             case .hl7MLLP: return ["message"]
-            case .external: return ["command"]
+            case .external: return ["command", "user"]
             case .connect, .none: return []
             }
         }
@@ -404,7 +404,26 @@ struct DocumentReader {
             guard let node = nodes.require("command", in: fields, what: "external health_check",
                                            hint: "add `command: /path/to/script`; it runs with the real server's address and port in its environment")
             else { return nil }
-            return nodes.string(node, key: "command").map { .external(command: $0) }
+            guard let command = nodes.string(node, key: "command") else { return nil }
+            // A NUL would end the command where /bin/sh reads it (C strings), silently running less than written.
+            guard !command.isEmpty, !command.utf8.contains(0) else {
+                nodes.error(command.isEmpty ? "the external check command is empty" : "the external check command contains a NUL byte",
+                            at: node, hint: "write the command line without control characters")
+                return nil
+            }
+            var user = HealthCheck.defaultExternalUser
+            if let userNode = fields["user"] {
+                guard let name = nodes.string(userNode, key: "user") else { return nil }
+                let valid = !name.isEmpty && name.count <= 32 && name.first != "-"
+                    && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+                guard valid, name != "root" else {
+                    nodes.error(name == "root" ? "external checks do not run as root" : "\"\(name)\" is not a user name",
+                                at: userNode, hint: "name an unprivileged system user, e.g. `user: nobody` (the default)")
+                    return nil
+                }
+                user = name
+            }
+            return .external(command: command, user: user)
         }
     }
 

@@ -14,6 +14,8 @@ public struct HealthCheck: Hashable, Sendable {
     public static let defaultTimeout: Duration = .seconds(1)
     public static let defaultRise = 2
     public static let defaultFall = 3
+    /// The user external checks run as: never root, so a check cannot change the load balancer.
+    public static let defaultExternalUser = "nobody"
 
     public init(
         probe: Probe, port: UInt16? = nil, interval: Duration = HealthCheck.defaultInterval,
@@ -36,7 +38,8 @@ public struct HealthCheck: Hashable, Sendable {
         case httpsGet(HTTPProbe)
         case dicomEcho(DICOMEchoProbe)
         case hl7MLLP(HL7Probe)
-        case external(command: String)
+        /// `command` is a /bin/sh command line; it runs as `user` when lbd runs as root.
+        case external(command: String, user: String = HealthCheck.defaultExternalUser)
 
         public var typeName: String {
             switch self {

@@ -65,7 +65,8 @@ public struct ServiceSummary: Codable, Hashable, Sendable {
         case .httpsGet(let http): text = "https-get \(http.path) \(http.expectStatus.map(String.init).joined(separator: ","))"
         case .dicomEcho(let echo): text = "dicom-echo \(echo.callingAE)->\(echo.calledAE)"
         case .hl7MLLP: text = "hl7-mllp"
-        case .external(let command): text = "external \(command)"
+        case .external(let command, let user):
+            text = "external \(command)" + (user == HealthCheck.defaultExternalUser ? "" : " (as \(user))")
         }
         if let port = check.port { text += " port \(port)" }
         return text + " every \(check.interval.configText)"

@@ -41,10 +41,23 @@ final class BackendHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The HTTP/1.1 client codec for a real-server connection. lb writes each request's framing itself (NIO's
+    /// encoder would otherwise frame some methods only on an exact `chunked` value and drop others' length), and
+    /// interim 1xx responses are passed up so they can reach the client.
+    static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+        var encoder = HTTPRequestEncoder.Configuration()
+        encoder.automaticallySetFramingHeaders = false
+        try pipeline.addHandler(HTTPRequestEncoder(configuration: encoder))
+        try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
+                                                                         informationalResponseStrategy: .forward)))
+        try pipeline.addHandler(NIOHTTPRequestHeadersValidator())
+        try pipeline.addHandler(BackendHandler())
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            responseKeepAlive = head.isKeepAlive
+            if !(100..<200).contains(head.status.code) { responseKeepAlive = head.isKeepAlive }
             front?.responseHead(head)
         case .body(let body):
             front?.responseBody(body)
@@ -67,6 +80,21 @@ final class BackendHandler: ChannelDuplexHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { front?.backendBecameWritable() }
+    }
+
+    /// The server sent its FIN (the channel allows half-closure, as l7-tcp needs). The parser has already ended a
+    /// response that was delimited by the close. Anything still waiting for this server gets its answer now (502,
+    /// or a safe retry), and an idle pooled connection is closed rather than left in CLOSE-WAIT.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case ChannelEvent.inputClosed = event else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        isClosed = true
+        let front = self.front
+        self.front = nil
+        front?.backendFailed(nil)
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -42,7 +42,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var clientKeepAlive = true
     private var clientCookie: String?
     private var selection: Selection?
+    /// A final (non-1xx) response head went to the client.
     private var responseStarted = false
+    /// Whether the current request may be sent a second time (RFC 9110 §9.2.2).
+    private var requestIdempotent = false
+    private var requestMethod = HTTPMethod.GET
+    private var clientIsHTTP10 = false
+    /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
+    private var closeAfterResponse = false
+    /// The real server's response ends by its own framing, so its connection can carry another exchange.
+    private var backendResponseDelimited = true
 
     private let rawWriter: RawResponseWriter
 
@@ -110,10 +119,17 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var deadline: NIODeadline?
     private var deadlineReason = ""
 
+    private var timerFiresAt: NIODeadline?
+
     private func armTimer(_ duration: Duration, reason: String) {
-        deadline = .now() + TimeAmount(duration)
+        let deadline = NIODeadline.now() + TimeAmount(duration)
+        self.deadline = deadline
         deadlineReason = reason
-        if requestTimer == nil, let deadline { scheduleTimer(at: deadline) }
+        // A later deadline waits for the scheduled timer; an earlier one (a body timeout shorter than the header
+        // timeout) needs the timer moved, or it would only be noticed at the old time.
+        if let scheduled = timerFiresAt, requestTimer != nil, scheduled <= deadline { return }
+        requestTimer?.cancel()
+        scheduleTimer(at: deadline)
     }
 
     private func disarmTimer() {
@@ -123,6 +139,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private func scheduleTimer(at when: NIODeadline) {
         guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timerFiresAt = when
         requestTimer = context.eventLoop.scheduleTask(deadline: when) {
             loopBound.value.timerFired()
         }
@@ -184,7 +201,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             forward(.body(.byteBuffer(body)))
         case .end(let trailers):
             disarmTimer()
-            forward(.end(trailers))
+            forward(.end(trailers?.forwardableTrailers()))
         }
     }
 
@@ -192,8 +209,25 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         guard case .idle = state else { return }
         followReload(on: context.eventLoop)
         armTimer(service.timeouts.body, reason: "request body stalled")
-        clientKeepAlive = head.isKeepAlive
+        clientKeepAlive = head.isKeepAlive && !head.asksForUpgrade
+        clientIsHTTP10 = head.version.major == 1 && head.version.minor == 0
+        requestMethod = head.method
+        requestIdempotent = head.isIdempotent
         responseStarted = false
+        closeAfterResponse = false
+        backendResponseDelimited = true
+        let framing: BodyFraming
+        do {
+            framing = try head.checkedForForwarding()
+        } catch {
+            logger.info("request refused: \(error)", metadata: ["client": "\(peer.text)"])
+            if case .unsupportedMethod = error {
+                sendError(.methodNotAllowed, "Method Not Allowed\n")
+            } else {
+                sendError(.badRequest, "Bad Request\n")
+            }
+            return
+        }
         let client = peer.address
         var cookie: String?
         if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
@@ -201,6 +235,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
         var outbound = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: head.headers)
         outbound.headers.removeHopByHop()
+        // The body goes out exactly as lb's parser delimited it; an empty body of a method that normally has one
+        // is stated, since some servers refuse such a request without a length (411).
+        if framing == .unframed, head.method == .POST || head.method == .PUT || head.method == .PATCH {
+            outbound.headers.setFraming(.contentLength(0))
+        } else {
+            outbound.headers.setFraming(framing)
+        }
         if service.forwardedFor, let client {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
@@ -228,8 +269,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         connector.connect(to: chosen, client: client, port: port, on: context.eventLoop) { channel in
             do {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                try channel.pipeline.syncOperations.addHandler(BackendHandler())
+                try BackendHandler.addClientCodec(to: channel.pipeline.syncOperations)
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)
@@ -348,12 +388,57 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     // MARK: Real server → client
 
     func responseHead(_ head: HTTPResponseHead) {
-        guard let context else { return }
-        responseStarted = true
+        guard let context, case .forwarding(let backend, _) = state, !responseStarted else { return }
+        // The server has read (some of) the request: it is never sent again.
         retryCopy = nil
+        let code = head.status.code
+        if code == 101 {
+            refuseResponse(MessageRefusal.unexpectedUpgrade(code), from: backend)
+            return
+        }
+        let framing: BodyFraming
+        do {
+            framing = try head.headers.bodyFraming()
+        } catch {
+            refuseResponse(error, from: backend)
+            return
+        }
         var outbound = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
         outbound.headers.removeHopByHop()
-        if !clientKeepAlive { outbound.headers.replaceOrAdd(name: "Connection", value: "close") }
+        if (100..<200).contains(code) {
+            // Interim (100 Continue, 103 Early Hints): an HTTP/1.0 client would take it for the final answer.
+            guard !clientIsHTTP10 else { return }
+            outbound.headers.setFraming(.unframed)
+            context.writeAndFlush(wrapOutboundOut(.head(outbound)), promise: nil)
+            return
+        }
+        responseStarted = true
+        if requestMethod == .HEAD || code == 304 {
+            // No body follows; a length states what a GET would return.
+            if case .contentLength = framing { outbound.headers.setFraming(framing) } else { outbound.headers.setFraming(.unframed) }
+        } else if code == 204 {
+            outbound.headers.setFraming(.unframed)
+        } else {
+            switch framing {
+            case .contentLength:
+                outbound.headers.setFraming(framing)
+            case .chunked, .unframed:
+                backendResponseDelimited = framing == .chunked
+                if clientIsHTTP10 {
+                    // HTTP/1.0 has no chunked coding: the close marks the end.
+                    outbound.headers.setFraming(.unframed)
+                    closeAfterResponse = true
+                } else {
+                    outbound.headers.setFraming(.chunked)
+                }
+            }
+        }
+        if !clientKeepAlive || closeAfterResponse {
+            outbound.headers.replaceOrAdd(name: "Connection", value: "close")
+        } else if clientIsHTTP10 {
+            // A 1.0 client closes unless told the connection stays open.
+            outbound.headers.replaceOrAdd(name: "Connection", value: "keep-alive")
+        }
         if case .httpCookie(let name) = service.persistence, let value = selection?.cookieValue, value != clientCookie {
             var cookie = "\(name)=\(value); Path=/; HttpOnly"
             if scheme == "https" { cookie += "; Secure" }
@@ -382,7 +467,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         guard let context, case .forwarding(let backend, let requestEnded) = state else { return }
         let selection = self.selection
         self.selection = nil
-        if backendReusable, requestEnded, let selection, selection.serverIndex != nil {
+        if backendReusable, backendResponseDelimited, requestEnded, let selection, selection.serverIndex != nil {
             backend.front = nil
             idleConnections?.put(backend, selection: selection, pool: connector.pool)
         } else {
@@ -390,9 +475,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             if let selection { connector.pool.release(selection) }
         }
         state = .idle
-        let keepAlive = clientKeepAlive && requestEnded
+        let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
-        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
+        context.writeAndFlush(wrapOutboundOut(.end(trailers?.forwardableTrailers())), promise: promise)
         if let promise {
             state = .closing
             pipelined = []
@@ -406,8 +491,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The real server failed or closed before the response was complete.
     func backendFailed(_ error: Error?) {
         guard case .forwarding(_, let requestEnded) = state else { return }
-        // A reused connection that died before answering: send the request again on a fresh connection.
-        if !responseStarted, let copy = retryCopy, let origin = requestOrigin, let failed = selection {
+        // A reused connection that the server closed or reset before a byte of response (it timed out its idle
+        // connection as we sent): an idempotent request is sent again on a fresh connection. Anything else — a
+        // POST, a malformed answer, an interim response already seen — is never repeated (RFC 9110 §9.2.2).
+        let closedWithoutAnswer = error == nil || error is IOError || error is ChannelError
+        if !responseStarted, requestIdempotent, closedWithoutAnswer, let copy = retryCopy, let origin = requestOrigin,
+           let failed = selection {
             retryCopy = nil
             connector.pool.release(failed)
             selection = nil
@@ -429,6 +518,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         } else {
             sendError(.badGateway, "Bad Gateway\n")
         }
+    }
+
+    /// The real server's response cannot be forwarded as it is: 502, and neither connection carries on.
+    private func refuseResponse(_ reason: Error, from backend: BackendHandler) {
+        logger.warning("malformed response from real server: \(reason)", metadata: ["server": "\(selection?.name ?? "?")"])
+        backend.close()
+        sendError(.badGateway, "Bad Gateway\n")
     }
 
     private func finishSelection() {
@@ -466,10 +562,13 @@ final class RawResponseWriter: ChannelOutboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
+    /// Writes `text` and closes at once, without waiting for the write to complete: a write can wait forever
+    /// (a TLS handshake that stalled halfway holds it until the handshake ends), and the point is to free the socket.
+    /// On an open connection the bytes are handed to the socket by the flush, before the close.
     func sendAndClose(_ text: String) {
         guard let context else { return }
-        let channel = context.channel
-        context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text)), promise: nil)
+        context.close(promise: nil)
     }
 }
 

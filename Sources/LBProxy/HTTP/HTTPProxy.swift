@@ -4,9 +4,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// l7-http: sets up a client connection's pipeline. NIO's HTTP/1 parser does the framing and refuses malformed
+/// l7-http: sets up a client connection's pipeline. NIO's HTTP/1 parser reads the framing and refuses malformed
 /// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers) with a
-/// 400 and a close; `HTTPFrontHandler` does the proxying.
+/// 400 and a close; `HTTPFrontHandler` refuses what the parser lets through but lb will not forward (see
+/// `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
 struct HTTPProxy: Sendable {
     let runtime: ServiceRuntime
     let slot: ServiceSlot
@@ -27,9 +28,12 @@ struct HTTPProxy: Sendable {
             try sync.addHandler(IdleCloser())
             // Pipelined requests are queued by HTTPFrontHandler itself; NIO's pipelining helper would pause and
             // resume reading around every request, which costs a system call each time.
+            // lb writes every response's framing itself (see BodyFraming): NIO's encoder must not add or drop any.
+            var encoder = HTTPResponseEncoder.Configuration()
+            encoder.automaticallySetFramingHeaders = false
             try sync.configureHTTPServerPipeline(
                 withPipeliningAssistance: false, withErrorHandling: true,
-                withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+                withEncoderConfiguration: encoder, withDecoderLimitConfiguration: limits)
             try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot,
                                                  scheme: service.tls == nil ? "http" : "https", rawWriter: rawWriter))
             return channel.eventLoop.makeSucceededVoidFuture()
@@ -39,21 +43,7 @@ struct HTTPProxy: Sendable {
     }
 }
 
-/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
-let hopByHopHeaders: Set<String> = [
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization",
-]
-
 extension HTTPHeaders {
-    /// Removes hop-by-hop headers, including any named in Connection.
-    mutating func removeHopByHop() {
-        let named = self[canonicalForm: "connection"].map { String($0).lowercased() }
-        for name in hopByHopHeaders.union(named) where name != "transfer-encoding" {
-            remove(name: name)
-        }
-    }
-
     /// The value of one cookie from the Cookie header(s).
     func cookie(named name: String) -> String? {
         for header in self["cookie"] {

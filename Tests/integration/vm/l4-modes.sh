@@ -207,9 +207,12 @@ ipvs:
 """)
 open(sys.argv[2], "w").write(text)
 PY
-before="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+# The table as ipvsadm saves it, and as it lists it less the connection counts (which change by themselves as
+# connections of earlier sections expire), the rules and the addresses.
+kernel_state() { ipvsadm -Sn; ipvsadm -Ln | awk '{ print $1, $2, $3, $4 }'; iptables-save | grep -v '^#'; ip addr; }
+before="$(kernel_state)"
 lbctl reload; echo "reload exited $?"
-after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+after="$(kernel_state)"
 [ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; echo "$before" > "$dir/before.txt"; echo "$after" > "$dir/after.txt"; diff "$dir/before.txt" "$dir/after.txt"; }
 lbctl status Viewer-NAT | grep rs2
 cp "$dir/l4.good" "$dir/l4.yaml"
@@ -240,10 +243,10 @@ kill -TERM $lbd; wait $lbd
 
 echo "== conflict"
 iptables -t nat -A PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.99:80
-before="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+before="$(kernel_state)"
 start_lbd "$dir/l4.yaml"
 wait $lbd; echo "lbd exited $?"
-after="$(ipvsadm -Ln; iptables-save | grep -v '^#'; ip addr)"
+after="$(kernel_state)"
 [ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; echo "$before" > "$dir/before.txt"; echo "$after" > "$dir/after.txt"; diff "$dir/before.txt" "$dir/after.txt"; }
 cat "$dir/lbd-$run.log"
 

@@ -1,0 +1,151 @@
+import NIOHTTP1
+
+/// How a message's body is delimited, as lb's own parser read it. lb forwards a message with framing it writes from
+/// this value, never with the peer's Content-Length or Transfer-Encoding text: a framing header the next hop could
+/// read differently from lb (`Transfer-Encoding: Chunked` on a GET, a coding list, a duplicated length) is exactly
+/// how one request becomes two behind a proxy.
+enum BodyFraming: Equatable {
+    /// No framing header: an empty request body, or a response read until the server closes.
+    case unframed
+    case contentLength(Int)
+    case chunked
+}
+
+/// Why a message's header section cannot be forwarded. The description is what lb logs; the peer gets only a status.
+enum MessageRefusal: Error, Equatable, CustomStringConvertible {
+    case unsupportedTransferEncoding(String)
+    case invalidContentLength(String)
+    case lengthAndTransferEncoding
+    case duplicateHost
+    case invalidHost(String)
+    case hostContradictsURI(host: String, uri: String)
+    case unsupportedMethod(String)
+    case unexpectedUpgrade(UInt)
+
+    var description: String {
+        switch self {
+        case .unsupportedTransferEncoding(let value): "Transfer-Encoding \"\(value)\" is not exactly \"chunked\""
+        case .invalidContentLength(let value): "invalid Content-Length \"\(value)\""
+        case .lengthAndTransferEncoding: "both Content-Length and Transfer-Encoding"
+        case .duplicateHost: "more than one Host header"
+        case .invalidHost(let value): "invalid Host \"\(value)\""
+        case .hostContradictsURI(let host, let uri): "Host \"\(host)\" contradicts the absolute URI \"\(uri)\""
+        case .unsupportedMethod(let method): "method \(method) is not proxied"
+        case .unexpectedUpgrade(let status): "status \(status): lb never asks a real server to switch protocols"
+        }
+    }
+}
+
+/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
+let hopByHopHeaders: Set<String> = [
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization",
+]
+
+/// Headers a `Connection` list may not remove: the message's framing and routing, and what lb reads or writes itself.
+/// A client naming them in `Connection` would otherwise strip them between lb's view of the request and the server's.
+let protectedHeaders: Set<String> = [
+    "host", "content-length", "transfer-encoding", "cookie", "set-cookie", "x-forwarded-for", "x-forwarded-proto",
+    "forwarded", "content-type", "authorization",
+]
+
+extension HTTPHeaders {
+    /// The framing of this message's body from its Content-Length and Transfer-Encoding fields. Only a lone
+    /// `chunked` coding is accepted (case-insensitive, as the parser matched it); lb forwards it as exactly `chunked`.
+    func bodyFraming() throws(MessageRefusal) -> BodyFraming {
+        let codings = self[canonicalForm: "transfer-encoding"]
+        let lengths = self[canonicalForm: "content-length"]
+        if !codings.isEmpty {
+            guard lengths.isEmpty else { throw .lengthAndTransferEncoding }
+            guard codings.count == 1, codings[0].lowercased() == "chunked" else {
+                throw .unsupportedTransferEncoding(self["transfer-encoding"].joined(separator: ", "))
+            }
+            return .chunked
+        }
+        guard let first = lengths.first else { return .unframed }
+        let digits = first.utf8
+        guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              lengths.allSatisfy({ $0 == first }), let length = Int(first) else {
+            throw .invalidContentLength(self["content-length"].joined(separator: ", "))
+        }
+        return .contentLength(length)
+    }
+
+    /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
+    mutating func removeHopByHop() {
+        let named = self[canonicalForm: "connection"].map { $0.lowercased() }.filter { !protectedHeaders.contains($0) }
+        for name in hopByHopHeaders.union(named) {
+            remove(name: name)
+        }
+    }
+
+    /// Writes lb's own framing for a message forwarded with `framing`.
+    mutating func setFraming(_ framing: BodyFraming) {
+        remove(name: "content-length")
+        remove(name: "transfer-encoding")
+        switch framing {
+        case .unframed: break
+        case .contentLength(let length): add(name: "Content-Length", value: String(length))
+        case .chunked: add(name: "Transfer-Encoding", value: "chunked")
+        }
+    }
+
+    /// Trailer fields worth forwarding: none that could frame, route or hop.
+    func forwardableTrailers() -> HTTPHeaders {
+        var trailers = self
+        for name in hopByHopHeaders.union(protectedHeaders) { trailers.remove(name: name) }
+        return trailers
+    }
+}
+
+extension HTTPRequestHead {
+    /// Checks what lb needs to forward this request unambiguously (RFC 9112 §3.2, §6) and returns its body's framing.
+    func checkedForForwarding() throws(MessageRefusal) -> BodyFraming {
+        if method == .CONNECT { throw .unsupportedMethod("CONNECT") }
+        let hosts = headers["host"]
+        if hosts.count > 1 { throw .duplicateHost }
+        if let host = hosts.first {
+            guard !host.isEmpty || version.minor == 0,
+                  !host.utf8.contains(where: { $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t")
+                      || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") }) else { throw .invalidHost(host) }
+        }
+        if let authority = absoluteURIAuthority(uri) {
+            if let host = hosts.first, normalizedAuthority(host, scheme: authority.scheme) != normalizedAuthority(authority.host, scheme: authority.scheme) {
+                throw .hostContradictsURI(host: host, uri: uri)
+            }
+        }
+        let framing = try headers.bodyFraming()
+        return framing
+    }
+
+    /// Whether the method is idempotent (RFC 9110 §9.2.2): only these may be sent to a server a second time.
+    var isIdempotent: Bool {
+        switch method {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
+        default: false
+        }
+    }
+
+    /// Whether the client asked to switch protocols. lb's l7-http does not switch (Upgrade is hop-by-hop and not
+    /// forwarded), and its parser reads nothing after such a request, so the connection closes after the response.
+    var asksForUpgrade: Bool {
+        headers.contains(name: "upgrade") && headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+    }
+}
+
+/// The scheme and authority of an absolute-form request target (`http://host:port/path`), or nil for origin form.
+private func absoluteURIAuthority(_ uri: String) -> (scheme: String, host: String)? {
+    guard let separator = uri.range(of: "://") else { return nil }
+    let scheme = uri[..<separator.lowerBound].lowercased()
+    guard scheme == "http" || scheme == "https" else { return nil }
+    let rest = uri[separator.upperBound...]
+    let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
+    return (scheme, String(rest[..<end]))
+}
+
+/// An authority compared without case and without the scheme's default port.
+private func normalizedAuthority(_ authority: String, scheme: String) -> String {
+    let lowered = authority.lowercased()
+    let defaultPort = scheme == "https" ? ":443" : ":80"
+    return lowered.hasSuffix(defaultPort) ? String(lowered.dropLast(defaultPort.count)) : lowered
+}
