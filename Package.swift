@@ -105,6 +105,7 @@ let package = Package(
                 "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
+                "LBTLS",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

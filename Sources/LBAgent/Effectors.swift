@@ -62,8 +62,12 @@ public struct ServerCounters: Equatable, Sendable {
     public var totalConnections = 0
     public var bytesToServer: UInt64 = 0
     public var bytesFromServer: UInt64 = 0
+    /// Clients pinned to the server (persistence cookie or stick entry) seen in the last ten minutes.
+    public var pinnedSessions = 0
 
-    public init(activeConnections: Int = 0, totalConnections: Int = 0, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0) {
+    public init(activeConnections: Int = 0, totalConnections: Int = 0, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0,
+                pinnedSessions: Int = 0) {
+        self.pinnedSessions = pinnedSessions
         self.activeConnections = activeConnections
         self.totalConnections = totalConnections
         self.bytesToServer = bytesToServer

@@ -73,7 +73,7 @@ public final class HealthMonitor: Sendable {
                 var state = CheckState()
                 if let carried = initial[service.name]?[server.name] {
                     state = carried.check == check && carried.target == target
-                        ? carried.state : CheckState(healthy: carried.state.healthy)
+                        ? carried.state : CheckState(healthy: carried.state.healthy, concluded: carried.state.concluded)
                 }
                 schedule(service: service.name, server: server.name, check: check, target: target, state: state)
             }
@@ -112,7 +112,7 @@ public final class HealthMonitor: Sendable {
         let metadata: Logger.Metadata = ["service": "\(event.service)", "server": "\(event.server)",
                                          "address": "\(target)", "reason": "\(event.reason)"]
         if event.healthy {
-            logger.notice("real server up", metadata: metadata)
+            logger.notice(event.reason == "first check passed" ? "real server checked: up" : "real server up", metadata: metadata)
         } else {
             logger.error("real server down", metadata: metadata)
         }
@@ -149,12 +149,18 @@ public final class HealthMonitor: Sendable {
 /// Consecutive-result counting for one server: pure, so rise/fall behaviour is unit-tested.
 public struct CheckState: Sendable, Equatable {
     public private(set) var healthy: Bool
+    /// Whether a conclusion has been reported (the first pass, or a transition): until then the server is
+    /// "checking".
+    public private(set) var concluded: Bool
     private var passes = 0
     private var failures = 0
 
     /// A new check starts as healthy (a freshly started lbd serves at once); a check restarted with other settings
     /// starts from the health its predecessor had reached.
-    public init(healthy: Bool = true) { self.healthy = healthy }
+    public init(healthy: Bool = true, concluded: Bool = false) {
+        self.healthy = healthy
+        self.concluded = concluded
+    }
 
     /// Returns the transition this result causes, if any.
     public mutating func record(_ result: ProbeResult, rise: Int, fall: Int) -> (healthy: Bool, reason: String)? {
@@ -164,13 +170,20 @@ public struct CheckState: Sendable, Equatable {
             passes += 1
             if !healthy, passes >= rise {
                 healthy = true
+                concluded = true
                 return (true, "\(passes) checks passed")
+            }
+            if !concluded {
+                // The first pass of a server that starts as healthy: not a change, but the end of "checking".
+                concluded = true
+                return (true, "first check passed")
             }
         case .fail(let reason):
             passes = 0
             failures += 1
             if healthy, failures >= fall {
                 healthy = false
+                concluded = true
                 return (false, "\(reason) (\(failures) checks failed in a row)")
             }
         }

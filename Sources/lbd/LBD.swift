@@ -127,7 +127,14 @@ struct LBD: AsyncParsableCommand {
         let stop = StopSignal()
 
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
-        let engine = ProxyEngine(threads: threads, logger: logger)
+        let cookieKey: [UInt8]
+        do {
+            cookieKey = try state.cookieKey()
+        } catch {
+            logger.critical("\(error); nothing started")
+            throw ExitCode(1)
+        }
+        let engine = ProxyEngine(threads: threads, logger: logger, cookieKey: cookieKey)
         let relay = TransitionRelay()
         var metrics: MetricsServer?
         let probes = ProbeRelay()

@@ -44,7 +44,7 @@ sleep 1
 status=$(lbctl status) || fail "lbctl status failed"
 echo "$status"
 grep -qE "^Viewer +l7-http 127.0.0.1 +$web/tcp +up" <<<"$status" || fail "status: Viewer row"
-grep -qE "^  node-2 +127.0.0.1:$((base + 12)) +up +online +100 " <<<"$status" || fail "status: node-2 row"
+grep -qE "^  node-2 +127.0.0.1:$((base + 12)) +up +up +online +100 " <<<"$status" || fail "status: node-2 row"
 lbctl status --format json | python3 -c '
 import json, sys
 services = json.load(sys.stdin)
@@ -74,7 +74,7 @@ failed=$(grep -c FAILED "$work/load.txt" || true)
 late=$(awk -v from=$((drained_at + 2)) '$1 >= from && $3 == "node-2"' "$work/load.txt" | wc -l)
 [ "$late" = 0 ] || fail "node-2 got $late new requests after the drain"
 echo "drain under load: 400 requests, 0 failed, node-2 none after request $drained_at"
-grep -qE "^  node-2 .* up +drain +0 " <<<"$(lbctl status Viewer)" || fail "status does not show the drain"
+grep -qE "^  node-2 .* drain +up +drain +0/100 " <<<"$(lbctl status Viewer)" || fail "status does not show the drain"
 
 # Prometheus metrics show the same.
 metrics=$(curl -s "http://127.0.0.1:$((base + 3))/metrics") || fail "no metrics endpoint"

@@ -1,5 +1,6 @@
 import LBConfig
 import LBRuntime
+import LBTLS
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -27,6 +28,9 @@ public final class RealServerPool: Sendable {
         var server: RealServer
         /// Set by the agent from the one membership rule (health, overrides, weight); the pool never derives it.
         var membership: Membership
+        /// Clients that came back to this server through their cookie or stick entry, and when (the sessions a
+        /// draining server still holds).
+        var pinned: [IPAddress: NIODeadline] = [:]
         /// Open connections to this server, so `halt` can close them.
         var channels: [ObjectIdentifier: Channel] = [:]
         var activeConnections = 0
@@ -46,18 +50,22 @@ public final class RealServerPool: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
-    public init(service: VirtualService) {
+    /// `cookieKey`: the installation's secret for persistence cookie ids (lbd keeps it in its state directory).
+    public init(service: VirtualService, cookieKey: [UInt8] = []) {
         self.service = service
         let members = service.realServers.map { server in
             Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
-                   cookieValue: Self.cookieValue(service: service.name, server: server.name))
+                   cookieValue: Self.cookieValue(vip: service.address, server: server, key: cookieKey))
         }
         self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
     }
 
-    static func cookieValue(service: String, server: String) -> String {
-        let hash = fnv1a(Array("\(service)/\(server)".utf8))
-        return String(hash, radix: 16, uppercase: false).leftPadded(to: 16)
+    /// The id a persistence cookie carries for a server: a keyed hash of the VIP and the server's name and address,
+    /// so every service of one VIP that has the same server gives it the same id (a browser's cookie is sent to all
+    /// ports of a host: RFC 6265), while the id reveals neither the address nor the name.
+    static func cookieValue(vip: IPAddress, server: RealServer, key: [UInt8]) -> String {
+        let digest = KeyedHash.hmacSHA256(key: key, data: Array("\(vip)|\(server.name)|\(server.address)".utf8))
+        return digest.prefix(8).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
     }
 
     /// Chooses a server for a new connection or request and counts it as active until `release`.
@@ -73,6 +81,9 @@ public final class RealServerPool: Sendable {
                 let member = state.members[index]
                 return member.membership.acceptsNew && !excluding.contains(index)
             }
+            func usableWhenPinned(_ index: Int) -> Bool {
+                state.members[index].membership.acceptsPinned && !excluding.contains(index)
+            }
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
                 state.members[index].activeConnections += 1
                 state.members[index].totalConnections += 1
@@ -81,17 +92,20 @@ public final class RealServerPool: Sendable {
                                  port: member.server.port(forVIPPort: port), reason: reason, cookieValue: member.cookieValue)
             }
 
-            // 1. A cookie naming a usable server wins; an unknown or dead one falls through to scheduling.
-            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usable(index) {
+            Self.sweepIfDue(&state, now: now)
+            // 1. A cookie naming a server that takes its sessions wins (a draining one too); an unknown or dead one
+            //    falls through to scheduling.
+            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usableWhenPinned(index) {
+                if let client { state.members[index].pinned[client] = now }
                 return take(index, .cookie)
             }
             // 2. Source-IP stickiness, while the entry is fresh and its server usable.
             var timeout: Duration?
             if case .sourceIP(let configured) = service.persistence { timeout = configured }
             if let timeout, let client {
-                Self.sweepIfDue(&state, now: now)
-                if let entry = state.sticky[client], entry.expires > now, usable(entry.index) {
+                if let entry = state.sticky[client], entry.expires > now, usableWhenPinned(entry.index) {
                     state.sticky[client] = (entry.index, now + TimeAmount(timeout))
+                    state.members[entry.index].pinned[client] = now
                     return take(entry.index, .sticky)
                 }
             }
@@ -128,7 +142,10 @@ public final class RealServerPool: Sendable {
             for (server, wanted) in membership.servers {
                 guard let index = state.members.firstIndex(where: { $0.server.name == server.name }) else { continue }
                 state.members[index].membership = wanted
-                if !wanted.acceptsNew { state.sticky = state.sticky.filter { $0.value.index != index } }
+                if !wanted.acceptsPinned {
+                    state.sticky = state.sticky.filter { $0.value.index != index }
+                    state.members[index].pinned = [:]
+                }
                 if !wanted.present { closing += state.members[index].channels.values }
             }
             return closing
@@ -165,6 +182,8 @@ public final class RealServerPool: Sendable {
 
     public struct MemberStatus: Sendable, Equatable {
         public var name: String
+        /// Clients pinned to the server (cookie or stick entry) seen in the last ten minutes.
+        public var pinnedSessions: Int
         public var bytesToServer: UInt64
         public var bytesFromServer: UInt64
         public var weight: Int
@@ -173,9 +192,10 @@ public final class RealServerPool: Sendable {
     }
 
     public var status: [MemberStatus] {
-        state.withLockedValue { state in
+        let recent = NIODeadline.now() - .minutes(10)
+        return state.withLockedValue { state in
             state.members.map {
-                MemberStatus(name: $0.server.name,
+                MemberStatus(name: $0.server.name, pinnedSessions: $0.pinned.values.filter { $0 > recent }.count,
                              bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.membership.weight,
                              activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
             }
@@ -187,6 +207,8 @@ public final class RealServerPool: Sendable {
         guard now - state.lastStickySweep > .seconds(5) else { return }
         state.lastStickySweep = now
         state.sticky = state.sticky.filter { $0.value.expires > now }
+        let forgotten = now - .minutes(10)
+        for index in state.members.indices { state.members[index].pinned = state.members[index].pinned.filter { $0.value > forgotten } }
     }
 }
 

@@ -65,7 +65,8 @@ struct BackendConnector: Sendable {
                 pool.release(selection)
                 logger.warning("connect to real server failed, trying another",
                                metadata: ["service": "\(pool.service.name)", "server": "\(selection.name)",
-                                          "address": "\(selection.address.withPort(selection.port))", "reason": "\(error)"])
+                                          "address": "\(selection.address.withPort(selection.port))",
+                                          "reason": "\(Self.describe(error, timeout: connectTimeout))"])
                 // The fallback is the last resort: there is nothing left to try after it.
                 guard let index = selection.serverIndex else { return eventLoop.makeFailedFuture(error) }
                 let excluded = excluding.union([index])
@@ -74,5 +75,15 @@ struct BackendConnector: Sendable {
                 }
                 return connect(to: next, client: client, port: port, on: eventLoop, excluding: excluded, configure: configure)
             }
+    }
+
+    /// What an operator should read for a failed connect: "connection refused", not NIO's wrapping of errno 111.
+    static func describe(_ error: Error, timeout: Duration) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
+        if case ChannelError.connectTimeout = error { return "no answer within \(timeout) (connect timeout)" }
+        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first {
+            return describe(first.error, timeout: timeout)
+        }
+        return "\(error)"
     }
 }

@@ -23,9 +23,13 @@ public final class ProxyEngine: Sendable {
 
     private let running = NIOLockedValueBox(Running())
 
-    public init(threads: Int = System.coreCount, logger: Logger) {
+    /// The installation's secret for persistence cookie ids.
+    private let cookieKey: [UInt8]
+
+    public init(threads: Int = System.coreCount, logger: Logger, cookieKey: [UInt8] = []) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.logger = logger
+        self.cookieKey = cookieKey
     }
 
     /// Starts the given services (the engine's first update).
@@ -120,7 +124,7 @@ public final class ProxyEngine: Sendable {
                 throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
             }
         }
-        return ServiceRuntime(service: service, tls: tls, logger: logger)
+        return ServiceRuntime(service: service, tls: tls, cookieKey: cookieKey, logger: logger)
     }
 
     /// The agent's effective membership for the running services (by service name). Retired generations of a

@@ -18,9 +18,9 @@ final class ServiceRuntime: Sendable {
     private let clients = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     private let refusals: RefusalLog
 
-    init(service: VirtualService, tls: TLSContext?, logger: Logger) {
+    init(service: VirtualService, tls: TLSContext?, cookieKey: [UInt8], logger: Logger) {
         self.service = service
-        self.pool = RealServerPool(service: service)
+        self.pool = RealServerPool(service: service, cookieKey: cookieKey)
         self.tls = tls
         var logger = logger
         logger[metadataKey: "service"] = "\(service.name)"
