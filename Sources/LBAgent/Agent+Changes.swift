@@ -1,5 +1,6 @@
 import Foundation
 import LBConfig
+import LBConfigFiles
 import LBControl
 import LBHealth
 import LBIPVS
@@ -80,7 +81,7 @@ extension Agent {
         } catch {
             return ControlResponse(ok: false, message: "\(configPath): \(error.localizedDescription); nothing changed")
         }
-        let report = ConfigurationLoader.check(yaml: text, file: configPath)
+        let report = ConfigurationLoader.check(yaml: text, file: configPath, files: TLSFileChecker())
         guard let next = report.configuration else {
             let errors = report.diagnostics.filter { $0.severity == .error }.map(\.description).joined(separator: "\n")
             return ControlResponse(ok: false, message: "\(errors)\nconfig rejected; nothing changed")
@@ -107,7 +108,7 @@ extension Agent {
         if let loadedConfigText, text != loadedConfigText {
             return ControlResponse(ok: false, message: "\(configPath) has changed on disk since lbd loaded it; apply that edit first (lbctl reload) or undo it; nothing changed")
         }
-        let report = ConfigurationLoader.check(yaml: text, file: configPath)
+        let report = ConfigurationLoader.check(yaml: text, file: configPath, files: TLSFileChecker())
         guard let current = report.configuration,
               let index = current.virtualServices.firstIndex(where: { $0.name == name })
         else {
@@ -131,7 +132,7 @@ extension Agent {
         line.replaceSubrange(range, with: mode.rawValue)
         lines[location.line - 1] = line
         let newText = lines.joined(separator: "\n")
-        let checked = ConfigurationLoader.check(yaml: newText, file: configPath)
+        let checked = ConfigurationLoader.check(yaml: newText, file: configPath, files: TLSFileChecker())
         guard let next = checked.configuration else {
             let errors = checked.diagnostics.filter { $0.severity == .error }.map(\.description).joined(separator: "\n")
             return ControlResponse(ok: false, message: "\(name) cannot be \(mode.rawValue):\n\(errors)\nnothing changed")

@@ -67,7 +67,23 @@ public final class HealthMonitor: Sendable {
     public func start(_ services: [VirtualService], carrying initial: [String: [String: CarriedCheck]] = [:]) {
         for service in services where service.healthCheck.probe != .none {
             let check = service.healthCheck
+            // https-get speaks to the servers as the proxy does: with the service's (or the server's) backend_tls,
+            // verifying their certificates; without backend_tls it only asks whether they answer over TLS.
+            var contexts: [BackendTLS: Result<TLSContext, Error>] = [:]
             for server in service.realServers {
+                var tls: (TLSContext, String?)? = tlsClient.map { ($0, nil) }
+                var setupError: String?
+                if case .httpsGet = check.probe, let setting = service.backendTLS(for: server) {
+                    let made = contexts[setting] ?? Result {
+                        try TLSContext.client(verify: setting.verify == .certificate, caFile: setting.caFile,
+                                              certificate: setting.certificatePath, key: setting.keyPath)
+                    }
+                    contexts[setting] = made
+                    switch made {
+                    case .success(let context): tls = (context, setting.serverName)
+                    case .failure(let error): tls = nil; setupError = "backend_tls: \(error)"
+                    }
+                }
                 let port = check.port ?? server.port ?? service.ports.first?.lower ?? 0
                 let target = ProbeTarget(address: server.address, port: port)
                 var state = CheckState()
@@ -75,12 +91,14 @@ public final class HealthMonitor: Sendable {
                     state = carried.check == check && carried.target == target
                         ? carried.state : CheckState(healthy: carried.state.healthy, concluded: carried.state.concluded)
                 }
-                schedule(service: service.name, server: server.name, check: check, target: target, state: state)
+                schedule(service: service.name, server: server.name, check: check, target: target, state: state, tls: tls,
+                         setupError: setupError)
             }
         }
     }
 
-    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState) {
+    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState,
+                          tls: (TLSContext, String?)?, setupError: String?) {
         let eventLoop = group.next()
         let state = NIOLockedValueBox(initial)
         let live = NIOLockedValueBox(true)
@@ -89,7 +107,9 @@ public final class HealthMonitor: Sendable {
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
         let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
             let started = NIODeadline.now()
-            return Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
+            let probe = setupError.map { eventLoop.makeSucceededFuture(ProbeResult.fail($0)) }
+                ?? Probe.run(check.probe, target: target, timeout: check.timeout, tls: tls, on: eventLoop)
+            return probe.map { result in
                 if let onProbe = self.onProbe {
                     var passed = false
                     if case .pass = result { passed = true }

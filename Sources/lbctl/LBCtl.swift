@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LBConfig
+import LBConfigFiles
 import LBControl
 
 @main
@@ -250,7 +251,7 @@ struct ConfigCommand: ParsableCommand {
 /// Reads the file; an unreadable one is reported here and becomes exit status 2.
 private func loadReport(_ file: String, format: OutputFormat) throws -> ConfigurationReport {
     do {
-        return try ConfigurationLoader.check(path: file)
+        return try ConfigurationLoader.check(path: file, files: TLSFileChecker())
     } catch let error as ConfigurationUnreadable {
         if format == .json {
             print(ConfigurationView.json(["file": error.path, "error": error.reason]))

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LBAgent
 import LBConfig
+import LBConfigFiles
 import LBHealth
 import LBIPVS
 import LBProxy
@@ -106,7 +107,7 @@ struct LBD: AsyncParsableCommand {
 
         let report: ConfigurationReport
         do {
-            report = try ConfigurationLoader.check(path: config)
+            report = try ConfigurationLoader.check(path: config, files: TLSFileChecker())
         } catch {
             logger.critical("\(error)")
             throw ExitCode(2)

@@ -42,6 +42,17 @@ public struct Validator {
             error(name, at: path / "persistence" / "type", "http-cookie persistence needs mode l7-http, not \(mode)",
                   hint: "only the HTTP proxy sees cookies; use source-ip persistence, or switch the service to l7-http")
         }
+        if service.backendTLS != nil || service.realServers.contains(where: { $0.backendTLS != nil }), service.mode.isLayer4 {
+            error(name, key: service.backendTLS != nil ? path / "backend_tls" : path / "real_servers",
+                  "backend_tls needs a Layer 7 mode (l7-http or l7-tcp), not \(mode)",
+                  hint: "in \(mode) mode the kernel forwards the client's own TLS untouched; remove backend_tls")
+        }
+        for (settings, at) in [(service.backendTLS, path / "backend_tls")]
+            + service.realServers.enumerated().map({ ($0.element.backendTLS, path / "real_servers" / $0.offset / "backend_tls") }) {
+            guard let settings, (settings.certificatePath == nil) != (settings.keyPath == nil) else { continue }
+            error(name, key: at, "backend_tls needs both certificate and key for a client certificate, or neither",
+                  hint: settings.keyPath == nil ? "add `key: /path/to/client-key.pem`" : "add `certificate: /path/to/client-chain.pem`")
+        }
         if service.tls != nil, service.mode != .l7HTTP {
             error(name, key: path / "tls", "tls (termination) needs mode l7-http, not \(mode)",
                   hint: "remove the tls section; in \(mode) mode encrypted traffic passes through to the real servers untouched")

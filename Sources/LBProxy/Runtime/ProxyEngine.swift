@@ -124,7 +124,13 @@ public final class ProxyEngine: Sendable {
                 throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
             }
         }
-        return ServiceRuntime(service: service, tls: tls, cookieKey: cookieKey, logger: logger)
+        let backendTLS: BackendTLSContexts
+        do {
+            backendTLS = try BackendTLSContexts(for: service)
+        } catch {
+            throw ProxyError.tlsSetup(service: service.name, reason: "backend_tls: \(error)")
+        }
+        return ServiceRuntime(service: service, tls: tls, backendTLS: backendTLS, cookieKey: cookieKey, logger: logger)
     }
 
     /// The agent's effective membership for the running services (by service name). Retired generations of a
