@@ -28,6 +28,13 @@ struct LBD: AsyncParsableCommand {
             in the state directory; lbd never removes objects it did not create. \
             SIGTERM or SIGINT stops accepting new proxy connections and lets open ones finish for up to the drain \
             timeout; IPVS entries, VIP addresses and netfilter rules stay, so Layer 4 traffic keeps flowing. \
+            Under systemd (Type=notify; NOTIFY_SOCKET set) lbd sends READY=1 once the kernel state is applied and \
+            every listener is bound, RELOADING=1 and READY=1 around each reload (SIGHUP or lbctl reload), \
+            STOPPING=1 on SIGTERM, and WATCHDOG=1 at half of WatchdogSec= while its agent answers. \
+            Every operator action over the control socket (drain, halt, online, reload, mode) and every SIGHUP \
+            reload is appended to STATE_DIR/audit.log as one JSON line (time, uid, user, command, targets, \
+            result, error) and fsynced before the answer; an action that cannot be recorded is refused \
+            (lbctl audit shows the trail). \
             Exit status: 0 success; 1 the config is invalid or the host cannot take it (nothing applied); \
             2 the config file cannot be read; 64 bad usage.
             """,
@@ -77,7 +84,7 @@ struct LBD: AsyncParsableCommand {
     /// The numeric id of --control-group (checked in validate()).
     var controlGroupID: gid_t? { controlGroup.flatMap { getgrnam($0)?.pointee.gr_gid } }
 
-    @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create.")
+    @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create, the operators' overrides, and the audit trail (audit.log).")
     var stateDir: String = "/var/lib/lb"
 
     func validate() throws {
@@ -125,6 +132,9 @@ struct LBD: AsyncParsableCommand {
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
         let state = StateStore(directory: stateDir)
         let stop = StopSignal()
+        // Under systemd (Type=notify) each stage is announced; by hand this does nothing.
+        let notifier = SystemdNotifier()
+        notifier.status("starting: applying \(configuration.virtualServices.count) virtual services")
 
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
         let engine = ProxyEngine(threads: threads, logger: logger)
@@ -154,8 +164,9 @@ struct LBD: AsyncParsableCommand {
             metrics = MetricsServer(agent: agent, logger: logger)
             probes.metrics = metrics
         }
-        let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request in
-            await agent.handle(request)
+        let actions = OperatorActions(agent: agent, audit: AuditLog(directory: stateDir), notifier: notifier, logger: logger)
+        let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request, peer in
+            await actions.handle(request, uid: peer.uid)
         }
         do {
             try await control.start(group: engine.group)
@@ -168,12 +179,23 @@ struct LBD: AsyncParsableCommand {
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
+        // Ready only now: the kernel state is applied (agent.start) and the proxy, control and HTTP listeners are bound.
+        notifier.ready(status: "serving \(configuration.virtualServices.count) virtual services")
+        if let error = notifier.lastError { logger.warning("systemd was not told lbd is ready: \(error)") }
         // SIGHUP re-reads the config, like `lbctl reload`.
         let hangup = HangupSignal {
+            Task { await actions.reloadFromSignal() }
+        }
+        // WatchdogSec=: a ping at half the interval, sent only after the agent's queue answers, so a stuck agent
+        // (not merely a live process) is what systemd restarts.
+        let watchdog = notifier.watchdogInterval.map { interval in
             Task {
-                let result = await agent.reload()
-                if result.ok { logger.notice("SIGHUP: \(result.message ?? "reloaded")") }
-                else { logger.error("SIGHUP: \(result.message ?? "reload failed")") }
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval / 2)
+                    if Task.isCancelled { break }
+                    _ = await agent.snapshot()
+                    notifier.watchdog()
+                }
             }
         }
         // Drift: someone may change the kernel behind lbd's back (ipvsadm -C, ip addr del); it is repaired.
@@ -186,7 +208,9 @@ struct LBD: AsyncParsableCommand {
         }
 
         let signal = await stop.wait()
+        notifier.stopping()
         drift.cancel()
+        watchdog?.cancel()
         _ = hangup
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
