@@ -63,9 +63,7 @@ struct Status: ParsableCommand {
         let response = try ask(ControlRequest(command: .status, service: service), socket)
         let services = response.status ?? []
         if format == .json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: (try? encoder.encode(services)) ?? Data(), as: UTF8.self))
+            print(String(decoding: StatusJSON.encode(services), as: UTF8.self))
             return
         }
         if services.isEmpty, let service {

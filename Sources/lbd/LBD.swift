@@ -66,14 +66,14 @@ struct LBD: AsyncParsableCommand {
     var metricsAddress: String?
 
     /// --metrics split into host and port; IPv6 as [::1]:9780.
-    var metricsEndpoint: (String, Int)? {
-        guard let metricsAddress, let colon = metricsAddress.lastIndex(of: ":"),
-              let port = Int(metricsAddress[metricsAddress.index(after: colon)...]), (1...65535).contains(port)
-        else { return nil }
-        let host = metricsAddress[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        guard IPAddress(host) != nil else { return nil }
-        return (host, port)
-    }
+    var metricsEndpoint: (host: String, port: Int)? { metricsAddress.flatMap(HTTPEndpoint.parseEndpoint) }
+
+    @Option(name: .customLong("http"), help: ArgumentHelp(
+        "Serve the read-only status page at http://ADDRESS:PORT/ (every VIP and real server, updating itself), with /status.json (as lbctl status --format json), /audit.json (the last ten operator actions) and /metrics; PORT alone means 127.0.0.1:PORT. Off unless given.",
+        valueName: "address:port"))
+    var httpAddress: String?
+
+    var httpEndpoint: (host: String, port: Int)? { httpAddress.flatMap(HTTPEndpoint.parseEndpoint) }
 
     @Option(help: "The control socket lbctl talks to.")
     var socket: String = "/run/lb/lbd.sock"
@@ -92,6 +92,12 @@ struct LBD: AsyncParsableCommand {
         guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
         if metricsAddress != nil, metricsEndpoint == nil {
             throw ValidationError("--metrics wants ADDRESS:PORT with a literal address, e.g. 127.0.0.1:9780 or [::1]:9780")
+        }
+        if httpAddress != nil, httpEndpoint == nil {
+            throw ValidationError("--http wants ADDRESS:PORT with a literal address (127.0.0.1:9780, [::1]:9780) or a PORT on 127.0.0.1")
+        }
+        if let http = httpEndpoint, let metrics = metricsEndpoint, http == metrics {
+            throw ValidationError("--http \(httpAddress ?? "") already serves /metrics; drop --metrics or give it another port")
         }
         guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
         if let controlGroup, getgrnam(controlGroup) == nil {
@@ -139,7 +145,6 @@ struct LBD: AsyncParsableCommand {
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
         let engine = ProxyEngine(threads: threads, logger: logger)
         let relay = TransitionRelay()
-        var metrics: MetricsServer?
         let probes = ProbeRelay()
         let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
             probes.metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)
@@ -160,20 +165,30 @@ struct LBD: AsyncParsableCommand {
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
-        if metricsAddress != nil {
-            metrics = MetricsServer(agent: agent, logger: logger)
-            probes.metrics = metrics
+        let audit = AuditLog(directory: stateDir)
+        var endpoints: [(HTTPEndpoint, (host: String, port: Int))] = []
+        if metricsEndpoint != nil || httpEndpoint != nil {
+            let prometheus = PrometheusMetrics(agent: agent)
+            probes.metrics = prometheus
+            if let endpoint = metricsEndpoint {
+                endpoints.append((HTTPEndpoint(content: .metricsOnly, agent: agent, metrics: prometheus, audit: audit, logger: logger), endpoint))
+            }
+            if let endpoint = httpEndpoint {
+                endpoints.append((HTTPEndpoint(content: .statusPages, agent: agent, metrics: prometheus, audit: audit, logger: logger), endpoint))
+            }
         }
-        let actions = OperatorActions(agent: agent, audit: AuditLog(directory: stateDir), notifier: notifier, logger: logger)
+        let actions = OperatorActions(agent: agent, audit: audit, notifier: notifier, logger: logger)
         let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request, peer in
             await actions.handle(request, uid: peer.uid)
         }
         do {
             try await control.start(group: engine.group)
-            if let metrics, let (host, port) = metricsEndpoint {
-                try await metrics.start(host: host, port: port, group: engine.group)
+            for (endpoint, address) in endpoints {
+                try await endpoint.start(host: address.host, port: address.port, group: engine.group)
             }
         } catch {
+            for (endpoint, _) in endpoints { await endpoint.stop() }
+            await control.stop()
             logger.critical("\(error); stopping (Layer 4 entries stay in the kernel)")
             await agent.stop(cleanUp: false)
             await engine.shutdown(drainTimeout: .zero)
@@ -214,7 +229,7 @@ struct LBD: AsyncParsableCommand {
         _ = hangup
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
-        await metrics?.stop()
+        for (endpoint, _) in endpoints { await endpoint.stop() }
         await agent.stop(cleanUp: false)
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         if cleanupOnStop { await agent.stop(cleanUp: true) }
@@ -284,5 +299,5 @@ final class TransitionRelay: @unchecked Sendable {
 
 /// Probe durations go to the metrics server, if there is one.
 final class ProbeRelay: @unchecked Sendable {
-    var metrics: MetricsServer?
+    var metrics: PrometheusMetrics?
 }
