@@ -107,6 +107,9 @@ public final class Agent: @unchecked Sendable {
                 return ControlResponse(ok: false, message: "name a virtual service and one of: \(ForwardingMode.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return switchModeNow(of: service, to: mode)
+        case .audit:
+            // lbd answers it from its audit trail before the agent is asked (LBD's OperatorActions).
+            return ControlResponse(ok: false, message: "the audit trail is kept by lbd, not the agent")
         }
     }
 

@@ -7,19 +7,35 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Equatable, Sendable {
-    public enum Command: String, Codable, Sendable { case status, drain, halt, online, reload, mode }
+    public enum Command: String, Codable, Sendable {
+        case status, drain, halt, online, reload, mode
+        /// The audit trail, answered by lbd itself (STATE_DIR/audit.log), not by the agent.
+        case audit
+
+        /// The commands that change something; each is recorded in the audit trail.
+        public var isOperatorAction: Bool {
+            switch self {
+            case .drain, .halt, .online, .reload, .mode: return true
+            case .status, .audit: return false
+            }
+        }
+    }
     public var command: Command
     /// drain / halt / online: the virtual service (nil with `server` alone: that server in every service).
     public var service: String?
     public var server: String?
     /// mode: the forwarding mode to switch `service` to.
     public var mode: String?
+    /// audit: only entries at or after this time (ISO 8601, as AuditTime writes it).
+    public var since: String?
 
-    public init(command: Command, service: String? = nil, server: String? = nil, mode: String? = nil) {
+    public init(command: Command, service: String? = nil, server: String? = nil, mode: String? = nil,
+                since: String? = nil) {
         self.command = command
         self.service = service
         self.server = server
         self.mode = mode
+        self.since = since
     }
 }
 
@@ -28,11 +44,14 @@ public struct ControlResponse: Codable, Equatable, Sendable {
     /// What went wrong (ok == false), or what was done.
     public var message: String?
     public var status: [ServiceStatus]?
+    /// audit: the entries asked for, oldest first.
+    public var audit: [AuditEntry]?
 
-    public init(ok: Bool, message: String? = nil, status: [ServiceStatus]? = nil) {
+    public init(ok: Bool, message: String? = nil, status: [ServiceStatus]? = nil, audit: [AuditEntry]? = nil) {
         self.ok = ok
         self.message = message
         self.status = status
+        self.audit = audit
     }
 }
 

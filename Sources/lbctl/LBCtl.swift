@@ -11,13 +11,13 @@ struct LBCtl: ParsableCommand {
         abstract: "Operate the lb load balancer: inspect configs and, through lbd, its virtual services.",
         discussion: """
             The config commands work on a file directly and need neither root nor a running lbd. \
-            status, drain, halt, online, reload and mode talk to a running lbd over its control socket (root, or a member of \
+            status, drain, halt, online, reload, mode and audit talk to a running lbd over its control socket (root, or a member of \
             lbd's --control-group). \
             Exit status: 0 success; 1 the config is invalid, or lbd refused the request; 2 the config file cannot \
             be read, or lbd cannot be reached; 64 bad usage.
             """,
         version: LBVersion.current,
-        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self, Reload.self, Mode.self]
+        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self, Reload.self, Mode.self, Audit.self]
     )
 
     // Also accepted before the command name (`lbctl --socket PATH status`).
@@ -64,9 +64,7 @@ struct Status: ParsableCommand {
         let response = try ask(ControlRequest(command: .status, service: service), socket)
         let services = response.status ?? []
         if format == .json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: (try? encoder.encode(services)) ?? Data(), as: UTF8.self))
+            print(String(decoding: StatusJSON.encode(services), as: UTF8.self))
             return
         }
         if services.isEmpty, let service {
@@ -308,5 +306,72 @@ struct Mode: ParsableCommand {
 
     func run() throws {
         print(try ask(ControlRequest(command: .mode, service: service, mode: mode), socket).message ?? "done")
+    }
+}
+
+struct Audit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the audit trail: every drain, halt, online, reload and mode, who asked and how it ended.",
+        discussion: """
+            lbd appends one JSON line per operator action to STATE_DIR/audit.log (time in UTC, uid and user name \
+            of the caller as the kernel reports them on the control socket, command, targets, result, error) and \
+            fsyncs it before answering; an action whose line cannot be written is refused. A reload by SIGHUP is \
+            recorded with user SIGHUP and no uid. Example: lbctl audit --since 2026-11-27; lbctl audit --since 8h
+            """)
+    @OptionGroup var socket: SocketOption
+
+    @Option(help: "Only entries from this time on: an ISO 8601 date or time (2026-11-27, 2026-11-27T08:00:00Z; without a zone, local time), or an age (90m, 8h, 7d).")
+    var since: String?
+
+    @Option(help: "Output format: text (a table) or json (the entries as lbd recorded them).")
+    var format: OutputFormat = .text
+
+    func validate() throws {
+        if let since, AuditSince.parse(since, now: Date()) == nil {
+            throw ValidationError("--since \"\(since)\": use 2026-11-27, 2026-11-27T08:00:00Z or an age such as 90m, 8h, 7d")
+        }
+    }
+
+    func run() throws {
+        let sinceTime = since.flatMap { AuditSince.parse($0, now: Date()) }.map(AuditTime.format)
+        let response = try ask(ControlRequest(command: .audit, since: sinceTime), socket)
+        if let note = response.message { printToStandardError("lbctl: \(note)") }
+        let entries = response.audit ?? []
+        if format == .json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: (try? encoder.encode(entries)) ?? Data(), as: UTF8.self))
+            return
+        }
+        var rows = [["TIME", "USER", "UID", "COMMAND", "TARGETS", "RESULT"]]
+        for entry in entries {
+            rows.append([entry.time, entry.user, entry.uid.map(String.init) ?? "-", entry.command, entry.targets.summary,
+                         entry.result + (entry.error.map { ": " + $0.replacingOccurrences(of: "\n", with: " ") } ?? "")])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            var line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            while line.hasSuffix(" ") { line.removeLast() }
+            print(line)
+        }
+    }
+}
+
+/// --since: an ISO 8601 time (a zone, or local time without one), a date (its local midnight), or an age.
+enum AuditSince {
+    static func parse(_ text: String, now: Date) -> Date? {
+        if let date = AuditTime.parse(text) { return date }
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        if let unit = text.last.flatMap({ units[$0] }), let count = Double(text.dropLast()), count >= 0 {
+            return now.addingTimeInterval(-count * unit)
+        }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone.current
+        for pattern in ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm", "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd HH:mm", "yyyy-MM-dd"] {
+            formatter.dateFormat = pattern
+            if let date = formatter.date(from: text) { return date }
+        }
+        return nil
     }
 }

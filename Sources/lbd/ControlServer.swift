@@ -6,16 +6,16 @@ import NIOPosix
 
 /// lbd's control socket: a Unix socket (mode 0600, or 0660 with a control group) where lbctl sends one JSON request
 /// per connection. The kernel tells who is calling (SO_PEERCRED): root, or a member of the configured group;
-/// anyone else is refused before the request is read.
+/// anyone else is refused before the request is read. The handler is given those credentials (the audit trail).
 final class ControlServer: @unchecked Sendable {
     let path: String
     private let allowedGroup: gid_t?
     private let logger: Logger
-    private let handle: @Sendable (ControlRequest) async -> ControlResponse
+    private let handle: @Sendable (ControlRequest, PeerCredentials) async -> ControlResponse
     private var channel: Channel?
 
     init(path: String, allowedGroup: gid_t?, logger: Logger,
-         handle: @escaping @Sendable (ControlRequest) async -> ControlResponse) {
+         handle: @escaping @Sendable (ControlRequest, PeerCredentials) async -> ControlResponse) {
         self.path = path
         self.allowedGroup = allowedGroup
         self.logger = logger
@@ -79,10 +79,10 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = ByteBuffer
     private let allowedGroup: gid_t?
     private let logger: Logger
-    private let handle: @Sendable (ControlRequest) async -> ControlResponse
+    private let handle: @Sendable (ControlRequest, PeerCredentials) async -> ControlResponse
     private var answered = false
 
-    init(allowedGroup: gid_t?, logger: Logger, handle: @escaping @Sendable (ControlRequest) async -> ControlResponse) {
+    init(allowedGroup: gid_t?, logger: Logger, handle: @escaping @Sendable (ControlRequest, PeerCredentials) async -> ControlResponse) {
         self.allowedGroup = allowedGroup
         self.logger = logger
         self.handle = handle
@@ -124,7 +124,7 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
         logger.log(level: level, "control request", metadata: ["command": "\(request.command.rawValue)", "uid": "\(peer.uid)",
                                                   "service": "\(request.service ?? "-")", "server": "\(request.server ?? "-")"])
         Task {
-            let response = await handle(request)
+            let response = await handle(request, peer)
             Self.reply(response, on: channel)
         }
     }
@@ -149,7 +149,7 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// struct ucred (pid, uid, gid), which Glibc hides behind _GNU_SOURCE; SO_PEERCRED fills it.
-struct PeerCredentials {
+struct PeerCredentials: Sendable {
     static let option: Int32 = 17  // SO_PEERCRED on Linux
     var pid: Int32
     var uid: UInt32

@@ -29,6 +29,13 @@ struct LBD: AsyncParsableCommand {
             in the state directory; lbd never removes objects it did not create. \
             SIGTERM or SIGINT stops accepting new proxy connections and lets open ones finish for up to the drain \
             timeout; IPVS entries, VIP addresses and netfilter rules stay, so Layer 4 traffic keeps flowing. \
+            Under systemd (Type=notify; NOTIFY_SOCKET set) lbd sends READY=1 once the kernel state is applied and \
+            every listener is bound, RELOADING=1 and READY=1 around each reload (SIGHUP or lbctl reload), \
+            STOPPING=1 on SIGTERM, and WATCHDOG=1 at half of WatchdogSec= while its agent answers. \
+            Every operator action over the control socket (drain, halt, online, reload, mode) and every SIGHUP \
+            reload is appended to STATE_DIR/audit.log as one JSON line (time, uid, user, command, targets, \
+            result, error) and fsynced before the answer; an action that cannot be recorded is refused \
+            (lbctl audit shows the trail). \
             Exit status: 0 success; 1 the config is invalid or the host cannot take it (nothing applied); \
             2 the config file cannot be read; 64 bad usage.
             """,
@@ -60,14 +67,14 @@ struct LBD: AsyncParsableCommand {
     var metricsAddress: String?
 
     /// --metrics split into host and port; IPv6 as [::1]:9780.
-    var metricsEndpoint: (String, Int)? {
-        guard let metricsAddress, let colon = metricsAddress.lastIndex(of: ":"),
-              let port = Int(metricsAddress[metricsAddress.index(after: colon)...]), (1...65535).contains(port)
-        else { return nil }
-        let host = metricsAddress[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        guard IPAddress(host) != nil else { return nil }
-        return (host, port)
-    }
+    var metricsEndpoint: (host: String, port: Int)? { metricsAddress.flatMap(HTTPEndpoint.parseEndpoint) }
+
+    @Option(name: .customLong("http"), help: ArgumentHelp(
+        "Serve the read-only status page at http://ADDRESS:PORT/ (every VIP and real server, updating itself), with /status.json (as lbctl status --format json), /audit.json (the last ten operator actions) and /metrics; PORT alone means 127.0.0.1:PORT. Off unless given.",
+        valueName: "address:port"))
+    var httpAddress: String?
+
+    var httpEndpoint: (host: String, port: Int)? { httpAddress.flatMap(HTTPEndpoint.parseEndpoint) }
 
     @Option(help: "The control socket lbctl talks to.")
     var socket: String = "/run/lb/lbd.sock"
@@ -78,7 +85,7 @@ struct LBD: AsyncParsableCommand {
     /// The numeric id of --control-group (checked in validate()).
     var controlGroupID: gid_t? { controlGroup.flatMap { getgrnam($0)?.pointee.gr_gid } }
 
-    @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create.")
+    @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create, the operators' overrides, and the audit trail (audit.log).")
     var stateDir: String = "/var/lib/lb"
 
     func validate() throws {
@@ -86,6 +93,12 @@ struct LBD: AsyncParsableCommand {
         guard (0...3600).contains(drainTimeout) else { throw ValidationError("--drain-timeout must be between 0 and 3600 seconds") }
         if metricsAddress != nil, metricsEndpoint == nil {
             throw ValidationError("--metrics wants ADDRESS:PORT with a literal address, e.g. 127.0.0.1:9780 or [::1]:9780")
+        }
+        if httpAddress != nil, httpEndpoint == nil {
+            throw ValidationError("--http wants ADDRESS:PORT with a literal address (127.0.0.1:9780, [::1]:9780) or a PORT on 127.0.0.1")
+        }
+        if let http = httpEndpoint, let metrics = metricsEndpoint, http == metrics {
+            throw ValidationError("--http \(httpAddress ?? "") already serves /metrics; drop --metrics or give it another port")
         }
         guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
         if let controlGroup, getgrnam(controlGroup) == nil {
@@ -126,6 +139,9 @@ struct LBD: AsyncParsableCommand {
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
         let state = StateStore(directory: stateDir)
         let stop = StopSignal()
+        // Under systemd (Type=notify) each stage is announced; by hand this does nothing.
+        let notifier = SystemdNotifier()
+        notifier.status("starting: applying \(configuration.virtualServices.count) virtual services")
 
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
         let cookieKey: [UInt8]
@@ -137,7 +153,6 @@ struct LBD: AsyncParsableCommand {
         }
         let engine = ProxyEngine(threads: threads, logger: logger, cookieKey: cookieKey)
         let relay = TransitionRelay()
-        var metrics: MetricsServer?
         let probes = ProbeRelay()
         let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
             probes.metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)
@@ -158,30 +173,52 @@ struct LBD: AsyncParsableCommand {
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
-        if metricsAddress != nil {
-            metrics = MetricsServer(agent: agent, logger: logger)
-            probes.metrics = metrics
+        let audit = AuditLog(directory: stateDir)
+        var endpoints: [(HTTPEndpoint, (host: String, port: Int))] = []
+        if metricsEndpoint != nil || httpEndpoint != nil {
+            let prometheus = PrometheusMetrics(agent: agent)
+            probes.metrics = prometheus
+            if let endpoint = metricsEndpoint {
+                endpoints.append((HTTPEndpoint(content: .metricsOnly, agent: agent, metrics: prometheus, audit: audit, logger: logger), endpoint))
+            }
+            if let endpoint = httpEndpoint {
+                endpoints.append((HTTPEndpoint(content: .statusPages, agent: agent, metrics: prometheus, audit: audit, logger: logger), endpoint))
+            }
         }
-        let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request in
-            await agent.handle(request)
+        let actions = OperatorActions(agent: agent, audit: audit, notifier: notifier, logger: logger)
+        let control = ControlServer(path: socket, allowedGroup: controlGroupID, logger: logger) { request, peer in
+            await actions.handle(request, uid: peer.uid)
         }
         do {
             try await control.start(group: engine.group)
-            if let metrics, let (host, port) = metricsEndpoint {
-                try await metrics.start(host: host, port: port, group: engine.group)
+            for (endpoint, address) in endpoints {
+                try await endpoint.start(host: address.host, port: address.port, group: engine.group)
             }
         } catch {
+            for (endpoint, _) in endpoints { await endpoint.stop() }
+            await control.stop()
             logger.critical("\(error); stopping (Layer 4 entries stay in the kernel)")
             await agent.stop(cleanUp: false)
             await engine.shutdown(drainTimeout: .zero)
             throw ExitCode(1)
         }
+        // Ready only now: the kernel state is applied (agent.start) and the proxy, control and HTTP listeners are bound.
+        notifier.ready(status: "serving \(configuration.virtualServices.count) virtual services")
+        if let error = notifier.lastError { logger.warning("systemd was not told lbd is ready: \(error)") }
         // SIGHUP re-reads the config, like `lbctl reload`.
         let hangup = HangupSignal {
+            Task { await actions.reloadFromSignal() }
+        }
+        // WatchdogSec=: a ping at half the interval, sent only after the agent's queue answers, so a stuck agent
+        // (not merely a live process) is what systemd restarts.
+        let watchdog = notifier.watchdogInterval.map { interval in
             Task {
-                let result = await agent.reload()
-                if result.ok { logger.notice("SIGHUP: \(result.message ?? "reloaded")") }
-                else { logger.error("SIGHUP: \(result.message ?? "reload failed")") }
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval / 2)
+                    if Task.isCancelled { break }
+                    _ = await agent.snapshot()
+                    notifier.watchdog()
+                }
             }
         }
         // Drift: someone may change the kernel behind lbd's back (ipvsadm -C, ip addr del); it is repaired.
@@ -194,11 +231,13 @@ struct LBD: AsyncParsableCommand {
         }
 
         let signal = await stop.wait()
+        notifier.stopping()
         drift.cancel()
+        watchdog?.cancel()
         _ = hangup
         logger.notice("received \(signal): stopping, draining connections", metadata: ["drain_timeout": "\(drainTimeout)s"])
         await control.stop()
-        await metrics?.stop()
+        for (endpoint, _) in endpoints { await endpoint.stop() }
         await agent.stop(cleanUp: false)
         await engine.shutdown(drainTimeout: .seconds(drainTimeout))
         if cleanupOnStop { await agent.stop(cleanUp: true) }
@@ -268,5 +307,5 @@ final class TransitionRelay: @unchecked Sendable {
 
 /// Probe durations go to the metrics server, if there is one.
 final class ProbeRelay: @unchecked Sendable {
-    var metrics: MetricsServer?
+    var metrics: PrometheusMetrics?
 }

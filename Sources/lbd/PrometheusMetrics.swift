@@ -8,21 +8,19 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 
-/// The Prometheus endpoint (`lbd --metrics ADDRESS:PORT`): GET /metrics. Values are read when scraped, from the
-/// same status lbctl shows plus the kernel's IPVS counters, into a swift-prometheus registry. The read is a
-/// snapshot taken on the agent's queue: the event loop that serves the request never waits on netlink.
-final class MetricsServer: @unchecked Sendable {
+/// The Prometheus text behind GET /metrics (`lbd --metrics` or `--http`, served by `HTTPEndpoint`). Values are read
+/// when scraped, from the same status lbctl shows plus the kernel's IPVS counters, into a swift-prometheus
+/// registry. The read is a snapshot taken on the agent's queue: the event loop that serves the request never
+/// waits on netlink.
+final class PrometheusMetrics: @unchecked Sendable {
     private let registry = PrometheusCollectorRegistry()
     private let agent: Agent
-    private let logger: Logger
-    private var channel: Channel?
     private let lock = NSLock()
     /// service → server → (last check duration in seconds, passed)
     private var checks: [String: [String: (Double, Bool)]] = [:]
 
-    init(agent: Agent, logger: Logger) {
+    init(agent: Agent) {
         self.agent = agent
-        self.logger = logger
     }
 
     func recordCheck(service: String, server: String, seconds: Double, passed: Bool) {
@@ -30,30 +28,6 @@ final class MetricsServer: @unchecked Sendable {
         checks[service, default: [:]][server] = (seconds, passed)
         lock.unlock()
     }
-
-    func start(host: String, port: Int, group: EventLoopGroup) async throws {
-        do {
-            try await bind(host: host, port: port, group: group)
-        } catch {
-            throw ControlServerError(description: "metrics endpoint \(host):\(port): \(error)")
-        }
-    }
-
-    private func bind(host: String, port: Int, group: EventLoopGroup) async throws {
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHandler(server: self))
-                }
-            }
-            .bind(host: host, port: port).get()
-        self.channel = channel
-        logger.info("metrics listening", metadata: ["address": "\(host):\(port)", "path": "/metrics"])
-    }
-
-    func stop() async { try? await channel?.close().get() }
 
     /// The text exposition of every metric, refreshed now.
     func render() async -> [UInt8] {
@@ -97,40 +71,5 @@ final class MetricsServer: @unchecked Sendable {
             registry.makeGauge(name: "lb_ipvs_out_packets", labels: labels, help: "packets to clients").set(Double(counters.outgoingPackets))
         }
         return registry.emitToBuffer()
-    }
-}
-
-private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-    private let server: MetricsServer
-    private var path = ""
-
-    init(server: MetricsServer) { self.server = server }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head): path = head.uri
-        case .body: break
-        case .end:
-            let found = path == "/metrics"
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            let server = self.server
-            let eventLoop = context.eventLoop
-            Task {
-                let body = found ? await server.render() : Array("only /metrics is served here\n".utf8)
-                eventLoop.execute { Self.respond(loopBound.value, found: found, body: body) }
-            }
-        }
-    }
-
-    private static func respond(_ context: ChannelHandlerContext, found: Bool, body: [UInt8]) {
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4" : "text/plain")
-        headers.add(name: "Content-Length", value: "\(body.count)")
-        headers.add(name: "Connection", value: "close")
-        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
-        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }
 }
