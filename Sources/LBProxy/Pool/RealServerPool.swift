@@ -33,10 +33,9 @@ public final class RealServerPool: Sendable {
         var pinned: [IPAddress: NIODeadline] = [:]
         /// Open connections to this server, so `halt` can close them.
         var channels: [ObjectIdentifier: Channel] = [:]
-        var activeConnections = 0
-        var totalConnections = 0
-        var bytesToServer: UInt64 = 0
-        var bytesFromServer: UInt64 = 0
+        /// Connections and bytes: shared by every generation of the service that has this same server, so a reload
+        /// neither resets the figures nor hides the connections the previous generation still carries.
+        let tally: ServerTally
         /// The id the cookie carries; derived from the service and server names, never from the address.
         let cookieValue: String
     }
@@ -51,10 +50,13 @@ public final class RealServerPool: Sendable {
     private let state: NIOLockedValueBox<State>
 
     /// `cookieKey`: the installation's secret for persistence cookie ids (lbd keeps it in its state directory).
-    public init(service: VirtualService, cookieKey: [UInt8] = []) {
+    /// `tallies` gives each server its counters (by name), carried from an earlier generation; servers without
+    /// one start from zero.
+    public init(service: VirtualService, cookieKey: [UInt8] = [], tallies: [String: ServerTally] = [:]) {
         self.service = service
         let members = service.realServers.map { server in
             Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
+                   tally: tallies[server.name] ?? ServerTally(),
                    cookieValue: Self.cookieValue(vip: service.address, server: server, key: cookieKey))
         }
         self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
@@ -85,8 +87,7 @@ public final class RealServerPool: Sendable {
                 state.members[index].membership.acceptsPinned && !excluding.contains(index)
             }
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
-                state.members[index].activeConnections += 1
-                state.members[index].totalConnections += 1
+                state.members[index].tally.opened()
                 let member = state.members[index]
                 return Selection(serverIndex: index, name: member.server.name, address: member.server.address,
                                  port: member.server.port(forVIPPort: port), reason: reason, cookieValue: member.cookieValue)
@@ -111,7 +112,7 @@ public final class RealServerPool: Sendable {
             }
             // 3. The scheduler, over the usable servers.
             let candidates = state.members.indices.filter(usable).map {
-                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].activeConnections)
+                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].tally.counts.active)
             }
             let key = client.map(\.bytes) ?? []
             if let chosen = state.scheduler.choose(from: candidates, clientKey: key) {
@@ -130,7 +131,7 @@ public final class RealServerPool: Sendable {
     /// The connection or request chosen by `select` has ended.
     public func release(_ selection: Selection) {
         guard let index = selection.serverIndex else { return }
-        state.withLockedValue { $0.members[index].activeConnections -= 1 }
+        state.withLockedValue { $0.members[index].tally.closed() }
     }
 
     /// The agent's effective membership of each server (by name; servers not named keep theirs). A server that
@@ -151,6 +152,20 @@ public final class RealServerPool: Sendable {
             return closing
         }
         for channel in toClose { channel.close(promise: nil) }
+    }
+
+    /// Each server's counters, by name, for the next generation of the service to carry on (same address and
+    /// port only: another address is another server).
+    func tallies(for next: VirtualService) -> [String: ServerTally] {
+        state.withLockedValue { state in
+            var found: [String: ServerTally] = [:]
+            for member in state.members {
+                guard let successor = next.realServers.first(where: { $0.name == member.server.name }),
+                      successor.address == member.server.address, successor.port == member.server.port else { continue }
+                found[member.server.name] = member.tally
+            }
+            return found
+        }
     }
 
     /// The membership the pool currently schedules with, by server name.
@@ -175,8 +190,7 @@ public final class RealServerPool: Sendable {
     /// Bytes a connection to a server carried, added in batches by the connection's counter.
     func addBytes(index: Int, toServer: UInt64, fromServer: UInt64) {
         state.withLockedValue {
-            $0.members[index].bytesToServer &+= toServer
-            $0.members[index].bytesFromServer &+= fromServer
+            $0.members[index].tally.add(toServer: toServer, fromServer: fromServer)
         }
     }
 
@@ -194,10 +208,12 @@ public final class RealServerPool: Sendable {
     public var status: [MemberStatus] {
         let recent = NIODeadline.now() - .minutes(10)
         return state.withLockedValue { state in
-            state.members.map {
-                MemberStatus(name: $0.server.name, pinnedSessions: $0.pinned.values.filter { $0 > recent }.count,
-                             bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.membership.weight,
-                             activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
+            state.members.map { member in
+                let counts = member.tally.counts
+                return MemberStatus(name: member.server.name, pinnedSessions: member.pinned.values.filter { $0 > recent }.count,
+                                    bytesToServer: counts.toServer, bytesFromServer: counts.fromServer,
+                                    weight: member.membership.weight, activeConnections: counts.active,
+                                    totalConnections: counts.total)
             }
         }
     }
@@ -269,5 +285,30 @@ final class ByteCounter: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         flushCounts()
         context.fireChannelInactive()
+    }
+}
+
+/// Connections and bytes of one real server of one service, across the service's generations.
+public final class ServerTally: Sendable {
+    public struct Counts: Sendable, Equatable {
+        public var active = 0
+        public var total = 0
+        public var toServer: UInt64 = 0
+        public var fromServer: UInt64 = 0
+    }
+
+    private let box = NIOLockedValueBox(Counts())
+
+    public init() {}
+
+    public var counts: Counts { box.withLockedValue { $0 } }
+
+    func opened() { box.withLockedValue { $0.active += 1; $0.total += 1 } }
+    func closed() { box.withLockedValue { $0.active -= 1 } }
+    func add(toServer: UInt64, fromServer: UInt64) {
+        box.withLockedValue {
+            $0.toServer &+= toServer
+            $0.fromServer &+= fromServer
+        }
     }
 }

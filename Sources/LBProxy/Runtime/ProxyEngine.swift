@@ -62,7 +62,8 @@ public final class ProxyEngine: Sendable {
                 revived.append(old)
                 started.append(service.name)
             } else {
-                runtimes[service.name] = try makeRuntime(service)
+                // Counters carry over from the generation being replaced, server by server.
+                runtimes[service.name] = try makeRuntime(service, tallies: before.runtimes[service.name]?.pool.tallies(for: service) ?? [:])
                 started.append(service.name)
             }
             if let membership = membership[service.name] { runtimes[service.name]?.pool.apply(membership) }
@@ -114,7 +115,7 @@ public final class ProxyEngine: Sendable {
         return (started.sorted(), stopped.sorted())
     }
 
-    private func makeRuntime(_ service: VirtualService) throws -> ServiceRuntime {
+    private func makeRuntime(_ service: VirtualService, tallies: [String: ServerTally]) throws -> ServiceRuntime {
         let tls = try service.tls.map { settings in
             do {
                 return try TLSContext.server(
@@ -130,7 +131,8 @@ public final class ProxyEngine: Sendable {
         } catch {
             throw ProxyError.tlsSetup(service: service.name, reason: "backend_tls: \(error)")
         }
-        return ServiceRuntime(service: service, tls: tls, backendTLS: backendTLS, cookieKey: cookieKey, logger: logger)
+        return ServiceRuntime(service: service, tls: tls, backendTLS: backendTLS, cookieKey: cookieKey, tallies: tallies,
+                              logger: logger)
     }
 
     /// The agent's effective membership for the running services (by service name). Retired generations of a

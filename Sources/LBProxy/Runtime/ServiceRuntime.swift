@@ -18,9 +18,10 @@ final class ServiceRuntime: Sendable {
     private let clients = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     private let refusals: RefusalLog
 
-    init(service: VirtualService, tls: TLSContext?, backendTLS: BackendTLSContexts = .none, cookieKey: [UInt8], logger: Logger) {
+    init(service: VirtualService, tls: TLSContext?, backendTLS: BackendTLSContexts = .none, cookieKey: [UInt8],
+         tallies: [String: ServerTally] = [:], logger: Logger) {
         self.service = service
-        self.pool = RealServerPool(service: service, cookieKey: cookieKey)
+        self.pool = RealServerPool(service: service, cookieKey: cookieKey, tallies: tallies)
         self.tls = tls
         var logger = logger
         logger[metadataKey: "service"] = "\(service.name)"
