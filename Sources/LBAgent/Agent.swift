@@ -52,6 +52,18 @@ public final class Agent: @unchecked Sendable {
         queue.async { self.recordHealth(transition) }
     }
 
+    /// Real traffic found a server failing (health_check.observe): down now, like a failed check, and its check
+    /// must pass `rise` times to bring it back. Called on an event loop: it only queues the event.
+    public func observedFailure(service: String, server: String, reason: String) {
+        queue.async {
+            let key = ServerKey(service: service, server: server)
+            guard self.state.contains(key), self.state.healthy(key) else { return }
+            self.logger.error("real server down", metadata: ["service": "\(service)", "server": "\(server)", "reason": "\(reason)"])
+            self.effectors.health.markDown(service: service, server: server)
+            self.recordHealth(HealthTransition(service: service, server: server, healthy: false, reason: reason))
+        }
+    }
+
     /// The same, returning once the transition is applied (tests).
     public func healthChangedAndApplied(_ transition: HealthTransition) async {
         await onQueue { self.recordHealth(transition) }

@@ -81,6 +81,8 @@ public protocol HealthChecking: AnyObject {
     /// Stops one service's checks, returning where each server's check stood.
     func stop(service: String) -> [String: HealthMonitor.CarriedCheck]
     func stopAll()
+    /// Real traffic found the server failing (observe): its check now counts `rise` passes before it is back.
+    func markDown(service: String, server: String)
 }
 
 /// Everything the agent acts on. `ipvs` is made on first need (a config without Layer 4 services runs on a kernel

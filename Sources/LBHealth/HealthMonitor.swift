@@ -150,6 +150,12 @@ public final class HealthMonitor: Sendable {
         }
     }
 
+    /// Passive detection took the server out: its check starts counting `rise` passes to bring it back.
+    public func markDown(service: String, server: String) {
+        let state = tasks.withLockedValue { $0[service]?.first { $0.server == server }?.state }
+        state?.withLockedValue { $0.markDown() }
+    }
+
     /// Stops checking one service (a reload removed or changed it); the others keep their schedules and state.
     /// Returns each server's check as it stood, for `start(_:carrying:)`.
     @discardableResult
@@ -180,6 +186,14 @@ public struct CheckState: Sendable, Equatable {
     public init(healthy: Bool = true, concluded: Bool = false) {
         self.healthy = healthy
         self.concluded = concluded
+    }
+
+    /// Passive detection found the server failing: down now, back after `rise` passes.
+    public mutating func markDown() {
+        healthy = false
+        concluded = true
+        passes = 0
+        failures = 0
     }
 
     /// Returns the transition this result causes, if any.

@@ -151,8 +151,10 @@ struct LBD: AsyncParsableCommand {
             logger.critical("\(error); nothing started")
             throw ExitCode(1)
         }
-        let engine = ProxyEngine(threads: threads, logger: logger, cookieKey: cookieKey)
         let relay = TransitionRelay()
+        let engine = ProxyEngine(threads: threads, logger: logger, cookieKey: cookieKey) { service, server, reason in
+            relay.agent?.observedFailure(service: service, server: server, reason: reason)
+        }
         let probes = ProbeRelay()
         let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
             probes.metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)

@@ -2,6 +2,7 @@ import Foundation
 import LBConfig
 import LBControl
 import LBProxy
+import LBRuntime
 import LBTestSupport
 import NIOPosix
 import Testing
@@ -98,4 +99,60 @@ struct SessionTests {
         #expect(warning.message.contains("\"a\" (line 2)"), "\(warning)")
         #expect(warning.location.line == 15, "\(warning)")
     }
+}
+
+/// Passive detection: real traffic that keeps failing against a server takes it out before its check would.
+@Suite("Agent with the real proxy: observe")
+struct ObserveTests {
+    @Test func connectionFailuresInClientTrafficMarkAServerDown() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let base = Ports.block()
+        let web2 = try HTTPBackend(name: "web-2", port: base + 2, group: group)
+        // web-1 is not listening. Its active check runs only once a minute, so only client traffic can find it.
+        let yaml = """
+            virtual_services:
+              - name: web
+                vip: 127.0.0.1
+                ports: [\(base)]
+                mode: l7-http
+                health_check: {type: connect, interval: 60s, timeout: 1s, observe: 2}
+                real_servers:
+                  - {name: web-1, address: 127.0.0.1, port: \(base + 1)}
+                  - {name: web-2, address: 127.0.0.1, port: \(base + 2)}
+            """
+        let directory = NSTemporaryDirectory() + "lb-observe-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let configuration = try #require(ConfigurationLoader.check(yaml: yaml, file: "observe.yaml").configuration)
+        let relay = ObserveRelay()
+        let engine = ProxyEngine(threads: 1, logger: agentTestLogger) { service, server, reason in
+            relay.agent?.observedFailure(service: service, server: server, reason: reason)
+        }
+        let health = FakeHealth()
+        let effectors = Effectors(ipvs: { throw FakeError("no IPVS") }, sysctl: FakeSysctl(), addresses: FakeLinks(),
+                                  firewall: FakeFirewall(), proxy: ProxyEngineEffector(engine: engine), health: health)
+        let agent = Agent(configuration: configuration, configText: yaml, configPath: directory + "/lb.yaml",
+                          effectors: effectors, state: StateStore(directory: directory), logger: agentTestLogger)
+        relay.agent = agent
+        try await agent.start()
+        // Every request is answered (redispatch to web-2) while the failures against web-1 are counted.
+        for _ in 0..<6 { #expect(header("X-Backend", in: try get(base)) == "web-2") }
+        var down = false
+        for _ in 0..<300 where !down {
+            down = await agent.snapshot().health[ServerKey(service: "web", server: "web-1")]?.healthy == false
+            if !down { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(down, "two failed connections in a row must mark web-1 down")
+        let row = await agent.handle(ControlRequest(command: .status, service: "web")).status?.first?.servers.first { $0.name == "web-1" }
+        #expect(row?.state == "down")
+        #expect(row?.reason?.contains("observe") == true, "\(row?.reason ?? "")")
+        #expect(health.markedDown == ["web/web-1"], "its check must now count rise passes to bring it back")
+        await engine.shutdown(drainTimeout: .zero)
+        try web2.stop()
+        try await group.shutdownGracefully()
+    }
+}
+
+final class ObserveRelay: @unchecked Sendable {
+    var agent: Agent?
 }

@@ -80,6 +80,8 @@ grep -qE "^  node-2 .* drain +up +drain +0/100 " <<<"$(lbctl status Viewer)" || 
 metrics=$(curl -s "http://127.0.0.1:$((base + 3))/metrics") || fail "no metrics endpoint"
 grep -q '^lb_real_server_admin_online{service="Viewer",server="node-2"} 0' <<<"$metrics" || fail "metrics: drained node-2"
 grep -q '^lb_real_server_healthy{service="Viewer",server="node-1"} 1' <<<"$metrics" || fail "metrics: health"
+grep -q '^lb_real_server_state{service="Viewer",server="node-2",state="drain"} 1' <<<"$metrics" || fail "metrics: state of drained node-2"
+grep -q '^lb_real_server_configured_weight{service="Viewer",server="node-2"} 100' <<<"$metrics" || fail "metrics: configured weight"
 connections=$(awk -F' ' '/^lb_real_server_connections\{service="Viewer",server="node-1"\}/ { print int($2) }' <<<"$metrics")
 [ "${connections:-0}" -ge 200 ] || fail "metrics: node-1 connections ($connections)"
 grep -qE '^lb_health_check_seconds\{service="DICOM",server="node-2"\} [0-9.e-]+$' <<<"$metrics" || fail "metrics: check latency"

@@ -20,7 +20,7 @@ struct DocumentReader {
     static let limitKeys = ["max_connections", "max_header_bytes", "max_headers"]
     static let persistenceKeys = ["type", "timeout", "cookie", "netmask"]
     static let healthCheckKeys = [
-        "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
+        "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall", "observe",
         "calling_ae", "called_ae", "message", "command", "user",
     ]
     static let realServerKeys = ["name", "address", "port", "weight", "backend_tls"]
@@ -332,10 +332,11 @@ struct DocumentReader {
                             + ProbeType.allCases.filter { $0.specificKeys.contains(key) }.map(\.rawValue).joined(separator: ", "))
         }
         if type == .none {
-            for key in ["port", "interval", "timeout", "rise", "fall"] {
+            for key in ["port", "interval", "timeout", "rise", "fall", "observe"] {
                 guard let keyNode = fields.keyNode(key) else { continue }
                 nodes.error("\"\(key)\" does not apply when the health check type is none", at: keyNode,
-                            hint: "remove it, or choose a check type")
+                            hint: key == "observe" ? "observe needs an active check to bring a server back; choose a check type"
+                                                   : "remove it, or choose a check type")
             }
         }
 
@@ -344,6 +345,9 @@ struct DocumentReader {
         var explicitTimeout = fields["timeout"].flatMap { nodes.duration($0, key: "timeout") }
         let rise = fields["rise"].flatMap { nodes.integer($0, key: "rise", range: 1...100) } ?? HealthCheck.defaultRise
         let fall = fields["fall"].flatMap { nodes.integer($0, key: "fall", range: 1...100) } ?? HealthCheck.defaultFall
+        let observe = fields["observe"].flatMap {
+            nodes.integer($0, key: "observe", range: 0...100, hint: "0 is off; 3 marks a server down after 3 failed connections in a row")
+        } ?? 0
 
         if interval < .milliseconds(100) || interval > .seconds(3600), let node = fields["interval"] {
             nodes.error("health check interval \(interval.configText) is out of range", at: node,
@@ -359,7 +363,8 @@ struct DocumentReader {
         guard let probe = readProbe(type, fields: fields, at: path) else { return nil }
         // Without an explicit timeout a short interval gets half of itself, so checks never overlap.
         let timeout = explicitTimeout ?? min(HealthCheck.defaultTimeout, interval / 2)
-        return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall)
+        return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall,
+                           observe: observe)
     }
 
     private enum ProbeType: String, CaseIterable {

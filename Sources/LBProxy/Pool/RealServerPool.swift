@@ -28,6 +28,8 @@ public final class RealServerPool: Sendable {
         var server: RealServer
         /// Set by the agent from the one membership rule (health, overrides, weight); the pool never derives it.
         var membership: Membership
+        /// Connection failures and 502s in a row from real traffic (health_check.observe).
+        var observedFailures = 0
         /// Clients that came back to this server through their cookie or stick entry, and when (the sessions a
         /// draining server still holds).
         var pinned: [IPAddress: NIODeadline] = [:]
@@ -50,10 +52,15 @@ public final class RealServerPool: Sendable {
     private let state: NIOLockedValueBox<State>
 
     /// `cookieKey`: the installation's secret for persistence cookie ids (lbd keeps it in its state directory).
+    /// Where a server that real traffic found failing is reported (service, server, reason); the agent decides.
+    private let onObservedFailure: (@Sendable (String, String, String) -> Void)?
+
     /// `tallies` gives each server its counters (by name), carried from an earlier generation; servers without
     /// one start from zero.
-    public init(service: VirtualService, cookieKey: [UInt8] = [], tallies: [String: ServerTally] = [:]) {
+    public init(service: VirtualService, cookieKey: [UInt8] = [], tallies: [String: ServerTally] = [:],
+                onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil) {
         self.service = service
+        self.onObservedFailure = onObservedFailure
         let members = service.realServers.map { server in
             Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
                    tally: tallies[server.name] ?? ServerTally(),
@@ -166,6 +173,25 @@ public final class RealServerPool: Sendable {
             }
             return found
         }
+    }
+
+    /// What real traffic found (health_check.observe): a success resets the count; the failure that reaches the
+    /// threshold reports the server once, while it still takes new connections.
+    func observe(_ selection: Selection, failure reason: String?) {
+        let threshold = service.healthCheck.observe
+        guard threshold > 0, let index = selection.serverIndex else { return }
+        let report: (String, Int)? = state.withLockedValue { state in
+            guard let reason else {
+                state.members[index].observedFailures = 0
+                return nil
+            }
+            state.members[index].observedFailures += 1
+            let member = state.members[index]
+            guard member.observedFailures == threshold, member.membership.acceptsNew else { return nil }
+            return (member.server.name, member.observedFailures)
+        }
+        guard let report, let reason else { return }
+        onObservedFailure?(service.name, report.0, "\(reason) (\(report.1) failures in a row in client traffic, observe)")
     }
 
     /// The membership the pool currently schedules with, by server name.

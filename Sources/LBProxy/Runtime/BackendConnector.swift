@@ -69,10 +69,12 @@ struct BackendConnector: Sendable {
         return bootstrap.connect(to: target)
             .map { [pool] channel in
                 pool.track(channel, selection: selection)
+                pool.observe(selection, failure: nil)
                 return (channel, selection)
             }
-            .flatMapError { [pool, logger] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
+            .flatMapError { [pool, logger, connectTimeout] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
                 pool.release(selection)
+                pool.observe(selection, failure: Self.describe(error, timeout: connectTimeout))
                 logger.warning("connect to real server failed, trying another",
                                metadata: ["service": "\(pool.service.name)", "server": "\(selection.name)",
                                           "address": "\(selection.address.withPort(selection.port))",

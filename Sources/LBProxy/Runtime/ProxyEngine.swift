@@ -26,10 +26,15 @@ public final class ProxyEngine: Sendable {
     /// The installation's secret for persistence cookie ids.
     private let cookieKey: [UInt8]
 
-    public init(threads: Int = System.coreCount, logger: Logger, cookieKey: [UInt8] = []) {
+    /// Servers that real traffic finds failing (health_check.observe): service, server, reason.
+    private let onObservedFailure: (@Sendable (String, String, String) -> Void)?
+
+    public init(threads: Int = System.coreCount, logger: Logger, cookieKey: [UInt8] = [],
+                onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.logger = logger
         self.cookieKey = cookieKey
+        self.onObservedFailure = onObservedFailure
     }
 
     /// Starts the given services (the engine's first update).
@@ -132,7 +137,7 @@ public final class ProxyEngine: Sendable {
             throw ProxyError.tlsSetup(service: service.name, reason: "backend_tls: \(error)")
         }
         return ServiceRuntime(service: service, tls: tls, backendTLS: backendTLS, cookieKey: cookieKey, tallies: tallies,
-                              logger: logger)
+                              onObservedFailure: onObservedFailure, logger: logger)
     }
 
     /// The agent's effective membership for the running services (by service name). Retired generations of a

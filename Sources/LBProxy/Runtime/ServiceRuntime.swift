@@ -19,9 +19,10 @@ final class ServiceRuntime: Sendable {
     private let refusals: RefusalLog
 
     init(service: VirtualService, tls: TLSContext?, backendTLS: BackendTLSContexts = .none, cookieKey: [UInt8],
-         tallies: [String: ServerTally] = [:], logger: Logger) {
+         tallies: [String: ServerTally] = [:], onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil,
+         logger: Logger) {
         self.service = service
-        self.pool = RealServerPool(service: service, cookieKey: cookieKey, tallies: tallies)
+        self.pool = RealServerPool(service: service, cookieKey: cookieKey, tallies: tallies, onObservedFailure: onObservedFailure)
         self.tls = tls
         var logger = logger
         logger[metadataKey: "service"] = "\(service.name)"
