@@ -86,6 +86,7 @@ struct LBD: AsyncParsableCommand {
             throw ValidationError("--metrics wants ADDRESS:PORT with a literal address, e.g. 127.0.0.1:9780 or [::1]:9780")
         }
         guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
+        if let problem = ControlServer.pathProblem(socket) { throw ValidationError(problem) }
         if let controlGroup, getgrnam(controlGroup) == nil {
             throw ValidationError("no group named \"\(controlGroup)\" (see /etc/group)")
         }
