@@ -123,6 +123,7 @@ struct LBD: AsyncParsableCommand {
             return
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
+        raiseDescriptorLimit(logger: logger)
         let state = StateStore(directory: stateDir)
         let stop = StopSignal()
         let kernel: KernelServices?

@@ -13,6 +13,8 @@ final class ServiceListener: Sendable {
     let tls: TLSContext?
     let logger: Logger
     private let state = NIOLockedValueBox(State())
+    /// Refusals at max_connections come in floods: one line per interval, with the count held back.
+    private let refusalLog = RateLimitedLog(interval: AcceptLimits.logInterval)
 
     private struct State {
         var listeners: [Channel] = []
@@ -56,6 +58,11 @@ final class ServiceListener: Sendable {
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
+            .serverChannelInitializer { [service, logger] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptLimits.pauseHandler(service: service.name, logger: logger))
+                }
+            }
             .childChannelInitializer { [self] channel in
                 self.initialize(client: channel)
             }
@@ -74,7 +81,9 @@ final class ServiceListener: Sendable {
             return true
         }
         guard admitted else {
-            logger.warning("connection refused: limit reached", metadata: ["limit": "\(service.limits.maxConnections)"])
+            if let held = refusalLog.admit() {
+                logger.warning("connection refused: limit reached", metadata: ["limit": "\(service.limits.maxConnections)", "repeats": "\(held)"])
+            }
             return channel.eventLoop.makeFailedFuture(ProxyError.connectionLimit(service: service.name, limit: service.limits.maxConnections))
         }
         channel.closeFuture.whenComplete { [state] _ in
