@@ -84,6 +84,20 @@ struct RequestFramingTests {
         await fixture.stop()
     }
 
+    /// lbd does not switch protocols: the request is answered, Upgrade is not forwarded, and the connection closes
+    /// (lbd's parser reads nothing after such a request, so keeping it open would leave the client hanging).
+    @Test func upgradeRequestIsAnsweredThenClosed() async throws {
+        let fixture = try await RawFixture { _, _ in .send(ok()) }
+        let client = try RawClient(port: fixture.vipPort)
+        let started = ContinuousClock.now
+        client.send("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        let response = client.readAllText()
+        #expect(statusLine(response) == "HTTP/1.1 200 OK" && header("Connection", in: response) == "close", "\(response)")
+        #expect(client.lastReadEnd == "end of stream" && ContinuousClock.now - started < .seconds(2))
+        #expect(fixture.backend.requests.first?.values("upgrade").isEmpty == true)
+        await fixture.stop()
+    }
+
     /// `Connection` may not strip what frames or routes the request.
     @Test func connectionCannotRemoveFramingOrHost() async throws {
         let fixture = try await RawFixture { _, _ in .send(ok()) }
