@@ -226,6 +226,26 @@ struct BackendFailureTests {
         await fixture.stop()
     }
 
+    /// A server that answers with more than one response: the extra one must never reach the next client that
+    /// reuses the connection (cross-user response mixing).
+    @Test func extraResponseNeverReachesAnotherClient() async throws {
+        let fixture = try await RawFixture { request, _ in
+            // The extra response is left incomplete: whatever follows on this connection would complete its body.
+            .send(ok("for \(request.target)") + "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npwned!")
+        }
+        let attacker = try RawClient(port: fixture.vipPort)
+        attacker.send("GET /attacker HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(attacker.readResponse().hasSuffix("for /attacker"))
+        try await Task.sleep(for: .milliseconds(100))  // the extra bytes reach the idle pooled connection; nothing to wait on
+        for index in 0..<5 {
+            let victim = try RawClient(port: fixture.vipPort)
+            victim.send("GET /victim-\(index) HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            let response = victim.readAllText()
+            #expect(response.hasSuffix("for /victim-\(index)"), "\(response)")
+        }
+        await fixture.stop()
+    }
+
     @Test func interimResponsesReachHTTP11ClientsOnly() async throws {
         let fixture = try await RawFixture { _, _ in
             .send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + ok("done"))

@@ -55,6 +55,13 @@ final class BackendHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard front != nil else {
+            // Bytes from a server that owes nobody an answer (after the response it framed, or while the connection
+            // idles in the pool): a later request must never receive them as its response.
+            isClosed = true
+            context.close(promise: nil)
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let head):
             if !(100..<200).contains(head.status.code) { responseKeepAlive = head.isKeepAlive }
