@@ -45,9 +45,7 @@ final class BackendHandler: ChannelDuplexHandler {
     /// encoder would otherwise frame some methods only on an exact `chunked` value and drop others' length), and
     /// interim 1xx responses are passed up so they can reach the client.
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
-        var encoder = HTTPRequestEncoder.Configuration()
-        encoder.automaticallySetFramingHeaders = false
-        try pipeline.addHandler(HTTPRequestEncoder(configuration: encoder))
+        try pipeline.addHandler(makeRealServerRequestEncoder())
         try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
                                                                          informationalResponseStrategy: .forward)))
         try pipeline.addHandler(NIOHTTPRequestHeadersValidator())
