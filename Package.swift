@@ -143,6 +143,19 @@ let package = Package(
         ),
         // scripts/bench/ipvs: lb's netlink client against `ipvsadm -R`, inside the IPVS VM.
         .executableTarget(name: "lb-bench-ipvs", dependencies: ["LBConfig", "LBIPVS"], path: "Sources/lb-bench-ipvs"),
+        // libFuzzer targets (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer,address and -DLB_FUZZ);
+        // a normal build makes them replay the files given as arguments (the seed corpus, kept crashes).
+        .executableTarget(name: "lb-fuzz-config", dependencies: ["LBConfig"], path: "Sources/lb-fuzz-config"),
+        .executableTarget(
+            name: "lb-fuzz-http-request",
+            dependencies: [
+                "LBProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/lb-fuzz-http-request"
+        ),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),

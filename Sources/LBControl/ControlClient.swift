@@ -7,7 +7,8 @@ public enum ControlClient {
         public var description: String
     }
 
-    public static func send(_ request: ControlRequest, socketPath: String, timeout: Int = 30) throws -> ControlResponse {
+    public static func send(_ request: ControlRequest, socketPath: String,
+                            timeout: Int = ControlProtocol.clientTimeout) throws -> ControlResponse {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }

@@ -4,6 +4,14 @@ import LBRuntime
 /// lbctl ↔ lbd over the control socket: one JSON object per line each way, one request per connection.
 public enum ControlProtocol {
     public static let defaultSocketPath = "/run/lb/lbd.sock"
+    /// lbd answers every request within this many seconds, if only to say the change is still being applied.
+    public static let answerDeadline = 30
+    /// lbctl waits this long for the answer: the deadline plus time to deliver it, so lbd always has the last word.
+    public static let clientTimeout = answerDeadline + 5
+    /// A connection gets this long to send its one request line.
+    public static let requestReadTimeout = 5
+    /// The longest request line lbd reads (requests are small JSON objects).
+    public static let maximumRequestBytes = 64 * 1024
 }
 
 public struct ControlRequest: Codable, Equatable, Sendable {

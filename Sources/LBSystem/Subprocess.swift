@@ -1,6 +1,7 @@
 import Glibc
 
-/// Runs a program with arguments (no shell), feeds it `input`, and collects its exit status and output.
+/// Runs one of lbd's own helper programs (iptables-restore, ip) with arguments (no shell), feeds it `input`, and
+/// collects its exit status and output. Operator-written commands (external checks) go through `ConfinedProcess`.
 /// posix_spawn rather than Foundation's Process: it works the same in the minimal IPVS test VM and needs no run loop.
 public enum Subprocess {
     public struct Result: Sendable {

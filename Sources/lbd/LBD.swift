@@ -101,6 +101,7 @@ struct LBD: AsyncParsableCommand {
             throw ValidationError("--http \(httpAddress ?? "") already serves /metrics; drop --metrics or give it another port")
         }
         guard (1...3600).contains(reconcileInterval) else { throw ValidationError("--reconcile-interval must be between 1 and 3600 seconds") }
+        if let problem = ControlServer.pathProblem(socket) { throw ValidationError(problem) }
         if let controlGroup, getgrnam(controlGroup) == nil {
             throw ValidationError("no group named \"\(controlGroup)\" (see /etc/group)")
         }
@@ -137,6 +138,7 @@ struct LBD: AsyncParsableCommand {
             return
         }
         logger.info("config loaded", metadata: ["config": "\(config)", "virtual_services": "\(configuration.virtualServices.count)"])
+        raiseDescriptorLimit(logger: logger)
         let state = StateStore(directory: stateDir)
         let stop = StopSignal()
         // Under systemd (Type=notify) each stage is announced; by hand this does nothing.

@@ -39,6 +39,12 @@ struct ValidationRuleTests {
                     at: "10.0.0.300", service: "web")
         expectError(document(service(vip: "0.0.0.0")), "vip 0.0.0.0 is not a unicast host address", at: "0.0.0.0")
         expectError(document(service(vip: "ff02::1")), "is not a unicast host address", at: "ff02::1")
+        // The IPv4 wildcard, multicast and broadcast addresses in IPv4-mapped form, and the rest of 0.0.0.0/8.
+        for vip in ["\"::ffff:0.0.0.0\"", "\"::ffff:224.0.0.1\"", "\"::ffff:255.255.255.255\"", "0.1.2.3", "239.1.1.1", "255.255.255.255"] {
+            expectError(document(service(vip: vip)), "is not a unicast host address", at: vip)
+        }
+        expectError(document(service(vip: "\"::ffff:10.0.0.10\"")), "vip ::ffff:10.0.0.10 is an IPv4-mapped IPv6 address",
+                    at: "\"::ffff", service: "web")
     }
 
     @Test func invalidRealServerAddress() {

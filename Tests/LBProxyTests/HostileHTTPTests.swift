@@ -85,6 +85,20 @@ struct RequestFramingTests {
         await fixture.stop()
     }
 
+    /// lbd does not switch protocols: the request is answered, Upgrade is not forwarded, and the connection closes
+    /// (lbd's parser reads nothing after such a request, so keeping it open would leave the client hanging).
+    @Test func upgradeRequestIsAnsweredThenClosed() async throws {
+        let fixture = try await RawFixture { _, _ in .send(ok()) }
+        let client = try RawClient(port: fixture.vipPort)
+        let started = ContinuousClock.now
+        client.send("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        let response = client.readAllText()
+        #expect(statusLine(response) == "HTTP/1.1 200 OK" && header("Connection", in: response) == "close", "\(response)")
+        #expect(client.lastReadEnd == "end of stream" && ContinuousClock.now - started < .seconds(2))
+        #expect(fixture.backend.requests.first?.values("upgrade").isEmpty == true)
+        await fixture.stop()
+    }
+
     /// `Connection` may not strip what frames or routes the request.
     @Test func connectionCannotRemoveFramingOrHost() async throws {
         let fixture = try await RawFixture { _, _ in .send(ok()) }
@@ -210,6 +224,26 @@ struct BackendFailureTests {
         #expect(fixture.backend.closedByPeer == 0)
         try fixture.backend.halfCloseAll()
         #expect(await eventually { fixture.backend.closedByPeer == 1 }, "lb left the pooled connection in CLOSE-WAIT")
+        await fixture.stop()
+    }
+
+    /// A server that answers with more than one response: the extra one must never reach the next client that
+    /// reuses the connection (cross-user response mixing).
+    @Test func extraResponseNeverReachesAnotherClient() async throws {
+        let fixture = try await RawFixture { request, _ in
+            // The extra response is left incomplete: whatever follows on this connection would complete its body.
+            .send(ok("for \(request.target)") + "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npwned!")
+        }
+        let attacker = try RawClient(port: fixture.vipPort)
+        attacker.send("GET /attacker HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(attacker.readResponse().hasSuffix("for /attacker"))
+        try await Task.sleep(for: .milliseconds(100))  // the extra bytes reach the idle pooled connection; nothing to wait on
+        for index in 0..<5 {
+            let victim = try RawClient(port: fixture.vipPort)
+            victim.send("GET /victim-\(index) HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            let response = victim.readAllText()
+            #expect(response.hasSuffix("for /victim-\(index)"), "\(response)")
+        }
         await fixture.stop()
     }
 

@@ -203,6 +203,11 @@ struct NodeReader {
                   hint: "use the address of one host; wildcard, multicast and broadcast addresses cannot be balanced")
             return nil
         }
+        if let ipv4 = address.mappedIPv4 {
+            // IPVS and the kernel's routing see the IPv4 address; the mapped form would be an IPv6 service no packet matches.
+            error("\(key) \(address) is an IPv4-mapped IPv6 address", at: node, hint: "write the IPv4 address itself: \(ipv4)")
+            return nil
+        }
         return address
     }
 

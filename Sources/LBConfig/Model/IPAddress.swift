@@ -57,19 +57,26 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         }
     }
 
-    /// 0.0.0.0 / :: — a wildcard, not a host.
+    /// 0.0.0.0 / :: — a wildcard, not a host. Also the rest of 0.0.0.0/8 ("this network", never a destination),
+    /// and the same inside an IPv4-mapped IPv6 address (`::ffff:0.0.0.0` is the IPv4 wildcard to a dual-stack socket).
     public var isUnspecified: Bool {
         switch self {
-        case .v4(let a): return a == 0
-        case .v6(let b): return b.allSatisfy { $0 == 0 }
+        case .v4(let a): return (a >> 24) == 0
+        case .v6(let b): return b.allSatisfy { $0 == 0 } || mappedIPv4?.isUnspecified == true
         }
     }
 
     public var isMulticastOrBroadcast: Bool {
         switch self {
         case .v4(let a): return (a >> 28) == 0xE || a == 0xFFFF_FFFF
-        case .v6(let b): return b[0] == 0xFF
+        case .v6(let b): return b[0] == 0xFF || mappedIPv4?.isMulticastOrBroadcast == true
         }
+    }
+
+    /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), which names an IPv4 host.
+    public var mappedIPv4: IPAddress? {
+        guard case .v6(let b) = self, b[0..<10].allSatisfy({ $0 == 0 }), b[10] == 0xFF, b[11] == 0xFF else { return nil }
+        return .v4(UInt32(b[12]) << 24 | UInt32(b[13]) << 16 | UInt32(b[14]) << 8 | UInt32(b[15]))
     }
 
     public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {

@@ -193,17 +193,44 @@ public struct Validator {
     }
 
     /// An address, port and protocol can be answered by one virtual service only.
+    ///
+    /// n log n: the port ranges of each address and protocol are sorted and swept once, so only ranges that really
+    /// overlap are compared. Each clashing range is reported against the earliest service that also serves it.
     private mutating func checkUniqueListeners() {
+        struct Listener: Hashable { let address: IPAddress; let transport: TransportProtocol }
+        struct Claim { let service: Int; let rangeIndex: Int; let range: PortRange }
+        var claims: [Listener: [Claim]] = [:]
         for (index, service) in configuration.virtualServices.enumerated() {
             for (rangeIndex, range) in service.ports.enumerated() {
-                let earlier = configuration.virtualServices.prefix(index).enumerated().lazy.compactMap { otherIndex, other in
-                    other.address == service.address && other.transport == service.transport
-                        ? other.ports.first(where: { $0.overlaps(range) }).map { (otherIndex, other, $0) } : nil
+                claims[Listener(address: service.address, transport: service.transport), default: []]
+                    .append(Claim(service: index, rangeIndex: rangeIndex, range: range))
+            }
+        }
+        // For each (service, range): the earliest other service with an overlapping range, and that range.
+        var earliest: [Int: [Int: Claim]] = [:]
+        for var group in claims.values where group.count > 1 {
+            group.sort { ($0.range.lower, $0.service) < ($1.range.lower, $1.service) }
+            var active: [Claim] = []
+            for claim in group {
+                active.removeAll { $0.range.upper < claim.range.lower }
+                for other in active where other.service != claim.service {
+                    let (later, earlier) = other.service < claim.service ? (claim, other) : (other, claim)
+                    let known = earliest[later.service]?[later.rangeIndex]
+                    if known.map({ (earlier.service, earlier.rangeIndex) < ($0.service, $0.rangeIndex) }) ?? true {
+                        earliest[later.service, default: [:]][later.rangeIndex] = earlier
+                    }
                 }
-                guard let (otherIndex, other, overlap) = earlier.first else { continue }
-                let shared = max(range.lower, overlap.lower)
+                active.append(claim)
+            }
+        }
+        for index in earliest.keys.sorted() {
+            let service = configuration.virtualServices[index]
+            for (rangeIndex, other) in earliest[index]!.sorted(by: { $0.key < $1.key }) {
+                let range = service.ports[rangeIndex]
+                let shared = max(range.lower, other.range.lower)
+                let otherService = configuration.virtualServices[other.service]
                 error(service.name, at: .virtualService(index) / "ports" / rangeIndex,
-                      "\(service.address.withPort(shared))/\(service.transport.rawValue) is already served by virtual service \"\(other.name)\" (line \(line(.virtualService(otherIndex) / "name")))",
+                      "\(service.address.withPort(shared))/\(service.transport.rawValue) is already served by virtual service \"\(otherService.name)\" (line \(line(.virtualService(other.service) / "name")))",
                       hint: "an address, port and protocol belong to one virtual service; give one of them another VIP address or port")
             }
         }
@@ -212,15 +239,24 @@ public struct Validator {
     /// The guide's netfilter rule: l4-snat's source-NAT rules match every packet to its RIP:PORT, the proxy's too.
     private mutating func checkLayer7AndSNATShareNoRealServer() {
         let services = configuration.virtualServices.enumerated()
-        let layer7 = services.filter { $0.element.mode.isLayer7 }
         // The proxy speaks TCP only, so a UDP SNAT service's rules cannot catch its connections.
         let snat = services.filter { $0.element.mode == .l4SNAT && $0.element.transport == .tcp }
-        guard !layer7.isEmpty, !snat.isEmpty else { return }
+        guard !snat.isEmpty else { return }
+        // Which Layer 7 services send to an address: looked up, not scanned, per SNAT server.
+        var layer7ByAddress: [IPAddress: [Int]] = [:]
+        for (index, service) in services where service.mode.isLayer7 {
+            let targets = service.realServers.map(\.address) + (service.fallback.map { [$0.address] } ?? [])
+            for address in Set(targets) { layer7ByAddress[address, default: []].append(index) }
+        }
+        guard !layer7ByAddress.isEmpty else { return }
         for (snatIndex, snatService) in snat {
             var reported: Set<String> = []
             for (serverIndex, server) in snatService.realServers.enumerated() {
+                guard let candidates = layer7ByAddress[server.address] else { continue }
                 for port in Set(snatService.ports.allPorts.map(server.port(forVIPPort:))).sorted() {
-                    for (l7Index, l7Service) in layer7 where l7Service.reaches(server.address, port: port) {
+                    for l7Index in candidates {
+                        let l7Service = configuration.virtualServices[l7Index]
+                        guard l7Service.reaches(server.address, port: port) else { continue }
                         let endpoint = server.address.withPort(port)
                         guard reported.insert("\(endpoint)|\(l7Service.name)").inserted else { continue }
                         error(snatService.name, at: .virtualService(snatIndex) / "real_servers" / serverIndex,
@@ -234,9 +270,12 @@ public struct Validator {
 
     /// A DR VIP is also configured on the real servers; proxying on the same address invites ARP and routing surprises.
     private mutating func checkDirectRoutingVIPsNotProxied() {
+        var firstProxied: [IPAddress: VirtualService] = [:]
+        for service in configuration.virtualServices where service.mode.isLayer7 && firstProxied[service.address] == nil {
+            firstProxied[service.address] = service
+        }
         for (index, service) in configuration.virtualServices.enumerated() where service.mode == .l4DirectRouting {
-            guard let proxied = configuration.virtualServices.first(where: { $0.mode.isLayer7 && $0.address == service.address })
-            else { continue }
+            guard let proxied = firstProxied[service.address] else { continue }
             warning(service.name, at: .virtualService(index) / "vip",
                     "VIP \(service.address) is used for l4-dr and by the \(proxied.mode.rawValue) virtual service \"\(proxied.name)\"",
                     hint: "direct routing puts the VIP on the real servers too; give the Layer 7 service its own address unless you have planned ARP suppression for both")

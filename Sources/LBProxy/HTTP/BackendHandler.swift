@@ -45,9 +45,7 @@ final class BackendHandler: ChannelDuplexHandler {
     /// encoder would otherwise frame some methods only on an exact `chunked` value and drop others' length), and
     /// interim 1xx responses are passed up so they can reach the client.
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
-        var encoder = HTTPRequestEncoder.Configuration()
-        encoder.automaticallySetFramingHeaders = false
-        try pipeline.addHandler(HTTPRequestEncoder(configuration: encoder))
+        try pipeline.addHandler(makeRealServerRequestEncoder())
         try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
                                                                          informationalResponseStrategy: .forward)))
         try pipeline.addHandler(NIOHTTPRequestHeadersValidator())
@@ -55,6 +53,13 @@ final class BackendHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard front != nil else {
+            // Bytes from a server that owes nobody an answer (after the response it framed, or while the connection
+            // idles in the pool): a later request must never receive them as its response.
+            isClosed = true
+            context.close(promise: nil)
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let head):
             if !(100..<200).contains(head.status.code) { responseKeepAlive = head.isKeepAlive }

@@ -233,15 +233,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
         clientCookie = cookie
 
-        var outbound = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: head.headers)
-        outbound.headers.removeHopByHop()
-        // The body goes out exactly as lb's parser delimited it; an empty body of a method that normally has one
-        // is stated, since some servers refuse such a request without a length (411).
-        if framing == .unframed, head.method == .POST || head.method == .PUT || head.method == .PATCH {
-            outbound.headers.setFraming(.contentLength(0))
-        } else {
-            outbound.headers.setFraming(framing)
-        }
+        // The body goes out exactly as lb's parser delimited it.
+        var outbound = head.forwarded(framing: framing)
         if service.forwardedFor, let client {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")

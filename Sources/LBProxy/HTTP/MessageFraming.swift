@@ -4,7 +4,7 @@ import NIOHTTP1
 /// this value, never with the peer's Content-Length or Transfer-Encoding text: a framing header the next hop could
 /// read differently from lb (`Transfer-Encoding: Chunked` on a GET, a coding list, a duplicated length) is exactly
 /// how one request becomes two behind a proxy.
-enum BodyFraming: Equatable {
+package enum BodyFraming: Equatable {
     /// No framing header: an empty request body, or a response read until the server closes.
     case unframed
     case contentLength(Int)
@@ -12,7 +12,7 @@ enum BodyFraming: Equatable {
 }
 
 /// Why a message's header section cannot be forwarded. The description is what lb logs; the peer gets only a status.
-enum MessageRefusal: Error, Equatable, CustomStringConvertible {
+package enum MessageRefusal: Error, Equatable, CustomStringConvertible {
     case unsupportedTransferEncoding(String)
     case invalidContentLength(String)
     case lengthAndTransferEncoding
@@ -22,7 +22,7 @@ enum MessageRefusal: Error, Equatable, CustomStringConvertible {
     case unsupportedMethod(String)
     case unexpectedUpgrade(UInt)
 
-    var description: String {
+    package var description: String {
         switch self {
         case .unsupportedTransferEncoding(let value): "Transfer-Encoding \"\(value)\" is not exactly \"chunked\""
         case .invalidContentLength(let value): "invalid Content-Length \"\(value)\""
@@ -34,6 +34,13 @@ enum MessageRefusal: Error, Equatable, CustomStringConvertible {
         case .unexpectedUpgrade(let status): "status \(status): lb never asks a real server to switch protocols"
         }
     }
+}
+
+/// The encoder of requests to real servers: it writes the framing lb set, and adds none of its own.
+package func makeRealServerRequestEncoder() -> HTTPRequestEncoder {
+    var encoder = HTTPRequestEncoder.Configuration()
+    encoder.automaticallySetFramingHeaders = false
+    return HTTPRequestEncoder(configuration: encoder)
 }
 
 /// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
@@ -52,7 +59,7 @@ let protectedHeaders: Set<String> = [
 extension HTTPHeaders {
     /// The framing of this message's body from its Content-Length and Transfer-Encoding fields. Only a lone
     /// `chunked` coding is accepted (case-insensitive, as the parser matched it); lb forwards it as exactly `chunked`.
-    func bodyFraming() throws(MessageRefusal) -> BodyFraming {
+    package func bodyFraming() throws(MessageRefusal) -> BodyFraming {
         let codings = self[canonicalForm: "transfer-encoding"]
         let lengths = self[canonicalForm: "content-length"]
         if !codings.isEmpty {
@@ -72,7 +79,7 @@ extension HTTPHeaders {
     }
 
     /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
-    mutating func removeHopByHop() {
+    package mutating func removeHopByHop() {
         let named = self[canonicalForm: "connection"].map { $0.lowercased() }.filter { !protectedHeaders.contains($0) }
         for name in hopByHopHeaders.union(named) {
             remove(name: name)
@@ -80,7 +87,7 @@ extension HTTPHeaders {
     }
 
     /// Writes lb's own framing for a message forwarded with `framing`.
-    mutating func setFraming(_ framing: BodyFraming) {
+    package mutating func setFraming(_ framing: BodyFraming) {
         remove(name: "content-length")
         remove(name: "transfer-encoding")
         switch framing {
@@ -91,7 +98,7 @@ extension HTTPHeaders {
     }
 
     /// Trailer fields worth forwarding: none that could frame, route or hop.
-    func forwardableTrailers() -> HTTPHeaders {
+    package func forwardableTrailers() -> HTTPHeaders {
         var trailers = self
         for name in hopByHopHeaders.union(protectedHeaders) { trailers.remove(name: name) }
         return trailers
@@ -100,7 +107,7 @@ extension HTTPHeaders {
 
 extension HTTPRequestHead {
     /// Checks what lb needs to forward this request unambiguously (RFC 9112 §3.2, §6) and returns its body's framing.
-    func checkedForForwarding() throws(MessageRefusal) -> BodyFraming {
+    package func checkedForForwarding() throws(MessageRefusal) -> BodyFraming {
         if method == .CONNECT { throw .unsupportedMethod("CONNECT") }
         let hosts = headers["host"]
         if hosts.count > 1 { throw .duplicateHost }
@@ -118,8 +125,23 @@ extension HTTPRequestHead {
         return framing
     }
 
+    /// The head lb sends to the real server for this request, whose body its parser delimited as `framing`:
+    /// HTTP/1.1, hop-by-hop headers removed, lb's own framing. (X-Forwarded-For and -Proto are added by the caller.)
+    package func forwarded(framing: BodyFraming) -> HTTPRequestHead {
+        var outbound = HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+        outbound.headers.removeHopByHop()
+        // An empty body of a method that normally has one is stated: some servers refuse such a request without a
+        // length (411).
+        if framing == .unframed, method == .POST || method == .PUT || method == .PATCH {
+            outbound.headers.setFraming(.contentLength(0))
+        } else {
+            outbound.headers.setFraming(framing)
+        }
+        return outbound
+    }
+
     /// Whether the method is idempotent (RFC 9110 §9.2.2): only these may be sent to a server a second time.
-    var isIdempotent: Bool {
+    package var isIdempotent: Bool {
         switch method {
         case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
         default: false
@@ -128,7 +150,7 @@ extension HTTPRequestHead {
 
     /// Whether the client asked to switch protocols. lb's l7-http does not switch (Upgrade is hop-by-hop and not
     /// forwarded), and its parser reads nothing after such a request, so the connection closes after the response.
-    var asksForUpgrade: Bool {
+    package var asksForUpgrade: Bool {
         headers.contains(name: "upgrade") && headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
     }
 }

@@ -34,6 +34,13 @@ final class Binding: Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // Out of descriptors: pause accepting for a moment rather than spin on accept(2).
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptLimits.pauseHandler(service: runtime.service.name, logger: runtime.logger))
+                }
+            }
             .childChannelInitializer { channel in
                 slot.current.initialize(client: channel, slot: slot)
             }

@@ -16,7 +16,8 @@ final class ServiceRuntime: Sendable {
     let logger: Logger
     let connector: BackendConnector
     private let clients = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
-    private let refusals: RefusalLog
+    /// Refusals at max_connections come in floods: one line per interval, with the count held back.
+    private let refusals = RateLimitedLog(interval: AcceptLimits.logInterval)
 
     init(service: VirtualService, tls: TLSContext?, backendTLS: BackendTLSContexts = .none, cookieKey: [UInt8],
          tallies: [String: ServerTally] = [:], onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil,
@@ -29,7 +30,6 @@ final class ServiceRuntime: Sendable {
         self.logger = logger
         self.connector = BackendConnector(pool: pool, connectTimeout: service.timeouts.connect, logger: logger,
                                           backendTLS: backendTLS)
-        self.refusals = RefusalLog(logger: logger)
     }
 
     var activeConnections: Int { clients.withLockedValue { $0.count } }
@@ -44,7 +44,9 @@ final class ServiceRuntime: Sendable {
             return true
         }
         guard admitted else {
-            refusals.refused(limit: limit)
+            if let held = refusals.admit() {
+                logger.warning("connection refused: limit reached", metadata: ["limit": "\(limit)", "repeats": "\(held)"])
+            }
             return channel.eventLoop.makeFailedFuture(ProxyError.connectionLimit(service: service.name, limit: limit))
         }
         channel.closeFuture.whenComplete { [clients] _ in
@@ -89,29 +91,4 @@ final class ServiceSlot: Sendable {
     var current: ServiceRuntime { box.withLockedValue { $0 } }
 
     func replace(with runtime: ServiceRuntime) { box.withLockedValue { $0 = runtime } }
-}
-
-/// One log line per refused connection would let a flood of clients fill the log: at most one line per second,
-/// with the number refused since the last line.
-final class RefusalLog: Sendable {
-    private let logger: Logger
-    private let state = NIOLockedValueBox<(last: NIODeadline, suppressed: Int)>((.distantPast, 0))
-
-    init(logger: Logger) { self.logger = logger }
-
-    func refused(limit: Int) {
-        let now = NIODeadline.now()
-        let suppressed: Int? = state.withLockedValue { state in
-            guard now - state.last >= .seconds(1) else {
-                state.suppressed += 1
-                return nil
-            }
-            defer { state = (now, 0) }
-            return state.suppressed
-        }
-        guard let suppressed else { return }
-        logger.warning("connection refused: limit reached", metadata: [
-            "limit": "\(limit)", "also_refused_in_the_last_second": "\(suppressed)",
-        ])
-    }
 }

@@ -1,0 +1,37 @@
+import Foundation
+import LBConfig
+
+/// libFuzzer target (scripts/fuzz config): any bytes as lb.yaml. The loader must not crash, hang or trap, and its
+/// report must be coherent: a model exactly when there is no error, every diagnostic inside the file.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+    let report = ConfigurationLoader.check(yaml: text, file: "fuzz.yaml")
+    let hasErrors = report.diagnostics.contains { $0.severity == .error }
+    guard (report.configuration == nil) == hasErrors, report.isValid == !hasErrors else {
+        fatalError("incoherent report: model \(report.configuration != nil), errors \(hasErrors)")
+    }
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+    for diagnostic in report.diagnostics where diagnostic.location.line < 1 || diagnostic.location.line > max(lines, 1) {
+        fatalError("diagnostic outside the file (\(lines) lines): \(diagnostic)")
+    }
+    return 0
+}
+
+#if !LB_FUZZ
+/// Without libFuzzer (a normal build): runs the inputs named on the command line, e.g. the seed corpus and every
+/// crash kept as a regression case.
+@main
+struct ReplayConfigInputs {
+    static func main() throws {
+        for path in CommandLine.arguments.dropFirst() {
+            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+            let storage = bytes.isEmpty ? [0] : bytes  // a valid pointer even for an empty input
+            _ = storage.withUnsafeBufferPointer { buffer in
+                buffer.baseAddress.map { fuzzConfig($0, bytes.count) }
+            }
+        }
+        print("config: \(CommandLine.arguments.count - 1) inputs replayed")
+    }
+}
+#endif
