@@ -4,7 +4,9 @@
 # is what lb needs. Then, inside the IPVS VM (its root file system is a throw-away overlay of this machine's, so
 # nothing is installed here): dpkg -i, lbd --check on the packaged /etc/lb/lb.yaml, the installed lbd runs and
 # answers lbctl over the packaged paths, man -w finds the pages, the bash/zsh/fish completions are in place, and
-# dpkg -r removes everything but the conffile (dpkg --purge takes that too).
+# dpkg -r removes everything but the conffile (dpkg --purge takes that too). Finally the packaged unit runs under a
+# real systemd in the VM: start (Type=notify), IPVS under the capability bounding set, lbctl mode under
+# ProtectSystem=strict, reloads refused and applied, the audit trail, stop.
 # LB_DEB=PATH tests an already built package instead of building one.
 source "$(dirname "$0")/lib.sh"
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -82,4 +84,94 @@ section remove | grep "left behind" && fail "dpkg -r left files behind"
 section remove | grep -q "conffile kept" || fail "dpkg -r removed the conffile"
 section remove | grep -q "Status: deinstall ok config-files" || fail "after dpkg -r the package should be config-files"
 section purge | grep -q "conffile purged" || fail "dpkg --purge kept /etc/lb/lb.yaml"
+echo "installed, used and removed in the VM"
+
+# The packaged unit under a real systemd (PID 1 of its own PID namespace in the VM, the way containers run it): the
+# hardening (capability bounding set, ProtectSystem=strict, ...) must leave lbd able to program IPVS, write its
+# state, audit trail and /etc/lb/lb.yaml (lbctl mode); Type=notify makes `systemctl start` return with every
+# listener bound; `systemctl reload` (lbctl reload) reports a bad config and keeps lbd running; stop is clean.
+vmdir=.ipvs-vm-cache/package
+cat > "$vmdir/lb.yaml" <<'YAML'
+virtual_services:
+  - name: Web
+    vip: 127.0.0.1
+    ports: [8080]
+    mode: l7-http
+    health_check: {type: none}
+    real_servers:
+      - {name: web-1, address: 127.0.0.1, port: 8081}
+  - name: DICOM-NAT
+    vip: 10.0.0.40
+    ports: [104]
+    mode: l4-nat
+    health_check: {type: none}
+    real_servers:
+      - {name: core-1, address: 10.0.1.11, port: 11112}
+YAML
+cat > "$vmdir/steps.sh" <<'STEPS'
+# Run by lbtest.service inside the systemd under test; each check prints one line the host greps.
+exec 2>&1
+systemctl start lbd; echo "start: $?"
+curl -s -o /dev/null -w 'status page right after start: %{http_code}\n' http://127.0.0.1:9780/
+curl -s -o /dev/null -w "VIP right after start: %{http_code}\n" http://127.0.0.1:8080/   # lbd answers (its server is absent)
+systemctl show lbd -p Type -p ActiveState -p StatusText
+ipvsadm -Ln | grep -E "10.0.0.40:104|10.0.1.11:11112" | sed 's/^/ipvs: /'
+lbctl drain DICOM-NAT core-1 > /dev/null; echo "drain: $?"
+lbctl mode Web l7-tcp > /dev/null; echo "mode: $?"
+grep -q "mode: l7-tcp" /etc/lb/lb.yaml && echo "config rewritten by lbctl mode"
+echo "virtual_services: [" >> /etc/lb/lb.yaml
+systemctl reload lbd > /dev/null 2>&1; echo "reload of a broken config: $?"
+systemctl show lbd -p ActiveState -p StatusText
+cp /etc/lb/lb.yaml.bak /etc/lb/lb.yaml; sed -i 's/mode: l7-http/mode: l7-tcp/' /etc/lb/lb.yaml
+systemctl reload lbd; echo "reload: $?"
+systemctl show lbd -p StatusText
+lbctl audit | sed 's/^/audit: /'
+stat -c 'audit.log: %U %a' /var/lib/lb/audit.log
+systemctl stop lbd; echo "stop: $?"
+systemctl show lbd -p ActiveState -p Result
+sed 's/^/lbd log: /' "$(dirname "$0")/lbd.log"
+STEPS
+out=$(IPVS_VM_NATIVE=no scripts/ipvs-vm bash -c '
+    set -u
+    dpkg -i .ipvs-vm-cache/package/lb.deb > /dev/null 2>&1 || echo "dpkg -i failed"
+    cp .ipvs-vm-cache/package/lb.yaml /etc/lb/lb.yaml
+    ip link add lbt0 type dummy && ip addr add 10.0.1.254/24 dev lbt0 && ip link set lbt0 up
+    modprobe ip_vs
+    mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+    # tmpfiles-setup walks the whole (9p) file system: a minute and a half under emulation, and nothing lbd needs.
+    ln -sf /dev/null /etc/systemd/system/systemd-tmpfiles-setup.service
+    printf "[Unit]\nRequires=lbtest.service\nAfter=lbtest.service\n" > /etc/systemd/system/lbtest.target
+    printf "[Unit]\nSuccessAction=exit-force\nFailureAction=exit-force\n[Service]\nType=oneshot\nExecStart=/bin/bash %s\nStandardOutput=file:%s\n" \
+        "$PWD/.ipvs-vm-cache/package/steps.sh" "$PWD/.ipvs-vm-cache/package/steps.log" > /etc/systemd/system/lbtest.service
+    rm -f .ipvs-vm-cache/package/steps.log .ipvs-vm-cache/package/lbd.log
+    # lbd'"'"'s output to a file the host reads (journald is not what is under test).
+    mkdir -p /etc/systemd/system/lbd.service.d
+    printf "[Service]\nStandardOutput=append:%s\nStandardError=inherit\n" "$PWD/.ipvs-vm-cache/package/lbd.log" \
+        > /etc/systemd/system/lbd.service.d/test-output.conf
+    timeout 200 unshare --pid --fork --mount-proc env container=lb-test /lib/systemd/systemd --unit=lbtest.target \
+        --log-level=warning > /dev/null 2>&1
+    echo "systemd exit: $?"
+    cat .ipvs-vm-cache/package/steps.log')
+echo "$out" | grep -v "^lbd log: "
+expect() { grep -qE "$1" <<<"$out" || { echo "$out" | grep "^lbd log: " >&2; fail "under systemd: $2"; }; }
+expect "^start: 0$" "systemctl start lbd failed"
+expect "^status page right after start: 200$" "the status page did not answer when systemctl start returned"
+expect "^VIP right after start: [1-5][0-9][0-9]$" "the VIP did not answer when systemctl start returned"
+expect "^Type=notify$" "not Type=notify"
+expect "^StatusText=serving 2 virtual services$" "no STATUS= from lbd"
+expect "^ipvs: TCP  10.0.0.40:104 " "IPVS not programmed under the capability bounding set"
+expect "^drain: 0$" "drain failed"
+expect "^config rewritten by lbctl mode$" "lbctl mode could not rewrite /etc/lb/lb.yaml under ProtectSystem=strict"
+expect "^reload of a broken config: [1-9]" "systemctl reload of a broken config succeeded"
+expect "^StatusText=reload refused; serving the previous config$" "a refused reload not reported"
+expect "^reload: 0$" "systemctl reload failed"
+expect "^StatusText=reloaded$" "the reload not reported"
+expect "^audit: .* root +0 +drain +DICOM-NAT/core-1 +ok$" "the audit trail under systemd"
+expect "^audit: .* root +0 +reload +- +failed" "the refused reload not in the audit trail"
+expect "^audit.log: root 640$" "audit.log ownership/mode"
+expect "^stop: 0$" "systemctl stop failed"
+expect "^Result=success$" "lbd did not stop cleanly"
+expect "^lbd log: .*config loaded" "no output of lbd captured"
+grep "^lbd log: .*Failed to set thread priority" <<<"$out" && fail "libdispatch could not set thread priority under the unit"
+echo "the packaged unit under systemd: started (notify), IPVS programmed, mode, reload refused and applied, audit, stopped"
 echo "Debian package: passed"
