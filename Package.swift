@@ -39,6 +39,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The files a config names (certificates, keys, CA files), checked as lbd will load them.
+        .target(name: "LBConfigFiles", dependencies: ["LBConfig", "LBTLS"]),
         // libnl-3 / libnl-genl-3, found with pkg-config.
         .systemLibrary(
             name: "CNetlink",
@@ -105,6 +107,8 @@ let package = Package(
                 "LBLinks",
                 "LBNetfilter",
                 "LBProxy",
+                "LBTLS",
+                "LBConfigFiles",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -114,6 +118,7 @@ let package = Package(
             dependencies: [
                 "LBAgent",
                 "LBConfig",
+                "LBConfigFiles",
                 "LBHealth",
                 "LBIPVS",
                 "LBControl",
@@ -131,6 +136,7 @@ let package = Package(
             name: "lbctl",
             dependencies: [
                 "LBConfig",
+                "LBConfigFiles",
                 "LBControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

@@ -1,5 +1,6 @@
 import Foundation
 import LBConfig
+import LBConfigFiles
 import LBControl
 import LBHealth
 import LBIPVS
@@ -42,25 +43,25 @@ extension Agent {
             for conflict in conflicts { logger.error("\(conflict)") }
             throw PreflightError("\(conflicts.count) host netfilter rule(s) clash with the config")
         }
-        // 2. Addresses, proxy listeners, kernel settings, lb's chains, IPVS; undone in reverse if one fails.
+        // 2. Addresses, kernel settings, lb's chains, IPVS, proxy listeners; undone in reverse if one fails.
         var undo = UndoList()
         let ipvsBefore = try kernel?.table()
         let ownedBefore = kernel?.owned ?? []
         do {
             let added = try addresses.apply(services)
             undo.add { self.addresses.rollBack(added) }
-            try effectors.proxy.update(to: services, membership: state.memberships)
-            undo.add { try? self.effectors.proxy.update(to: [], membership: [:]) }
             if let kernel {
                 let changed = try kernel.applySysctls(for: services)
                 undo.add { kernel.restoreSysctls(changed) }
                 try kernel.applySettings(state.configuration.ipvs)
             }
+            // lb's chains and the transparent policy route before anything takes traffic that needs them.
             try effectors.firewall.apply(services)
             if let kernel, let ipvsBefore {
                 undo.add { try? kernel.restore(ipvsBefore, ownedBefore: ownedBefore) }
                 try kernel.apply(desiredIPVSTable())
             }
+            try effectors.proxy.update(to: services, membership: state.memberships)
         } catch {
             undo.run()
             throw error
@@ -80,7 +81,7 @@ extension Agent {
         } catch {
             return ControlResponse(ok: false, message: "\(configPath): \(error.localizedDescription); nothing changed")
         }
-        let report = ConfigurationLoader.check(yaml: text, file: configPath)
+        let report = ConfigurationLoader.check(yaml: text, file: configPath, files: TLSFileChecker())
         guard let next = report.configuration else {
             let errors = report.diagnostics.filter { $0.severity == .error }.map(\.description).joined(separator: "\n")
             return ControlResponse(ok: false, message: "\(errors)\nconfig rejected; nothing changed")
@@ -107,7 +108,7 @@ extension Agent {
         if let loadedConfigText, text != loadedConfigText {
             return ControlResponse(ok: false, message: "\(configPath) has changed on disk since lbd loaded it; apply that edit first (lbctl reload) or undo it; nothing changed")
         }
-        let report = ConfigurationLoader.check(yaml: text, file: configPath)
+        let report = ConfigurationLoader.check(yaml: text, file: configPath, files: TLSFileChecker())
         guard let current = report.configuration,
               let index = current.virtualServices.firstIndex(where: { $0.name == name })
         else {
@@ -131,7 +132,7 @@ extension Agent {
         line.replaceSubrange(range, with: mode.rawValue)
         lines[location.line - 1] = line
         let newText = lines.joined(separator: "\n")
-        let checked = ConfigurationLoader.check(yaml: newText, file: configPath)
+        let checked = ConfigurationLoader.check(yaml: newText, file: configPath, files: TLSFileChecker())
         guard let next = checked.configuration else {
             let errors = checked.diagnostics.filter { $0.severity == .error }.map(\.description).joined(separator: "\n")
             return ControlResponse(ok: false, message: "\(name) cannot be \(mode.rawValue):\n\(errors)\nnothing changed")
@@ -193,18 +194,34 @@ extension Agent {
             return ControlResponse(ok: false, message: "\(what): IPVS cannot be read: \(error); nothing changed")
         }
         let ownedBefore = kernel?.owned ?? []
+        // lb's chains serve the old and the new services until the end (a service switching mode keeps its rules
+        // while its old path still carries traffic).
+        let firewallBoth = next.virtualServices + previous.virtualServices.filter { old in
+            newByName[old.name].map { $0.mode != old.mode || $0.transparent != old.transparent } ?? true
+        }
         do {
             let added = try addresses.apply(both, removing: false)
             undo.add { self.addresses.rollBack(added) }
-            step = "proxy listeners"
-            try effectors.proxy.update(to: next.virtualServices.filter { $0.mode.isLayer7 } + movingToKernel,
-                                       membership: nextMembership.merging(previousMembership) { new, _ in new })
-            undo.add { try self.effectors.proxy.update(to: previous.virtualServices, membership: previousMembership) }
             if let kernel {
                 step = "kernel settings"
                 let changed = try kernel.applySysctls(for: next.virtualServices)
                 undo.add { kernel.restoreSysctls(changed) }
                 try kernel.applySettings(next.ipvs)
+            }
+            step = "netfilter"
+            do {
+                try effectors.firewall.apply(firewallBoth)
+            } catch {
+                // Each table's restore is one transaction, but IPv4 may have gone through before IPv6 failed.
+                try? effectors.firewall.apply(previous.virtualServices)
+                throw error
+            }
+            undo.add { try self.effectors.firewall.apply(previous.virtualServices) }
+            step = "proxy listeners"
+            try effectors.proxy.update(to: next.virtualServices.filter { $0.mode.isLayer7 } + movingToKernel,
+                                       membership: nextMembership.merging(previousMembership) { new, _ in new })
+            undo.add { try self.effectors.proxy.update(to: previous.virtualServices, membership: previousMembership) }
+            if let kernel {
                 step = "IPVS"
                 if let ipvsBefore { undo.add { try kernel.restore(ipvsBefore, ownedBefore: ownedBefore) } }
                 // Additions and edits now; the services the config drops stay until every other step is done,
@@ -215,21 +232,14 @@ extension Agent {
                 }
                 try kernel.apply(keeping)
             }
-            step = "netfilter"
-            do {
-                try effectors.firewall.apply(next.virtualServices)
-            } catch {
-                // Each table's restore is one transaction, but IPv4 may have gone through before IPv6 failed.
-                try? effectors.firewall.apply(previous.virtualServices)
-                throw error
-            }
-            undo.add { try self.effectors.firewall.apply(previous.virtualServices) }
             step = "proxy listeners"
             try effectors.proxy.update(to: next.virtualServices, membership: nextMembership)
             if let kernel {
                 step = "IPVS"
                 try kernel.apply(desiredIPVSTable(for: nextState))
             }
+            step = "netfilter"
+            try effectors.firewall.apply(next.virtualServices)
             step = "VIP addresses"
             try addresses.apply(next.virtualServices, removing: true)
         } catch {

@@ -52,6 +52,18 @@ public final class Agent: @unchecked Sendable {
         queue.async { self.recordHealth(transition) }
     }
 
+    /// Real traffic found a server failing (health_check.observe): down now, like a failed check, and its check
+    /// must pass `rise` times to bring it back. Called on an event loop: it only queues the event.
+    public func observedFailure(service: String, server: String, reason: String) {
+        queue.async {
+            let key = ServerKey(service: service, server: server)
+            guard self.state.contains(key), self.state.healthy(key) else { return }
+            self.logger.error("real server down", metadata: ["service": "\(service)", "server": "\(server)", "reason": "\(reason)"])
+            self.effectors.health.markDown(service: service, server: server)
+            self.recordHealth(HealthTransition(service: service, server: server, healthy: false, reason: reason))
+        }
+    }
+
     /// The same, returning once the transition is applied (tests).
     public func healthChangedAndApplied(_ transition: HealthTransition) async {
         await onQueue { self.recordHealth(transition) }
@@ -85,7 +97,7 @@ public final class Agent: @unchecked Sendable {
 
     private func recordHealth(_ transition: HealthTransition) {
         let key = ServerKey(service: transition.service, server: transition.server)
-        guard state.setHealth(key, HealthRecord(healthy: transition.healthy, reason: transition.reason)) else { return }
+        guard state.setHealth(key, HealthRecord(healthy: transition.healthy, reason: transition.reason, since: Date())) else { return }
         do {
             try publish(service: transition.service)
         } catch {
@@ -203,6 +215,12 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: Status
 
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
     func status(only name: String?) -> [ServiceStatus] {
         let proxyCounters = effectors.proxy.counters()
         return state.configuration.virtualServices.filter { name == nil || $0.name == name }.map { service in
@@ -222,11 +240,24 @@ public final class Agent: @unchecked Sendable {
                 } else if let found = proxyCounters[service.name]?[server.name] {
                     counters = found
                 }
-                return ServerStatus(name: server.name, address: address,
-                                    health: unchecked ? "unchecked" : state.healthy(key) ? "up" : "down",
+                let record = state.health[key]
+                let health = unchecked ? "unchecked" : record.map { $0.healthy ? "up" : "down" } ?? "checking"
+                let serverState: String
+                switch member.reason {
+                case .halt: serverState = "halt"
+                case .drain: serverState = "drain"
+                case .down: serverState = "down"
+                case .serving, .zeroWeight: serverState = health
+                }
+                let checkPort = service.healthCheck.port ?? server.port ?? firstPort
+                return ServerStatus(name: server.name, address: address, health: health,
                                     admin: state.admin(key), weight: member.weight,
                                     activeConnections: counters.activeConnections, totalConnections: counters.totalConnections,
-                                    bytesToServer: counters.bytesToServer, bytesFromServer: counters.bytesFromServer)
+                                    bytesToServer: counters.bytesToServer, bytesFromServer: counters.bytesFromServer,
+                                    state: serverState, reason: record?.reason, since: record?.since.map(Self.timestamp),
+                                    configuredWeight: server.weight,
+                                    check: unchecked ? "none" : "\(service.healthCheck.probe.typeName) \(server.address.withPort(checkPort))",
+                                    sessions: counters.pinnedSessions)
             }
             let usable = membership.servers.filter { $0.membership.acceptsNew }.count
             return ServiceStatus(name: service.name, mode: service.mode.rawValue, vip: service.address.description,

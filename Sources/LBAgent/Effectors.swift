@@ -62,8 +62,12 @@ public struct ServerCounters: Equatable, Sendable {
     public var totalConnections = 0
     public var bytesToServer: UInt64 = 0
     public var bytesFromServer: UInt64 = 0
+    /// Clients pinned to the server (persistence cookie or stick entry) seen in the last ten minutes.
+    public var pinnedSessions = 0
 
-    public init(activeConnections: Int = 0, totalConnections: Int = 0, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0) {
+    public init(activeConnections: Int = 0, totalConnections: Int = 0, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0,
+                pinnedSessions: Int = 0) {
+        self.pinnedSessions = pinnedSessions
         self.activeConnections = activeConnections
         self.totalConnections = totalConnections
         self.bytesToServer = bytesToServer
@@ -77,6 +81,8 @@ public protocol HealthChecking: AnyObject {
     /// Stops one service's checks, returning where each server's check stood.
     func stop(service: String) -> [String: HealthMonitor.CarriedCheck]
     func stopAll()
+    /// Real traffic found the server failing (observe): its check now counts `rise` passes before it is back.
+    func markDown(service: String, server: String)
 }
 
 /// Everything the agent acts on. `ipvs` is made on first need (a config without Layer 4 services runs on a kernel

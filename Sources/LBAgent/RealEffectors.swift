@@ -81,7 +81,8 @@ public final class ProxyEngineEffector: ProxyEffector {
         engine.counters.mapValues { members in
             Dictionary(members.map {
                 ($0.name, ServerCounters(activeConnections: $0.activeConnections, totalConnections: $0.totalConnections,
-                                         bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer))
+                                         bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer,
+                                         pinnedSessions: $0.pinnedSessions))
             }, uniquingKeysWith: { a, _ in a })
         }
     }

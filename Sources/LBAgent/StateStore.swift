@@ -2,6 +2,7 @@ import Foundation
 import LBConfig
 import LBLinks
 import LBRuntime
+import LBTLS
 
 /// What lbd must remember across restarts: the kernel objects it created (so it never removes what an operator or
 /// another tool made) and the operator's overrides.
@@ -57,6 +58,31 @@ public final class StateStore: @unchecked Sendable {
         var state = try loadLocked()
         change(&state)
         try saveLocked(state)
+    }
+
+    /// The installation's secret for persistence cookie ids (`DIR/cookie.key`, 32 random bytes, mode 0600), made on
+    /// first use. Both nodes of a pair need the same file for a cookie to stay valid across a failover.
+    public func cookieKey() throws -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        let keyPath = directory + "/cookie.key"
+        if let data = FileManager.default.contents(atPath: keyPath) {
+            guard data.count >= 16 else {
+                throw StateStoreError(path: keyPath, reason: "holds \(data.count) bytes, fewer than 16; remove it to make a new one (open sessions lose their server)")
+            }
+            return Array(data)
+        }
+        guard let key = KeyedHash.randomBytes(32) else {
+            throw StateStoreError(path: keyPath, reason: "no random bytes from OpenSSL")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw StateStoreError(path: keyPath, reason: "cannot create \(directory): \(error.localizedDescription)")
+        }
+        try AtomicFile.write(key, to: keyPath, defaultMode: 0o600)
+        return key
     }
 
     private func loadLocked() throws -> AgentState {

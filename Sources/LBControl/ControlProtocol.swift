@@ -80,11 +80,20 @@ public struct ServiceStatus: Codable, Equatable, Sendable {
 public struct ServerStatus: Codable, Equatable, Sendable {
     public var name: String
     public var address: String
-    /// up, down, or unchecked (health_check type none).
+    /// checking (no result yet), up, down, or unchecked (health_check type none).
     public var health: String
     public var admin: AdminState
-    /// The weight in effect (IPVS's own for Layer 4; 0 while draining or down).
+    /// What the server does for the service now: checking, up, down, drain, halt (or unchecked).
+    public var state: String
+    /// Why: the reason of the last health transition ("connection refused (3 checks failed in a row)").
+    public var reason: String?
+    /// When the last health transition happened (ISO 8601, UTC).
+    public var since: String?
+    /// The weight in effect (0 while draining or down); `configuredWeight` is the config's.
     public var weight: Int
+    public var configuredWeight: Int
+    /// What is checked: "http-get 10.20.1.11:80", "none".
+    public var check: String
     public var activeConnections: Int
     /// Connections since start (Layer 7) or since the IPVS service was added or zeroed (Layer 4).
     public var totalConnections: Int
@@ -92,17 +101,30 @@ public struct ServerStatus: Codable, Equatable, Sendable {
     /// pass each megabyte and when they end.
     public var bytesToServer: UInt64
     public var bytesFromServer: UInt64
+    /// Layer 7: clients pinned to the server (persistence cookie or stick entry) seen in the last ten minutes — what a
+    /// draining server still holds besides its open connections.
+    public var sessions: Int
 
     enum CodingKeys: String, CodingKey {
-        case name, address, health, admin, weight
+        case name, address, health, admin, state, reason, since, weight, check
+        case configuredWeight = "configured_weight"
         case activeConnections = "active_connections"
         case totalConnections = "total_connections"
         case bytesToServer = "bytes_to_server"
         case bytesFromServer = "bytes_from_server"
+        case sessions
     }
 
     public init(name: String, address: String, health: String, admin: AdminState, weight: Int, activeConnections: Int,
-                totalConnections: Int, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0) {
+                totalConnections: Int, bytesToServer: UInt64 = 0, bytesFromServer: UInt64 = 0, state: String? = nil,
+                reason: String? = nil, since: String? = nil, configuredWeight: Int? = nil, check: String = "none",
+                sessions: Int = 0) {
+        self.sessions = sessions
+        self.state = state ?? health
+        self.reason = reason
+        self.since = since
+        self.configuredWeight = configuredWeight ?? weight
+        self.check = check
         self.bytesToServer = bytesToServer
         self.bytesFromServer = bytesFromServer
         self.name = name

@@ -67,20 +67,38 @@ public final class HealthMonitor: Sendable {
     public func start(_ services: [VirtualService], carrying initial: [String: [String: CarriedCheck]] = [:]) {
         for service in services where service.healthCheck.probe != .none {
             let check = service.healthCheck
+            // https-get speaks to the servers as the proxy does: with the service's (or the server's) backend_tls,
+            // verifying their certificates; without backend_tls it only asks whether they answer over TLS.
+            var contexts: [BackendTLS: Result<TLSContext, Error>] = [:]
             for server in service.realServers {
+                var tls: (TLSContext, String?)? = tlsClient.map { ($0, nil) }
+                var setupError: String?
+                if case .httpsGet = check.probe, let setting = service.backendTLS(for: server) {
+                    let made = contexts[setting] ?? Result {
+                        try TLSContext.client(verify: setting.verify == .certificate, caFile: setting.caFile,
+                                              certificate: setting.certificatePath, key: setting.keyPath)
+                    }
+                    contexts[setting] = made
+                    switch made {
+                    case .success(let context): tls = (context, setting.serverName)
+                    case .failure(let error): tls = nil; setupError = "backend_tls: \(error)"
+                    }
+                }
                 let port = check.port ?? server.port ?? service.ports.first?.lower ?? 0
                 let target = ProbeTarget(address: server.address, port: port)
                 var state = CheckState()
                 if let carried = initial[service.name]?[server.name] {
                     state = carried.check == check && carried.target == target
-                        ? carried.state : CheckState(healthy: carried.state.healthy)
+                        ? carried.state : CheckState(healthy: carried.state.healthy, concluded: carried.state.concluded)
                 }
-                schedule(service: service.name, server: server.name, check: check, target: target, state: state)
+                schedule(service: service.name, server: server.name, check: check, target: target, state: state, tls: tls,
+                         setupError: setupError)
             }
         }
     }
 
-    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState) {
+    private func schedule(service: String, server: String, check: HealthCheck, target: ProbeTarget, state initial: CheckState,
+                          tls: (TLSContext, String?)?, setupError: String?) {
         let eventLoop = group.next()
         let state = NIOLockedValueBox(initial)
         let live = NIOLockedValueBox(true)
@@ -89,7 +107,9 @@ public final class HealthMonitor: Sendable {
         let delay = TimeAmount.milliseconds(Int64.random(in: 0..<max(1, check.interval.milliseconds)))
         let task = eventLoop.scheduleRepeatedAsyncTask(initialDelay: delay, delay: interval) { [self] _ in
             let started = NIODeadline.now()
-            return Probe.run(check.probe, target: target, timeout: check.timeout, tls: self.tlsClient, on: eventLoop).map { result in
+            let probe = setupError.map { eventLoop.makeSucceededFuture(ProbeResult.fail($0)) }
+                ?? Probe.run(check.probe, target: target, timeout: check.timeout, tls: tls, on: eventLoop)
+            return probe.map { result in
                 if let onProbe = self.onProbe {
                     var passed = false
                     if case .pass = result { passed = true }
@@ -112,7 +132,7 @@ public final class HealthMonitor: Sendable {
         let metadata: Logger.Metadata = ["service": "\(event.service)", "server": "\(event.server)",
                                          "address": "\(target)", "reason": "\(event.reason)"]
         if event.healthy {
-            logger.notice("real server up", metadata: metadata)
+            logger.notice(event.reason == "first check passed" ? "real server checked: up" : "real server up", metadata: metadata)
         } else {
             logger.error("real server down", metadata: metadata)
         }
@@ -128,6 +148,12 @@ public final class HealthMonitor: Sendable {
             scheduled.live.withLockedValue { $0 = false }
             scheduled.task.cancel()
         }
+    }
+
+    /// Passive detection took the server out: its check starts counting `rise` passes to bring it back.
+    public func markDown(service: String, server: String) {
+        let state = tasks.withLockedValue { $0[service]?.first { $0.server == server }?.state }
+        state?.withLockedValue { $0.markDown() }
     }
 
     /// Stops checking one service (a reload removed or changed it); the others keep their schedules and state.
@@ -149,12 +175,26 @@ public final class HealthMonitor: Sendable {
 /// Consecutive-result counting for one server: pure, so rise/fall behaviour is unit-tested.
 public struct CheckState: Sendable, Equatable {
     public private(set) var healthy: Bool
+    /// Whether a conclusion has been reported (the first pass, or a transition): until then the server is
+    /// "checking".
+    public private(set) var concluded: Bool
     private var passes = 0
     private var failures = 0
 
     /// A new check starts as healthy (a freshly started lbd serves at once); a check restarted with other settings
     /// starts from the health its predecessor had reached.
-    public init(healthy: Bool = true) { self.healthy = healthy }
+    public init(healthy: Bool = true, concluded: Bool = false) {
+        self.healthy = healthy
+        self.concluded = concluded
+    }
+
+    /// Passive detection found the server failing: down now, back after `rise` passes.
+    public mutating func markDown() {
+        healthy = false
+        concluded = true
+        passes = 0
+        failures = 0
+    }
 
     /// Returns the transition this result causes, if any.
     public mutating func record(_ result: ProbeResult, rise: Int, fall: Int) -> (healthy: Bool, reason: String)? {
@@ -164,13 +204,20 @@ public struct CheckState: Sendable, Equatable {
             passes += 1
             if !healthy, passes >= rise {
                 healthy = true
+                concluded = true
                 return (true, "\(passes) checks passed")
+            }
+            if !concluded {
+                // The first pass of a server that starts as healthy: not a change, but the end of "checking".
+                concluded = true
+                return (true, "first check passed")
             }
         case .fail(let reason):
             passes = 0
             failures += 1
             if healthy, failures >= fall {
                 healthy = false
+                concluded = true
                 return (false, "\(reason) (\(failures) checks failed in a row)")
             }
         }

@@ -20,7 +20,8 @@ public struct ProbeTarget: Sendable, Hashable, CustomStringConvertible {
 /// Runs one probe of a given kind against a target, on an event loop. Each probe opens its own connection and
 /// closes it; a result always arrives, by the timeout at the latest.
 enum Probe {
-    static func run(_ probe: HealthCheck.Probe, target: ProbeTarget, timeout: Duration, tls: TLSContext?,
+    /// `tls`: the client context of https-get, and the name the server's certificate must carry (SNI).
+    static func run(_ probe: HealthCheck.Probe, target: ProbeTarget, timeout: Duration, tls: (TLSContext, String?)?,
                     on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
         let result: EventLoopFuture<ProbeResult>
         switch probe {
@@ -91,12 +92,15 @@ enum Probe {
         }
     }
 
-    private static func httpGet(_ http: HealthCheck.HTTPProbe, target: ProbeTarget, timeout: Duration, tls: TLSContext?,
-                                on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
+    private static func httpGet(_ http: HealthCheck.HTTPProbe, target: ProbeTarget, timeout: Duration,
+                                tls: (TLSContext, String?)?, on eventLoop: EventLoop) -> EventLoopFuture<ProbeResult> {
         connect(target, timeout: timeout, on: eventLoop) { channel in
             let promise = channel.eventLoop.makePromise(of: HTTPResponseSnapshot.self)
             do {
-                if let tls { try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls)) }
+                if let (context, name) = tls {
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSHandler(context: context, serverName: name, verifyAddress: target.address.description))
+                }
                 try channel.pipeline.syncOperations.addHTTPClientHandlers()
                 try channel.pipeline.syncOperations.addHandler(HTTPResponseCollector(promise: promise))
             } catch {

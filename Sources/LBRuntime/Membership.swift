@@ -1,3 +1,4 @@
+import Foundation
 import LBConfig
 
 /// One real server of one virtual service. Health and overrides are kept per key; a reload keeps them for a key
@@ -21,10 +22,13 @@ public struct HealthRecord: Hashable, Sendable {
     public var healthy: Bool
     /// The reason of the last transition ("connection refused (3 checks failed in a row)").
     public var reason: String?
+    /// When the checks concluded it.
+    public var since: Date?
 
-    public init(healthy: Bool, reason: String? = nil) {
+    public init(healthy: Bool, reason: String? = nil, since: Date? = nil) {
         self.healthy = healthy
         self.reason = reason
+        self.since = since
     }
 }
 
@@ -52,6 +56,11 @@ public struct Membership: Hashable, Sendable {
 
     /// Whether new connections (and new persistence sessions) may go to the server.
     public var acceptsNew: Bool { present && weight > 0 }
+
+    /// Whether clients already pinned to the server (its persistence cookie, a source-IP stick entry) may go on
+    /// using it: while it takes new ones, and while it drains — that is what makes a daytime drain invisible to a
+    /// radiologist's open session. A down or halted server takes nobody.
+    public var acceptsPinned: Bool { acceptsNew || (present && reason == .drain) }
 
     /// The rule, written once: halted ⇒ removed; down ⇒ weight 0, or removed when the service says
     /// `on_server_failure: remove`; drained ⇒ weight 0; otherwise the configured weight.

@@ -8,6 +8,28 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
         description = "\(what): \(TLSError.drainOpenSSLErrors())"
     }
 
+    /// A failed handshake, with OpenSSL's reasons said the way an operator looks for them.
+    static func handshake(_ role: TLSContext.Role, session: OpaquePointer) -> TLSError {
+        var reasons = drainOpenSSLErrors()
+        // A rejected certificate is recorded on the session, whether or not the error queue says so.
+        let verification = SSL_get_verify_result(session)
+        if role == .client, verification != X509_V_OK {
+            reasons = "certificate verify failed: \(String(cString: X509_verify_cert_error_string(verification)))"
+        }
+        var error = TLSError(description: "TLS handshake failed: \(reasons)")
+        if role == .client, reasons.contains("wrong version number") || reasons.contains("packet length too long")
+            || reasons.contains("record layer failure") {
+            error.description = "real server answered plain text on a TLS connection (is backend_tls set for a port without TLS?): \(reasons)"
+        } else if role == .client, reasons.contains("certificate verify failed") {
+            error.description = "real server's certificate was not accepted (backend_tls: ca_file, server_name, or verify: none for a lab): \(reasons)"
+        }
+        return error
+    }
+
+    init(description: String) {
+        self.description = description
+    }
+
     /// OpenSSL keeps errors on a per-thread queue; read them all so the next call starts clean.
     static func drainOpenSSLErrors() -> String {
         var reasons: [String] = []
@@ -56,7 +78,11 @@ public final class TLSContext: @unchecked Sendable {
             throw TLSError("cannot load certificate chain \(certificateChain)")
         }
         guard SSL_CTX_use_PrivateKey_file(ctx, privateKey, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError("cannot load private key \(privateKey)")
+            let reasons = TLSError.drainOpenSSLErrors()
+            if reasons.contains("key values mismatch") {
+                throw TLSError(description: "private key \(privateKey) does not match certificate \(certificateChain)")
+            }
+            throw TLSError(description: "cannot load private key \(privateKey): \(reasons)")
         }
         guard SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSError("private key \(privateKey) does not match certificate \(certificateChain)")
@@ -73,6 +99,51 @@ public final class TLSContext: @unchecked Sendable {
         try context.applyCommonSettings()
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
         return context
+    }
+
+    /// A client context towards real servers: with `verify`, the server's certificate must chain to `caFile` (or
+    /// the system's CAs); the name or address it must carry is set per connection (`TLSHandler`). With a client
+    /// certificate and key for servers that ask for one.
+    public static func client(verify: Bool, caFile: String?, certificate: String?, key: String?) throws -> TLSContext {
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError("cannot create a TLS context") }
+        let context = TLSContext(ctx, role: .client)
+        try context.applyCommonSettings()
+        if verify {
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+            if let caFile {
+                guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else { throw TLSError("cannot load CA file \(caFile)") }
+            } else {
+                guard SSL_CTX_set_default_verify_paths(ctx) == 1 else { throw TLSError("cannot load the system's CA certificates") }
+            }
+        } else {
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
+        }
+        if let certificate, let key {
+            guard SSL_CTX_use_certificate_chain_file(ctx, certificate) == 1 else {
+                throw TLSError("cannot load client certificate \(certificate)")
+            }
+            guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+                throw TLSError("cannot load client key \(key)")
+            }
+            guard SSL_CTX_check_private_key(ctx) == 1 else {
+                throw TLSError("client key \(key) does not match certificate \(certificate)")
+            }
+        }
+        context.verifies = verify
+        return context
+    }
+
+    /// Whether the peer's certificate is verified (client contexts).
+    public private(set) var verifies = false
+
+    /// Checks a certificate and key pair without keeping a context: for `lbctl config check` and `lbd --check`.
+    public static func checkPair(certificate: String, key: String) throws {
+        _ = try server(certificateChain: certificate, privateKey: key)
+    }
+
+    /// Checks that a CA file can be loaded.
+    public static func checkCAFile(_ path: String) throws {
+        _ = try client(verify: true, caFile: path, certificate: nil, key: nil)
     }
 
     private init(_ context: OpaquePointer, role: Role) {

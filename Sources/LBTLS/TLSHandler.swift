@@ -32,10 +32,15 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var pendingFlush = false
 
-    /// `serverName` is sent as SNI by a client.
-    public init(context: TLSContext, serverName: String? = nil) {
+    /// A client verifying its peer checks this address against the certificate when no `serverName` is given.
+    private let verifyAddress: String?
+
+    /// `serverName` is sent as SNI by a client, and (with a verifying context) must be named by the certificate;
+    /// without it, `verifyAddress` must be.
+    public init(context: TLSContext, serverName: String? = nil, verifyAddress: String? = nil) {
         self.tlsContext = context
         self.serverName = serverName
+        self.verifyAddress = verifyAddress
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -56,6 +61,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .client:
             SSL_set_connect_state(ssl)
             if let serverName { _ = lb_SSL_set_tlsext_host_name(ssl, serverName) }
+            if tlsContext.verifies {
+                if let serverName {
+                    _ = SSL_set1_host(ssl, serverName)
+                } else if let verifyAddress {
+                    _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), verifyAddress)
+                }
+            }
             if context.channel.isActive { advanceHandshake(context: context) }
         }
     }
@@ -116,7 +128,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let error = SSL_get_error(ssl, result)
         if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
-            fail(context: context, TLSError("TLS handshake failed"))
+            fail(context: context, TLSError.handshake(tlsContext.role, session: ssl))
         }
     }
 

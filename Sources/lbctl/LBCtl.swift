@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LBConfig
+import LBConfigFiles
 import LBControl
 
 @main
@@ -48,7 +49,7 @@ func ask(_ request: ControlRequest, _ socket: SocketOption) throws -> ControlRes
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the virtual services and their real servers: health, operator state, weight, connections.",
-        discussion: "Weight is the one in effect (0 while a server is down or drained). For Layer 4 services the figures are the kernel's IPVS counters for the first VIP port."
+        discussion: "STATE is what a real server does now: checking (no check result yet), up, down, drain or halt. WEIGHT is the one in effect, followed by the configured one when they differ (0/100 while a server is down or drained). SESSIONS counts the clients pinned to a server (persistence cookie or source-IP entry) seen in the last ten minutes: a draining server keeps serving them, and it may be patched once ACTIVE and SESSIONS are 0. CHECK is what the health check probes; REASON and SINCE tell why and when its last transition happened. For Layer 4 services the connection figures are the kernel's IPVS counters for the first VIP port."
     )
 
     @OptionGroup var socket: SocketOption
@@ -70,12 +71,16 @@ struct Status: ParsableCommand {
             printToStandardError("lbctl: no virtual service named \"\(service)\"")
             throw ExitCode(1)
         }
-        var rows = [["SERVICE / SERVER", "MODE / ADDRESS", "PORTS", "STATE", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "TOTAL"]]
+        var rows = [["SERVICE / SERVER", "MODE / ADDRESS", "PORTS", "STATE", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "TOTAL",
+                     "SESSIONS", "CHECK", "SINCE", "REASON"]]
         for entry in services {
-            rows.append([entry.name, entry.mode + " " + entry.vip, entry.ports + "/" + entry.transport, entry.state, "", "", "", "", ""])
+            rows.append([entry.name, entry.mode + " " + entry.vip, entry.ports + "/" + entry.transport, entry.state,
+                         "", "", "", "", "", "", "", "", ""])
             for server in entry.servers {
-                rows.append(["  " + server.name, server.address, "", "", server.health, server.admin.rawValue,
-                             "\(server.weight)", "\(server.activeConnections)", "\(server.totalConnections)"])
+                let weight = server.weight == server.configuredWeight ? "\(server.weight)" : "\(server.weight)/\(server.configuredWeight)"
+                rows.append(["  " + server.name, server.address, "", server.state, server.health, server.admin.rawValue,
+                             weight, "\(server.activeConnections)", "\(server.totalConnections)", "\(server.sessions)", server.check,
+                             server.since ?? "", server.reason ?? ""])
             }
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
@@ -244,7 +249,7 @@ struct ConfigCommand: ParsableCommand {
 /// Reads the file; an unreadable one is reported here and becomes exit status 2.
 private func loadReport(_ file: String, format: OutputFormat) throws -> ConfigurationReport {
     do {
-        return try ConfigurationLoader.check(path: file)
+        return try ConfigurationLoader.check(path: file, files: TLSFileChecker())
     } catch let error as ConfigurationUnreadable {
         if format == .json {
             print(ConfigurationView.json(["file": error.path, "error": error.reason]))

@@ -119,7 +119,9 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         let handle = self.handle
-        logger.info("control request", metadata: ["command": "\(request.command.rawValue)", "uid": "\(peer.uid)",
+        // Status is asked for all the time (monitoring, the status page): only changes are worth a log line.
+        let level: Logger.Level = request.command == .status ? .debug : .info
+        logger.log(level: level, "control request", metadata: ["command": "\(request.command.rawValue)", "uid": "\(peer.uid)",
                                                   "service": "\(request.service ?? "-")", "server": "\(request.server ?? "-")"])
         Task {
             let response = await handle(request, peer)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LBAgent
 import LBConfig
+import LBConfigFiles
 import LBHealth
 import LBIPVS
 import LBProxy
@@ -119,7 +120,7 @@ struct LBD: AsyncParsableCommand {
 
         let report: ConfigurationReport
         do {
-            report = try ConfigurationLoader.check(path: config)
+            report = try ConfigurationLoader.check(path: config, files: TLSFileChecker())
         } catch {
             logger.critical("\(error)")
             throw ExitCode(2)
@@ -143,8 +144,17 @@ struct LBD: AsyncParsableCommand {
         notifier.status("starting: applying \(configuration.virtualServices.count) virtual services")
 
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
-        let engine = ProxyEngine(threads: threads, logger: logger)
+        let cookieKey: [UInt8]
+        do {
+            cookieKey = try state.cookieKey()
+        } catch {
+            logger.critical("\(error); nothing started")
+            throw ExitCode(1)
+        }
         let relay = TransitionRelay()
+        let engine = ProxyEngine(threads: threads, logger: logger, cookieKey: cookieKey) { service, server, reason in
+            relay.agent?.observedFailure(service: service, server: server, reason: reason)
+        }
         let probes = ProbeRelay()
         let health = HealthMonitor(group: engine.group, logger: logger, onProbe: { service, server, seconds, passed in
             probes.metrics?.recordCheck(service: service, server: server, seconds: seconds, passed: passed)

@@ -47,6 +47,17 @@ final class PrometheusMetrics: @unchecked Sendable {
                     .set(to: server.admin == .online ? 1.0 : 0.0)
                 registry.makeGauge(name: "lb_real_server_weight", labels: labels, help: "weight in effect")
                     .set(Double(server.weight))
+                registry.makeGauge(name: "lb_real_server_configured_weight", labels: labels, help: "weight in the config")
+                    .set(Double(server.configuredWeight))
+                // One series per state, 1 for the one the server is in: checking, up, down, drain, halt, unchecked.
+                for state in ["checking", "up", "down", "drain", "halt", "unchecked"] {
+                    registry.makeGauge(name: "lb_real_server_state", labels: labels + [("state", state)],
+                                       help: "1 for the state the real server is in (as lbctl status shows it)")
+                        .set(to: server.state == state ? 1.0 : 0.0)
+                }
+                registry.makeGauge(name: "lb_real_server_pinned_sessions", labels: labels,
+                                   help: "clients pinned to the server (cookie or source-IP entry) seen in the last ten minutes")
+                    .set(Double(server.sessions))
                 registry.makeGauge(name: "lb_real_server_active_connections", labels: labels, help: "open connections")
                     .set(Double(server.activeConnections))
                 registry.makeGauge(name: "lb_real_server_connections", labels: labels,

@@ -31,6 +31,20 @@ enum Binaries {
     }
 }
 
+extension Binaries {
+    /// Runs a system tool (openssl) to prepare a test; returns its exit status.
+    static func runTool(_ path: String, _ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
 /// A scratch directory removed when the test ends.
 final class Scratch {
     let url: URL
@@ -39,6 +53,8 @@ final class Scratch {
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
     deinit { try? FileManager.default.removeItem(at: url) }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
 
     func write(_ name: String, _ text: String) throws -> String {
         let path = url.appendingPathComponent(name).path
@@ -67,7 +83,7 @@ struct CLITests {
         let rows = lines.dropFirst()
         #expect(rows.allSatisfy { $0.contains(" l7-http ") || $0.contains(" l7-tcp ") })
         let dicom = try #require(rows.first { $0.hasPrefix("CoreServerDICOM-104 ") })
-        for column in ["10.20.0.10", "l7-tcp", "104", "leastconn", "none", "http-get / 200 port 80", "ei-core-1=10.20.1.11*100"] {
+        for column in ["10.20.0.10", "l7-tcp", "104", "leastconn", "none", "dicom-echo LB-CHECK->EI-CORE", "ei-core-1=10.20.1.11*100"] {
             #expect(dicom.contains(column), "\(column) in \(dicom)")
         }
     }
@@ -118,6 +134,48 @@ struct CLITests {
         #expect(error["line"] as? Int == 13)
         #expect(error["column"] as? Int == 9)
         #expect(error["virtual_service"] as? String == "Viewer-SNAT")
+    }
+
+    @Test func missingCertificateAndMismatchedKeyAreFoundBeforeAnythingStarts() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("tls.yaml", """
+            virtual_services:
+              - name: CoreServer-8443
+                vip: 10.20.0.10
+                ports: [8443]
+                mode: l7-http
+                tls: {certificate: /etc/lb/no-such-viewer.pem, key: /etc/lb/no-such-viewer.key}
+                backend_tls: {ca_file: /etc/lb/no-such-ca.pem}
+                real_servers: [{address: 10.20.1.11}]
+            """)
+        for (binary, arguments) in [("lbctl", ["config", "check", file]), ("lbd", ["--config", file, "--check"])] {
+            let run = try Binaries.run(binary, arguments)
+            #expect(run.status == 1, "\(binary)")
+            #expect(run.stderr.contains("\(file):6:"), "\(binary): \(run.stderr)")
+            #expect(run.stderr.contains("tls certificate /etc/lb/no-such-viewer.pem: no such file or directory"), "\(binary): \(run.stderr)")
+            #expect(run.stderr.contains("tls key /etc/lb/no-such-viewer.key: no such file or directory"), "\(binary): \(run.stderr)")
+            #expect(run.stderr.contains("\(file):7:"), "\(binary): \(run.stderr)")
+            #expect(run.stderr.contains("backend_tls CA file /etc/lb/no-such-ca.pem: no such file or directory"), "\(binary): \(run.stderr)")
+        }
+        // A key that is not the certificate's: two self-signed pairs, crossed.
+        for name in ["a", "b"] {
+            let made = try Binaries.runTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                                                                 "-subj", "/CN=\(name)", "-keyout", scratch.path("\(name).key"),
+                                                                 "-out", scratch.path("\(name).pem")])
+            #expect(made == 0)
+        }
+        let crossed = try scratch.write("crossed.yaml", """
+            virtual_services:
+              - name: Viewer
+                vip: 10.20.0.10
+                ports: [443]
+                mode: l7-http
+                tls: {certificate: \(scratch.path("a.pem")), key: \(scratch.path("b.key"))}
+                real_servers: [{address: 10.20.1.11}]
+            """)
+        let run = try Binaries.run("lbctl", ["config", "check", crossed])
+        #expect(run.status == 1)
+        #expect(run.stderr.contains("\(crossed):6:") && run.stderr.contains("does not match certificate"), "\(run.stderr)")
     }
 
     @Test func misspelledKeyIsRejectedWithItsLine() throws {

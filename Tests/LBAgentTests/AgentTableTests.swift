@@ -104,13 +104,13 @@ struct AgentTableTests {
         ]),
         Row(name: "drain on a Layer 7 service, then a switch to l4-nat: weight 0 in IPVS, status drain",
             start: config(), steps: [
-            (.command(.drain, service: "web", server: "web-1"), Expect(pool: ["web/web-1": 0, "web/web-2": 100], status: ["web/web-1": "up drain 0"],
+            (.command(.drain, service: "web", server: "web-1"), Expect(pool: ["web/web-1": 0, "web/web-2": 100], status: ["web/web-1": "checking drain 0"],
                                                                        persistedOverrides: ["web": ["web-1": .drain]])),
             (.mode("web", .l4NAT), Expect(ipvs: ["10.0.0.41:8080 → 10.0.1.1:8080": 0, "10.0.0.41:8080 → 10.0.1.2:8080": 100],
-                                          pool: ["web/web-1": nil], status: ["web/web-1": "up drain 0"],
+                                          pool: ["web/web-1": nil], status: ["web/web-1": "checking drain 0"],
                                           persistedOverrides: ["web": ["web-1": .drain]])),
             (.command(.online, service: "web", server: "web-1"), Expect(ipvs: ["10.0.0.41:8080 → 10.0.1.1:8080": 10],
-                                                                        status: ["web/web-1": "up online 10"], persistedOverrides: [:])),
+                                                                        status: ["web/web-1": "checking online 10"], persistedOverrides: [:])),
         ]),
         Row(name: "a reload failing at netfilter leaves everything as before; a drift pass then removes nothing",
             start: config(), steps: [
@@ -118,7 +118,7 @@ struct AgentTableTests {
             (.failNetfilter(true), Expect()),
             (.reload(config(coreWeight: 5, extraService: snatService)), Expect(
                 ok: false, ipvs: ["10.0.0.40:104 → 10.0.1.1:104": 100, "10.0.0.40:104 → 10.0.1.2:104": nil, "10.0.0.42:443 → 10.0.1.1:443": nil],
-                status: ["dicom/core-1": "up online 100", "dicom/core-2": "up halt 0"],
+                status: ["dicom/core-1": "checking online 100", "dicom/core-2": "checking halt 0"],
                 persistedOverrides: ["dicom": ["core-2": .halt]], addresses: ["10.0.0.40", "10.0.0.41"], snatChain: [])),
             (.failNetfilter(false), Expect()),
             (.drift, Expect(ipvs: ["10.0.0.40:104 → 10.0.1.1:104": 100, "10.0.0.40:104 → 10.0.1.2:104": nil],
@@ -131,7 +131,7 @@ struct AgentTableTests {
             start: config(), steps: [
             (.drainDuringReload(service: "dicom", server: "core-1", config: config(coreWeight: 60)), Expect(
                 ipvs: ["10.0.0.40:104 → 10.0.1.1:104": 0, "10.0.0.40:104 → 10.0.1.2:104": 100],
-                status: ["dicom/core-1": "up drain 0"], persistedOverrides: ["dicom": ["core-1": .drain]])),
+                status: ["dicom/core-1": "checking drain 0"], persistedOverrides: ["dicom": ["core-1": .drain]])),
             (.command(.online, service: "dicom", server: "core-1"), Expect(ipvs: ["10.0.0.40:104 → 10.0.1.1:104": 60])),
         ]),
         Row(name: "a reload that removes a server: gone from IPVS, the pool and status; its override forgotten",

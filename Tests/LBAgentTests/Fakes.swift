@@ -133,6 +133,8 @@ final class FakeHealth: HealthChecking {
         return [:]
     }
     func stopAll() { running = [] }
+    var markedDown: [String] = []
+    func markDown(service: String, server: String) { markedDown.append("\(service)/\(server)") }
 }
 
 struct FakeError: Error, CustomStringConvertible {

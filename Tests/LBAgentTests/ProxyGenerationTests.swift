@@ -94,6 +94,9 @@ struct ProxyGenerationTests {
             before.insert(header("X-Backend", in: client.readResponse()) ?? "?")
         }
         #expect(before == ["web-1", "web-2"])
+        let totalBefore = await fixture.agent.handle(ControlRequest(command: .status, service: "web")).status?.first?
+            .servers.first { $0.name == "web-1" }?.totalConnections ?? 0
+        #expect(totalBefore >= 1)
         // web-2 removed, and the others reordered (web-3 first): old index 1 is now web-1.
         let reloaded = try await fixture.reload("virtual_services:\n" + Self.service("web", mode: "l7-http", port: port,
                                                                                        servers: [("web-3", port + 3, 100), ("web-1", port + 1, 100)]))
@@ -105,6 +108,10 @@ struct ProxyGenerationTests {
             after.append(header("X-Backend", in: try get(port)) ?? "?")
         }
         #expect(!after.contains("web-2"), "\(after)")
+        // web-1 is the same server in the new generation: its counters went on from where they were.
+        let totalAfter = await fixture.agent.handle(ControlRequest(command: .status, service: "web")).status?.first?
+            .servers.first { $0.name == "web-1" }?.totalConnections ?? 0
+        #expect(totalAfter >= totalBefore + after.filter { $0 == "web-1" }.count, "\(totalBefore) → \(totalAfter)")
         #expect(Set(after) == ["web-1", "web-3"], "\(after)")
         for backend in backends { try backend.stop() }
         await fixture.stop()

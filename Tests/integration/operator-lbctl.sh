@@ -44,7 +44,7 @@ sleep 1
 status=$(lbctl status) || fail "lbctl status failed"
 echo "$status"
 grep -qE "^Viewer +l7-http 127.0.0.1 +$web/tcp +up" <<<"$status" || fail "status: Viewer row"
-grep -qE "^  node-2 +127.0.0.1:$((base + 12)) +up +online +100 " <<<"$status" || fail "status: node-2 row"
+grep -qE "^  node-2 +127.0.0.1:$((base + 12)) +up +up +online +100 " <<<"$status" || fail "status: node-2 row"
 lbctl status --format json | python3 -c '
 import json, sys
 services = json.load(sys.stdin)
@@ -74,12 +74,14 @@ failed=$(grep -c FAILED "$work/load.txt" || true)
 late=$(awk -v from=$((drained_at + 2)) '$1 >= from && $3 == "node-2"' "$work/load.txt" | wc -l)
 [ "$late" = 0 ] || fail "node-2 got $late new requests after the drain"
 echo "drain under load: 400 requests, 0 failed, node-2 none after request $drained_at"
-grep -qE "^  node-2 .* up +drain +0 " <<<"$(lbctl status Viewer)" || fail "status does not show the drain"
+grep -qE "^  node-2 .* drain +up +drain +0/100 " <<<"$(lbctl status Viewer)" || fail "status does not show the drain"
 
 # Prometheus metrics show the same.
 metrics=$(curl -s "http://127.0.0.1:$((base + 3))/metrics") || fail "no metrics endpoint"
 grep -q '^lb_real_server_admin_online{service="Viewer",server="node-2"} 0' <<<"$metrics" || fail "metrics: drained node-2"
 grep -q '^lb_real_server_healthy{service="Viewer",server="node-1"} 1' <<<"$metrics" || fail "metrics: health"
+grep -q '^lb_real_server_state{service="Viewer",server="node-2",state="drain"} 1' <<<"$metrics" || fail "metrics: state of drained node-2"
+grep -q '^lb_real_server_configured_weight{service="Viewer",server="node-2"} 100' <<<"$metrics" || fail "metrics: configured weight"
 connections=$(awk -F' ' '/^lb_real_server_connections\{service="Viewer",server="node-1"\}/ { print int($2) }' <<<"$metrics")
 [ "${connections:-0}" -ge 200 ] || fail "metrics: node-1 connections ($connections)"
 grep -qE '^lb_health_check_seconds\{service="DICOM",server="node-2"\} [0-9.e-]+$' <<<"$metrics" || fail "metrics: check latency"

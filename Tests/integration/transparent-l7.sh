@@ -55,7 +55,7 @@ echo "server saw: $(cat "$work/seen")"
 [ "$(cat "$work/seen")" = "pacs 10.9.0.100" ] || fail "the server did not see the client's own address"
 ns $lb iptables -t mangle -S LB-TPROXY | grep -q -- "-s 10.9.1.11/32 -p tcp -m tcp --sport 8080 -m socket --transparent" \
     || fail "LB-TPROXY rule missing"
-ns $lb ip -4 rule show | grep -q "fwmark 0x4c42 lookup 19522" || fail "policy rule missing"
+ns $lb ip -4 rule show | grep -q "fwmark 0x4c42 lookup 19522" || fail "policy rule missing: $(ns $lb ip -4 rule show)"
 for file in "$work"/study/*.dcm; do
     ns $cl storescu -aec ANY-SCP 10.9.0.10 104 "$file" || fail "storescu through the transparent VIP failed"
 done

@@ -16,7 +16,7 @@ public struct ConfigurationReport: Sendable {
 public enum ConfigurationLoader {
     /// Reads the file at `path`.
     /// - Throws: `ConfigurationUnreadable` when the file cannot be read at all.
-    public static func check(path: String) throws -> ConfigurationReport {
+    public static func check(path: String, files: ConfigurationFileChecker? = nil) throws -> ConfigurationReport {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -26,11 +26,12 @@ public enum ConfigurationLoader {
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigurationUnreadable(path: path, reason: "the file is not UTF-8 text")
         }
-        return check(yaml: text, file: path)
+        return check(yaml: text, file: path, files: files)
     }
 
     /// Validates YAML text; `file` is only used in diagnostics.
-    public static func check(yaml: String, file: String) -> ConfigurationReport {
+    /// `files` also checks the files the config names (certificates, keys, CA files) where they will be read.
+    public static func check(yaml: String, file: String, files: ConfigurationFileChecker? = nil) -> ConfigurationReport {
         var reader = DocumentReader(file: file)
         let root: Node?
         do {
@@ -44,6 +45,7 @@ public enum ConfigurationLoader {
         if let parsed {
             diagnostics += Validator.validate(parsed, sourceMap: reader.nodes.sourceMap,
                                               incompleteSections: reader.incompleteSections)
+            diagnostics += files?.diagnostics(for: parsed, sourceMap: reader.nodes.sourceMap) ?? []
         }
         // File order, errors before warnings on the same spot: the order an operator fixes them in.
         diagnostics = diagnostics.enumerated().sorted { lhs, rhs in
@@ -90,4 +92,10 @@ public enum ConfigurationLoader {
         if !FileManager.default.isReadableFile(atPath: path) { return "permission denied" }
         return "\(error.localizedDescription)"
     }
+}
+
+/// Checks of the files a config names, as lbd will read them (exists, readable, a key matching its certificate).
+/// Outside LBConfig because it needs OpenSSL; `lbctl config check`, `lbd --check`, start and reload all pass one.
+public protocol ConfigurationFileChecker: Sendable {
+    func diagnostics(for configuration: Configuration, sourceMap: SourceMap) -> [Diagnostic]
 }

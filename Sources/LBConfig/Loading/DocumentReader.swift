@@ -14,16 +14,17 @@ struct DocumentReader {
     static let serviceKeys = [
         "name", "vip", "ports", "protocol", "mode", "scheduler", "persistence", "health_check",
         "real_servers", "fallback", "tls", "forwarded_for", "timeouts", "limits", "interface", "on_server_failure",
-        "transparent",
+        "transparent", "backend_tls",
     ]
     static let timeoutKeys = ["connect", "idle", "header", "body"]
     static let limitKeys = ["max_connections", "max_header_bytes", "max_headers"]
     static let persistenceKeys = ["type", "timeout", "cookie", "netmask"]
     static let healthCheckKeys = [
-        "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall",
+        "type", "port", "path", "expect_status", "expect_body", "interval", "timeout", "rise", "fall", "observe",
         "calling_ae", "called_ae", "message", "command", "user",
     ]
-    static let realServerKeys = ["name", "address", "port", "weight"]
+    static let realServerKeys = ["name", "address", "port", "weight", "backend_tls"]
+    static let backendTLSKeys = ["verify", "ca_file", "server_name", "certificate", "key"]
     static let endpointKeys = ["address", "port"]
     static let tlsKeys = ["certificate", "key", "sni_certificates"]
     static let certificateKeys = ["certificate", "key"]
@@ -149,6 +150,7 @@ struct DocumentReader {
         }
         let fallback = fields["fallback"].flatMap { readEndpoint($0, at: path / "fallback", what: "fallback") }
         let tls = fields["tls"].flatMap { readTLS($0, at: path / "tls") }
+        let backendTLS = fields["backend_tls"].flatMap { readBackendTLS($0, at: path / "backend_tls") }
         let forwardedFor = fields["forwarded_for"].flatMap { nodes.bool($0, key: "forwarded_for") } ?? (mode == .l7HTTP)
         let timeouts = fields["timeouts"].flatMap { readTimeouts($0, at: path / "timeouts") } ?? .default
         let limits = fields["limits"].flatMap { readLimits($0, at: path / "limits") } ?? .default
@@ -166,7 +168,7 @@ struct DocumentReader {
             persistence: persistence, healthCheck: healthCheck, realServers: realServers,
             fallback: fallback, tls: tls, forwardedFor: forwardedFor, timeouts: timeouts, limits: limits,
             interface: interface, onServerFailure: onServerFailure, persistenceNetmask: persistenceNetmask,
-            transparent: transparent)
+            transparent: transparent, backendTLS: backendTLS)
     }
 
     /// A contiguous IPv4 netmask such as 255.255.255.0.
@@ -330,10 +332,11 @@ struct DocumentReader {
                             + ProbeType.allCases.filter { $0.specificKeys.contains(key) }.map(\.rawValue).joined(separator: ", "))
         }
         if type == .none {
-            for key in ["port", "interval", "timeout", "rise", "fall"] {
+            for key in ["port", "interval", "timeout", "rise", "fall", "observe"] {
                 guard let keyNode = fields.keyNode(key) else { continue }
                 nodes.error("\"\(key)\" does not apply when the health check type is none", at: keyNode,
-                            hint: "remove it, or choose a check type")
+                            hint: key == "observe" ? "observe needs an active check to bring a server back; choose a check type"
+                                                   : "remove it, or choose a check type")
             }
         }
 
@@ -342,6 +345,9 @@ struct DocumentReader {
         var explicitTimeout = fields["timeout"].flatMap { nodes.duration($0, key: "timeout") }
         let rise = fields["rise"].flatMap { nodes.integer($0, key: "rise", range: 1...100) } ?? HealthCheck.defaultRise
         let fall = fields["fall"].flatMap { nodes.integer($0, key: "fall", range: 1...100) } ?? HealthCheck.defaultFall
+        let observe = fields["observe"].flatMap {
+            nodes.integer($0, key: "observe", range: 0...100, hint: "0 is off; 3 marks a server down after 3 failed connections in a row")
+        } ?? 0
 
         if interval < .milliseconds(100) || interval > .seconds(3600), let node = fields["interval"] {
             nodes.error("health check interval \(interval.configText) is out of range", at: node,
@@ -357,7 +363,8 @@ struct DocumentReader {
         guard let probe = readProbe(type, fields: fields, at: path) else { return nil }
         // Without an explicit timeout a short interval gets half of itself, so checks never overlap.
         let timeout = explicitTimeout ?? min(HealthCheck.defaultTimeout, interval / 2)
-        return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall)
+        return HealthCheck(probe: probe, port: port, interval: interval, timeout: timeout, rise: rise, fall: fall,
+                           observe: observe)
     }
 
     private enum ProbeType: String, CaseIterable {
@@ -485,10 +492,11 @@ struct DocumentReader {
                           hint: "weights run from 0 (takes no new connections) to 65535")
         } ?? RealServer.defaultWeight
         let name = fields["name"].flatMap { nodes.name($0, key: "name") }
+        let backendTLS = fields["backend_tls"].flatMap { readBackendTLS($0, at: path / "backend_tls") }
         guard let address else { return nil }
         // Unnamed servers are named after where they live, so lbctl can still address them.
         let resolvedName = name ?? (port.map { address.withPort($0) } ?? address.description)
-        return RealServer(name: resolvedName, address: address, port: port, weight: weight)
+        return RealServer(name: resolvedName, address: address, port: port, weight: weight, backendTLS: backendTLS)
     }
 
     private mutating func readEndpoint(_ node: Node, at path: ConfigPath, what: String) -> Endpoint? {
@@ -503,23 +511,33 @@ struct DocumentReader {
     private mutating func readTLS(_ node: Node, at path: ConfigPath) -> TLSSettings? {
         guard let fields = nodes.fields(of: node, at: path, what: "tls", allowed: Self.tlsKeys) else { return nil }
         let certificate = nodes.require("certificate", in: fields, what: "tls", hint: "add `certificate: /path/to/chain.pem`")
-            .flatMap { nodes.string($0, key: "certificate") }
+            .flatMap { nodes.filePath($0, key: "certificate") }
         let key = nodes.require("key", in: fields, what: "tls", hint: "add `key: /path/to/key.pem`")
-            .flatMap { nodes.string($0, key: "key") }
+            .flatMap { nodes.filePath($0, key: "key") }
         var extra: [TLSSettings.CertificatePair] = []
         if let list = fields["sni_certificates"], let items = nodes.sequence(list, key: "sni_certificates") {
             for (index, item) in items.enumerated() {
                 guard let pair = nodes.fields(of: item, at: path / "sni_certificates" / index, what: "sni certificate",
                                               allowed: Self.certificateKeys) else { continue }
                 let certificate = nodes.require("certificate", in: pair, what: "sni certificate", hint: "add `certificate: /path/to/chain.pem`")
-                    .flatMap { nodes.string($0, key: "certificate") }
+                    .flatMap { nodes.filePath($0, key: "certificate") }
                 let key = nodes.require("key", in: pair, what: "sni certificate", hint: "add `key: /path/to/key.pem`")
-                    .flatMap { nodes.string($0, key: "key") }
+                    .flatMap { nodes.filePath($0, key: "key") }
                 if let certificate, let key { extra.append(.init(certificatePath: certificate, keyPath: key)) }
             }
         }
         guard let certificate, let key else { return nil }
         return TLSSettings(certificatePath: certificate, keyPath: key, sniCertificates: extra)
+    }
+
+    private mutating func readBackendTLS(_ node: Node, at path: ConfigPath) -> BackendTLS? {
+        guard let fields = nodes.fields(of: node, at: path, what: "backend_tls", allowed: Self.backendTLSKeys) else { return nil }
+        let verify = fields["verify"].flatMap { nodes.choice($0, key: "verify", as: BackendTLS.Verify.self) } ?? .certificate
+        let caFile = fields["ca_file"].flatMap { nodes.filePath($0, key: "ca_file") }
+        let serverName = fields["server_name"].flatMap { nodes.string($0, key: "server_name") }
+        let certificate = fields["certificate"].flatMap { nodes.filePath($0, key: "certificate") }
+        let key = fields["key"].flatMap { nodes.filePath($0, key: "key") }
+        return BackendTLS(verify: verify, caFile: caFile, serverName: serverName, certificatePath: certificate, keyPath: key)
     }
 }
 
@@ -529,4 +547,5 @@ extension Character {
         guard let ascii = asciiValue, ascii > 0x20, ascii < 0x7F else { return false }
         return isLetter || isNumber || "!#$%&'*+-.^_`|~".contains(self)
     }
+
 }

@@ -106,6 +106,15 @@ struct NodeReader {
         return scalar.string
     }
 
+    /// A file path; a relative one is taken relative to the config file's folder (so a config and the certificates
+    /// beside it move together), not to wherever lbd or lbctl happens to be started.
+    mutating func filePath(_ node: Node, key: String) -> String? {
+        guard let text = string(node, key: key) else { return nil }
+        guard !text.hasPrefix("/") else { return text }
+        let folder = file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return folder.isEmpty ? text : folder + "/" + text
+    }
+
     mutating func string(_ node: Node, key: String) -> String? {
         guard let text = scalarText(node, key: key) else { return nil }
         if text.trimmingWhitespace().isEmpty {

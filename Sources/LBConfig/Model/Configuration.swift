@@ -130,16 +130,48 @@ public struct RealServer: Hashable, Sendable {
     /// nil: the port the client connected to on the VIP (no port translation).
     public var port: UInt16?
     public var weight: Int
+    /// This server's own TLS settings towards it, replacing the service's `backend_tls` (e.g. another name).
+    public var backendTLS: BackendTLS?
 
-    public init(name: String, address: IPAddress, port: UInt16? = nil, weight: Int = RealServer.defaultWeight) {
+    public init(name: String, address: IPAddress, port: UInt16? = nil, weight: Int = RealServer.defaultWeight,
+                backendTLS: BackendTLS? = nil) {
         self.name = name
         self.address = address
         self.port = port
         self.weight = weight
+        self.backendTLS = backendTLS
     }
 
     /// The port this server is reached on when a client came in on `vipPort`.
     public func port(forVIPPort vipPort: UInt16) -> UInt16 { port ?? vipPort }
+}
+
+/// TLS from lbd to a real server (re-encryption after termination, or TLS for l7-tcp), and for its https-get check.
+public struct BackendTLS: Hashable, Sendable {
+    public enum Verify: String, Hashable, Sendable, CaseIterable {
+        /// The server's certificate must chain to `ca_file` (or the system's CAs) and name the server.
+        case certificate
+        /// No verification: lab set-ups with self-signed certificates only.
+        case none
+    }
+
+    public var verify: Verify
+    /// PEM file of the CAs that sign the real servers' certificates; nil: the system's store.
+    public var caFile: String?
+    /// Sent as SNI and checked against the certificate; nil: the certificate must name the server's IP address.
+    public var serverName: String?
+    /// A client certificate and key, for servers that ask for one.
+    public var certificatePath: String?
+    public var keyPath: String?
+
+    public init(verify: Verify = .certificate, caFile: String? = nil, serverName: String? = nil,
+                certificatePath: String? = nil, keyPath: String? = nil) {
+        self.verify = verify
+        self.caFile = caFile
+        self.serverName = serverName
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+    }
 }
 
 public struct TLSSettings: Hashable, Sendable {
@@ -177,6 +209,8 @@ public struct VirtualService: Hashable, Sendable {
     public var realServers: [RealServer]
     public var fallback: Endpoint?
     public var tls: TLSSettings?
+    /// TLS towards the real servers (each may override it).
+    public var backendTLS: BackendTLS?
     /// l7-http only: append the client address to X-Forwarded-For.
     public var forwardedFor: Bool
     /// Layer 7 modes only.
@@ -198,8 +232,9 @@ public struct VirtualService: Hashable, Sendable {
         healthCheck: HealthCheck, realServers: [RealServer], fallback: Endpoint? = nil,
         tls: TLSSettings? = nil, forwardedFor: Bool = false, timeouts: ProxyTimeouts = .default,
         limits: ProxyLimits = .default, interface: String? = nil, onServerFailure: ServerFailureAction = .drain,
-        persistenceNetmask: IPAddress? = nil, transparent: Bool = false
+        persistenceNetmask: IPAddress? = nil, transparent: Bool = false, backendTLS: BackendTLS? = nil
     ) {
+        self.backendTLS = backendTLS
         self.transparent = transparent
         self.interface = interface
         self.onServerFailure = onServerFailure
@@ -219,4 +254,9 @@ public struct VirtualService: Hashable, Sendable {
         self.timeouts = timeouts
         self.limits = limits
     }
+}
+
+extension VirtualService {
+    /// The TLS settings towards one of this service's real servers: its own, or the service's.
+    public func backendTLS(for server: RealServer) -> BackendTLS? { server.backendTLS ?? backendTLS }
 }

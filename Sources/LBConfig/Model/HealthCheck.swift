@@ -9,6 +9,9 @@ public struct HealthCheck: Hashable, Sendable {
     public var rise: Int
     /// Consecutive failures before an up server leaves the pool.
     public var fall: Int
+    /// Passive detection (HAProxy's `observe`): this many connection failures or 502s in a row from real client
+    /// traffic mark a server down at once, without waiting for the active check; the check brings it back. 0: off.
+    public var observe: Int
 
     public static let defaultInterval: Duration = .seconds(2)
     public static let defaultTimeout: Duration = .seconds(1)
@@ -20,8 +23,9 @@ public struct HealthCheck: Hashable, Sendable {
     public init(
         probe: Probe, port: UInt16? = nil, interval: Duration = HealthCheck.defaultInterval,
         timeout: Duration = HealthCheck.defaultTimeout, rise: Int = HealthCheck.defaultRise,
-        fall: Int = HealthCheck.defaultFall
+        fall: Int = HealthCheck.defaultFall, observe: Int = 0
     ) {
+        self.observe = observe
         self.probe = probe
         self.port = port
         self.interval = interval

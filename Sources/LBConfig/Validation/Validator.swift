@@ -24,6 +24,7 @@ public struct Validator {
         validator.checkUniqueListeners()
         validator.checkLayer7AndSNATShareNoRealServer()
         validator.checkDirectRoutingVIPsNotProxied()
+        validator.checkSharedPersistenceCookies()
         return validator.diagnostics
     }
 
@@ -40,6 +41,17 @@ public struct Validator {
         if case .httpCookie = service.persistence, service.mode != .l7HTTP {
             error(name, at: path / "persistence" / "type", "http-cookie persistence needs mode l7-http, not \(mode)",
                   hint: "only the HTTP proxy sees cookies; use source-ip persistence, or switch the service to l7-http")
+        }
+        if service.backendTLS != nil || service.realServers.contains(where: { $0.backendTLS != nil }), service.mode.isLayer4 {
+            error(name, key: service.backendTLS != nil ? path / "backend_tls" : path / "real_servers",
+                  "backend_tls needs a Layer 7 mode (l7-http or l7-tcp), not \(mode)",
+                  hint: "in \(mode) mode the kernel forwards the client's own TLS untouched; remove backend_tls")
+        }
+        for (settings, at) in [(service.backendTLS, path / "backend_tls")]
+            + service.realServers.enumerated().map({ ($0.element.backendTLS, path / "real_servers" / $0.offset / "backend_tls") }) {
+            guard let settings, (settings.certificatePath == nil) != (settings.keyPath == nil) else { continue }
+            error(name, key: at, "backend_tls needs both certificate and key for a client certificate, or neither",
+                  hint: settings.keyPath == nil ? "add `key: /path/to/client-key.pem`" : "add `certificate: /path/to/client-chain.pem`")
         }
         if service.tls != nil, service.mode != .l7HTTP {
             error(name, key: path / "tls", "tls (termination) needs mode l7-http, not \(mode)",
@@ -228,6 +240,29 @@ public struct Validator {
             warning(service.name, at: .virtualService(index) / "vip",
                     "VIP \(service.address) is used for l4-dr and by the \(proxied.mode.rawValue) virtual service \"\(proxied.name)\"",
                     hint: "direct routing puts the VIP on the real servers too; give the Layer 7 service its own address unless you have planned ARP suppression for both")
+        }
+    }
+
+    /// A browser sends a cookie to every port of a host (RFC 6265), so l7-http services of one VIP that use the same
+    /// cookie name share it: lbd gives a server the same id in each of them, which keeps the browser on one server
+    /// — as long as they have the same servers. Where the sets differ, the cookie of one names a server the other
+    /// does not have, and the browser is moved at each switch between them. Linear: one pass, a dictionary.
+    private mutating func checkSharedPersistenceCookies() {
+        struct Key: Hashable { var vip: IPAddress; var cookie: String }
+        var first: [Key: (index: Int, servers: Set<String>)] = [:]
+        for (index, service) in configuration.virtualServices.enumerated() where service.mode == .l7HTTP {
+            guard case .httpCookie(let cookie) = service.persistence else { continue }
+            let servers = Set(service.realServers.map { "\($0.name)|\($0.address)" })
+            let key = Key(vip: service.address, cookie: cookie)
+            guard let earlier = first[key] else {
+                first[key] = (index, servers)
+                continue
+            }
+            guard earlier.servers != servers else { continue }
+            let other = configuration.virtualServices[earlier.index].name
+            warning(service.name, at: .virtualService(index) / "persistence",
+                    "cookie \"\(cookie)\" is also used by \"\(other)\" (line \(line(.virtualService(earlier.index)))) on VIP \(service.address), but their real servers differ: a browser moving between them loses its server",
+                    hint: "give both services the same real servers (same names and addresses), or give one its own cookie name")
         }
     }
 

@@ -510,6 +510,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         }
         logger.warning("real server connection ended early", metadata: [
             "server": "\(selection?.name ?? "?")", "reason": "\(error.map { "\($0)" } ?? "closed")"])
+        if let selection { connector.pool.observe(selection, failure: "connection ended before the response (502)") }
         finishSelection()
         if responseStarted {
             // Part of the response is already on its way: the only honest signal left is to close.
@@ -523,6 +524,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The real server's response cannot be forwarded as it is: 502, and neither connection carries on.
     private func refuseResponse(_ reason: Error, from backend: BackendHandler) {
         logger.warning("malformed response from real server: \(reason)", metadata: ["server": "\(selection?.name ?? "?")"])
+        if let selection { connector.pool.observe(selection, failure: "malformed response (502)") }
         backend.close()
         sendError(.badGateway, "Bad Gateway\n")
     }

@@ -1,5 +1,6 @@
 import LBConfig
 import LBRuntime
+import LBTLS
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -27,12 +28,16 @@ public final class RealServerPool: Sendable {
         var server: RealServer
         /// Set by the agent from the one membership rule (health, overrides, weight); the pool never derives it.
         var membership: Membership
+        /// Connection failures and 502s in a row from real traffic (health_check.observe).
+        var observedFailures = 0
+        /// Clients that came back to this server through their cookie or stick entry, and when (the sessions a
+        /// draining server still holds).
+        var pinned: [IPAddress: NIODeadline] = [:]
         /// Open connections to this server, so `halt` can close them.
         var channels: [ObjectIdentifier: Channel] = [:]
-        var activeConnections = 0
-        var totalConnections = 0
-        var bytesToServer: UInt64 = 0
-        var bytesFromServer: UInt64 = 0
+        /// Connections and bytes: shared by every generation of the service that has this same server, so a reload
+        /// neither resets the figures nor hides the connections the previous generation still carries.
+        let tally: ServerTally
         /// The id the cookie carries; derived from the service and server names, never from the address.
         let cookieValue: String
     }
@@ -46,18 +51,30 @@ public final class RealServerPool: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
-    public init(service: VirtualService) {
+    /// `cookieKey`: the installation's secret for persistence cookie ids (lbd keeps it in its state directory).
+    /// Where a server that real traffic found failing is reported (service, server, reason); the agent decides.
+    private let onObservedFailure: (@Sendable (String, String, String) -> Void)?
+
+    /// `tallies` gives each server its counters (by name), carried from an earlier generation; servers without
+    /// one start from zero.
+    public init(service: VirtualService, cookieKey: [UInt8] = [], tallies: [String: ServerTally] = [:],
+                onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil) {
         self.service = service
+        self.onObservedFailure = onObservedFailure
         let members = service.realServers.map { server in
             Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
-                   cookieValue: Self.cookieValue(service: service.name, server: server.name))
+                   tally: tallies[server.name] ?? ServerTally(),
+                   cookieValue: Self.cookieValue(vip: service.address, server: server, key: cookieKey))
         }
         self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
     }
 
-    static func cookieValue(service: String, server: String) -> String {
-        let hash = fnv1a(Array("\(service)/\(server)".utf8))
-        return String(hash, radix: 16, uppercase: false).leftPadded(to: 16)
+    /// The id a persistence cookie carries for a server: a keyed hash of the VIP and the server's name and address,
+    /// so every service of one VIP that has the same server gives it the same id (a browser's cookie is sent to all
+    /// ports of a host: RFC 6265), while the id reveals neither the address nor the name.
+    static func cookieValue(vip: IPAddress, server: RealServer, key: [UInt8]) -> String {
+        let digest = KeyedHash.hmacSHA256(key: key, data: Array("\(vip)|\(server.name)|\(server.address)".utf8))
+        return digest.prefix(8).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
     }
 
     /// Chooses a server for a new connection or request and counts it as active until `release`.
@@ -73,31 +90,36 @@ public final class RealServerPool: Sendable {
                 let member = state.members[index]
                 return member.membership.acceptsNew && !excluding.contains(index)
             }
+            func usableWhenPinned(_ index: Int) -> Bool {
+                state.members[index].membership.acceptsPinned && !excluding.contains(index)
+            }
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
-                state.members[index].activeConnections += 1
-                state.members[index].totalConnections += 1
+                state.members[index].tally.opened()
                 let member = state.members[index]
                 return Selection(serverIndex: index, name: member.server.name, address: member.server.address,
                                  port: member.server.port(forVIPPort: port), reason: reason, cookieValue: member.cookieValue)
             }
 
-            // 1. A cookie naming a usable server wins; an unknown or dead one falls through to scheduling.
-            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usable(index) {
+            Self.sweepIfDue(&state, now: now)
+            // 1. A cookie naming a server that takes its sessions wins (a draining one too); an unknown or dead one
+            //    falls through to scheduling.
+            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usableWhenPinned(index) {
+                if let client { state.members[index].pinned[client] = now }
                 return take(index, .cookie)
             }
             // 2. Source-IP stickiness, while the entry is fresh and its server usable.
             var timeout: Duration?
             if case .sourceIP(let configured) = service.persistence { timeout = configured }
             if let timeout, let client {
-                Self.sweepIfDue(&state, now: now)
-                if let entry = state.sticky[client], entry.expires > now, usable(entry.index) {
+                if let entry = state.sticky[client], entry.expires > now, usableWhenPinned(entry.index) {
                     state.sticky[client] = (entry.index, now + TimeAmount(timeout))
+                    state.members[entry.index].pinned[client] = now
                     return take(entry.index, .sticky)
                 }
             }
             // 3. The scheduler, over the usable servers.
             let candidates = state.members.indices.filter(usable).map {
-                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].activeConnections)
+                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].tally.counts.active)
             }
             let key = client.map(\.bytes) ?? []
             if let chosen = state.scheduler.choose(from: candidates, clientKey: key) {
@@ -116,7 +138,7 @@ public final class RealServerPool: Sendable {
     /// The connection or request chosen by `select` has ended.
     public func release(_ selection: Selection) {
         guard let index = selection.serverIndex else { return }
-        state.withLockedValue { $0.members[index].activeConnections -= 1 }
+        state.withLockedValue { $0.members[index].tally.closed() }
     }
 
     /// The agent's effective membership of each server (by name; servers not named keep theirs). A server that
@@ -128,12 +150,48 @@ public final class RealServerPool: Sendable {
             for (server, wanted) in membership.servers {
                 guard let index = state.members.firstIndex(where: { $0.server.name == server.name }) else { continue }
                 state.members[index].membership = wanted
-                if !wanted.acceptsNew { state.sticky = state.sticky.filter { $0.value.index != index } }
+                if !wanted.acceptsPinned {
+                    state.sticky = state.sticky.filter { $0.value.index != index }
+                    state.members[index].pinned = [:]
+                }
                 if !wanted.present { closing += state.members[index].channels.values }
             }
             return closing
         }
         for channel in toClose { channel.close(promise: nil) }
+    }
+
+    /// Each server's counters, by name, for the next generation of the service to carry on (same address and
+    /// port only: another address is another server).
+    func tallies(for next: VirtualService) -> [String: ServerTally] {
+        state.withLockedValue { state in
+            var found: [String: ServerTally] = [:]
+            for member in state.members {
+                guard let successor = next.realServers.first(where: { $0.name == member.server.name }),
+                      successor.address == member.server.address, successor.port == member.server.port else { continue }
+                found[member.server.name] = member.tally
+            }
+            return found
+        }
+    }
+
+    /// What real traffic found (health_check.observe): a success resets the count; the failure that reaches the
+    /// threshold reports the server once, while it still takes new connections.
+    func observe(_ selection: Selection, failure reason: String?) {
+        let threshold = service.healthCheck.observe
+        guard threshold > 0, let index = selection.serverIndex else { return }
+        let report: (String, Int)? = state.withLockedValue { state in
+            guard let reason else {
+                state.members[index].observedFailures = 0
+                return nil
+            }
+            state.members[index].observedFailures += 1
+            let member = state.members[index]
+            guard member.observedFailures == threshold, member.membership.acceptsNew else { return nil }
+            return (member.server.name, member.observedFailures)
+        }
+        guard let report, let reason else { return }
+        onObservedFailure?(service.name, report.0, "\(reason) (\(report.1) failures in a row in client traffic, observe)")
     }
 
     /// The membership the pool currently schedules with, by server name.
@@ -158,13 +216,14 @@ public final class RealServerPool: Sendable {
     /// Bytes a connection to a server carried, added in batches by the connection's counter.
     func addBytes(index: Int, toServer: UInt64, fromServer: UInt64) {
         state.withLockedValue {
-            $0.members[index].bytesToServer &+= toServer
-            $0.members[index].bytesFromServer &+= fromServer
+            $0.members[index].tally.add(toServer: toServer, fromServer: fromServer)
         }
     }
 
     public struct MemberStatus: Sendable, Equatable {
         public var name: String
+        /// Clients pinned to the server (cookie or stick entry) seen in the last ten minutes.
+        public var pinnedSessions: Int
         public var bytesToServer: UInt64
         public var bytesFromServer: UInt64
         public var weight: Int
@@ -173,11 +232,14 @@ public final class RealServerPool: Sendable {
     }
 
     public var status: [MemberStatus] {
-        state.withLockedValue { state in
-            state.members.map {
-                MemberStatus(name: $0.server.name,
-                             bytesToServer: $0.bytesToServer, bytesFromServer: $0.bytesFromServer, weight: $0.membership.weight,
-                             activeConnections: $0.activeConnections, totalConnections: $0.totalConnections)
+        let recent = NIODeadline.now() - .minutes(10)
+        return state.withLockedValue { state in
+            state.members.map { member in
+                let counts = member.tally.counts
+                return MemberStatus(name: member.server.name, pinnedSessions: member.pinned.values.filter { $0 > recent }.count,
+                                    bytesToServer: counts.toServer, bytesFromServer: counts.fromServer,
+                                    weight: member.membership.weight, activeConnections: counts.active,
+                                    totalConnections: counts.total)
             }
         }
     }
@@ -187,6 +249,8 @@ public final class RealServerPool: Sendable {
         guard now - state.lastStickySweep > .seconds(5) else { return }
         state.lastStickySweep = now
         state.sticky = state.sticky.filter { $0.value.expires > now }
+        let forgotten = now - .minutes(10)
+        for index in state.members.indices { state.members[index].pinned = state.members[index].pinned.filter { $0.value > forgotten } }
     }
 }
 
@@ -247,5 +311,30 @@ final class ByteCounter: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         flushCounts()
         context.fireChannelInactive()
+    }
+}
+
+/// Connections and bytes of one real server of one service, across the service's generations.
+public final class ServerTally: Sendable {
+    public struct Counts: Sendable, Equatable {
+        public var active = 0
+        public var total = 0
+        public var toServer: UInt64 = 0
+        public var fromServer: UInt64 = 0
+    }
+
+    private let box = NIOLockedValueBox(Counts())
+
+    public init() {}
+
+    public var counts: Counts { box.withLockedValue { $0 } }
+
+    func opened() { box.withLockedValue { $0.active += 1; $0.total += 1 } }
+    func closed() { box.withLockedValue { $0.active -= 1 } }
+    func add(toServer: UInt64, fromServer: UInt64) {
+        box.withLockedValue {
+            $0.toServer &+= toServer
+            $0.fromServer &+= fromServer
+        }
     }
 }

@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOCore
 import NIOPosix
@@ -9,6 +10,8 @@ struct BackendConnector: Sendable {
     let pool: RealServerPool
     let connectTimeout: Duration
     let logger: Logger
+    /// TLS towards the real servers that have `backend_tls` (the service's, or their own).
+    var backendTLS = BackendTLSContexts.none
 
     /// Connects on `eventLoop` (the client's, so both channels share one thread and need no locks).
     /// `configure` sets up the new channel's pipeline before it becomes active.
@@ -38,11 +41,18 @@ struct BackendConnector: Sendable {
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { [pool] channel in
-                // Byte counts per real server (metrics), nearest the socket so they are wire bytes.
-                guard let index = selection.serverIndex else { return configure(channel) }
+            .channelInitializer { [pool, backendTLS] channel in
                 do {
-                    try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), position: .first)
+                    // Byte counts per real server (metrics), nearest the socket so they are wire bytes.
+                    if let index = selection.serverIndex {
+                        try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), position: .first)
+                    }
+                    // Then TLS, if the server wants it: everything above speaks plaintext.
+                    let server = selection.serverIndex.map { pool.service.realServers[$0] }
+                    if let (context, name) = backendTLS.context(for: server) {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSHandler(context: context, serverName: name, verifyAddress: selection.address.description))
+                    }
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
@@ -59,13 +69,16 @@ struct BackendConnector: Sendable {
         return bootstrap.connect(to: target)
             .map { [pool] channel in
                 pool.track(channel, selection: selection)
+                pool.observe(selection, failure: nil)
                 return (channel, selection)
             }
-            .flatMapError { [pool, logger] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
+            .flatMapError { [pool, logger, connectTimeout] (error: Error) -> EventLoopFuture<(Channel, Selection)> in
                 pool.release(selection)
+                pool.observe(selection, failure: Self.describe(error, timeout: connectTimeout))
                 logger.warning("connect to real server failed, trying another",
                                metadata: ["service": "\(pool.service.name)", "server": "\(selection.name)",
-                                          "address": "\(selection.address.withPort(selection.port))", "reason": "\(error)"])
+                                          "address": "\(selection.address.withPort(selection.port))",
+                                          "reason": "\(Self.describe(error, timeout: connectTimeout))"])
                 // The fallback is the last resort: there is nothing left to try after it.
                 guard let index = selection.serverIndex else { return eventLoop.makeFailedFuture(error) }
                 let excluded = excluding.union([index])
@@ -74,5 +87,47 @@ struct BackendConnector: Sendable {
                 }
                 return connect(to: next, client: client, port: port, on: eventLoop, excluding: excluded, configure: configure)
             }
+    }
+
+    /// What an operator should read for a failed connect: "connection refused", not NIO's wrapping of errno 111.
+    static func describe(_ error: Error, timeout: Duration) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
+        if case ChannelError.connectTimeout = error { return "no answer within \(timeout) (connect timeout)" }
+        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first {
+            return describe(first.error, timeout: timeout)
+        }
+        return "\(error)"
+    }
+}
+
+/// The client TLS contexts of a service's real servers, made once per generation (a CA file that cannot be read
+/// stops the change before anything listens): one per distinct `backend_tls` setting.
+struct BackendTLSContexts: Sendable {
+    private let service: VirtualService?
+    private let contexts: [BackendTLS: TLSContext]
+
+    static let none = BackendTLSContexts(service: nil, contexts: [:])
+
+    private init(service: VirtualService?, contexts: [BackendTLS: TLSContext]) {
+        self.service = service
+        self.contexts = contexts
+    }
+
+    init(for service: VirtualService) throws {
+        var contexts: [BackendTLS: TLSContext] = [:]
+        let settings = ([service.backendTLS] + service.realServers.map(\.backendTLS)).compactMap { $0 }
+        for setting in settings where contexts[setting] == nil {
+            contexts[setting] = try TLSContext.client(verify: setting.verify == .certificate, caFile: setting.caFile,
+                                                      certificate: setting.certificatePath, key: setting.keyPath)
+        }
+        self.init(service: service, contexts: contexts)
+    }
+
+    /// The context and SNI name for a real server (nil: the fallback server, which gets the service's settings).
+    func context(for server: RealServer?) -> (TLSContext, String?)? {
+        guard let service else { return nil }
+        guard let setting = server.map({ service.backendTLS(for: $0) }) ?? service.backendTLS,
+              let context = contexts[setting] else { return nil }
+        return (context, setting.serverName)
     }
 }

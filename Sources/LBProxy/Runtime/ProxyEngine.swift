@@ -23,9 +23,18 @@ public final class ProxyEngine: Sendable {
 
     private let running = NIOLockedValueBox(Running())
 
-    public init(threads: Int = System.coreCount, logger: Logger) {
+    /// The installation's secret for persistence cookie ids.
+    private let cookieKey: [UInt8]
+
+    /// Servers that real traffic finds failing (health_check.observe): service, server, reason.
+    private let onObservedFailure: (@Sendable (String, String, String) -> Void)?
+
+    public init(threads: Int = System.coreCount, logger: Logger, cookieKey: [UInt8] = [],
+                onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.logger = logger
+        self.cookieKey = cookieKey
+        self.onObservedFailure = onObservedFailure
     }
 
     /// Starts the given services (the engine's first update).
@@ -58,7 +67,8 @@ public final class ProxyEngine: Sendable {
                 revived.append(old)
                 started.append(service.name)
             } else {
-                runtimes[service.name] = try makeRuntime(service)
+                // Counters carry over from the generation being replaced, server by server.
+                runtimes[service.name] = try makeRuntime(service, tallies: before.runtimes[service.name]?.pool.tallies(for: service) ?? [:])
                 started.append(service.name)
             }
             if let membership = membership[service.name] { runtimes[service.name]?.pool.apply(membership) }
@@ -110,7 +120,7 @@ public final class ProxyEngine: Sendable {
         return (started.sorted(), stopped.sorted())
     }
 
-    private func makeRuntime(_ service: VirtualService) throws -> ServiceRuntime {
+    private func makeRuntime(_ service: VirtualService, tallies: [String: ServerTally]) throws -> ServiceRuntime {
         let tls = try service.tls.map { settings in
             do {
                 return try TLSContext.server(
@@ -120,7 +130,14 @@ public final class ProxyEngine: Sendable {
                 throw ProxyError.tlsSetup(service: service.name, reason: "\(error)")
             }
         }
-        return ServiceRuntime(service: service, tls: tls, logger: logger)
+        let backendTLS: BackendTLSContexts
+        do {
+            backendTLS = try BackendTLSContexts(for: service)
+        } catch {
+            throw ProxyError.tlsSetup(service: service.name, reason: "backend_tls: \(error)")
+        }
+        return ServiceRuntime(service: service, tls: tls, backendTLS: backendTLS, cookieKey: cookieKey, tallies: tallies,
+                              onObservedFailure: onObservedFailure, logger: logger)
     }
 
     /// The agent's effective membership for the running services (by service name). Retired generations of a

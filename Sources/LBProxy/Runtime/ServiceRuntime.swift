@@ -18,14 +18,17 @@ final class ServiceRuntime: Sendable {
     private let clients = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     private let refusals: RefusalLog
 
-    init(service: VirtualService, tls: TLSContext?, logger: Logger) {
+    init(service: VirtualService, tls: TLSContext?, backendTLS: BackendTLSContexts = .none, cookieKey: [UInt8],
+         tallies: [String: ServerTally] = [:], onObservedFailure: (@Sendable (String, String, String) -> Void)? = nil,
+         logger: Logger) {
         self.service = service
-        self.pool = RealServerPool(service: service)
+        self.pool = RealServerPool(service: service, cookieKey: cookieKey, tallies: tallies, onObservedFailure: onObservedFailure)
         self.tls = tls
         var logger = logger
         logger[metadataKey: "service"] = "\(service.name)"
         self.logger = logger
-        self.connector = BackendConnector(pool: pool, connectTimeout: service.timeouts.connect, logger: logger)
+        self.connector = BackendConnector(pool: pool, connectTimeout: service.timeouts.connect, logger: logger,
+                                          backendTLS: backendTLS)
         self.refusals = RefusalLog(logger: logger)
     }
 

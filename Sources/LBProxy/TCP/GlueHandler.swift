@@ -57,8 +57,13 @@ final class GlueHandler: ChannelDuplexHandler {
         closeIfBothDirectionsDone()
     }
 
+    /// The partner's connection ended without an orderly end of input (reset, error, or closed by lb): what it
+    /// already delivered still goes out to our peer (a study's last megabytes must not be dropped because the other
+    /// side hung up first), then the connection closes. A peer that stops reading is cut by the idle timeout.
     private func partnerClosed() {
-        context?.close(promise: nil)
+        guard let channel = context?.channel else { return }
+        outputClosed = true
+        channel.writeAndFlush(ByteBuffer()).whenComplete { _ in channel.close(promise: nil) }
     }
 
     private var partnerWritable: Bool {
