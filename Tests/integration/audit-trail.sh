@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The audit trail against a running lbd over its real control socket: drain as root and as a member of the control
 # group (nobody, group nogroup) each leave one JSON line in STATE_DIR/audit.log with the caller's uid and user name;
-# a refused action is recorded with its error; lbctl reload and SIGHUP are recorded; lbctl audit shows them (text,
+# a refused action is recorded with its error; lbctl reload, SIGHUP, halt and mode are recorded; lbctl audit shows them (text,
 # JSON, --since); an action whose line cannot be written is refused and changes nothing.
 source "$(dirname "$0")/lib.sh"
 set +e   # exit statuses are checked one by one below
@@ -78,5 +78,15 @@ grep -qE "^  node-2 .* drain " <<<"$(lbctl status Viewer)" || fail "the refused 
 rmdir "$log"; mv "$work/audit.saved" "$log"
 lbctl online Viewer node-2 >/dev/null || fail "online after the trail is back"
 [ "$(wc -l < "$log")" = 6 ] || fail "the online was not recorded"
+# halt and mode are recorded with their targets too.
+lbctl halt Viewer node-1 >/dev/null || fail "halt failed"
+lbctl mode Viewer l7-tcp >/dev/null || fail "mode failed"
+tail -2 "$log" | python3 -c '
+import json, sys
+halt, mode = (json.loads(line) for line in sys.stdin)
+assert (halt["command"], halt["targets"], halt["result"]) == ("halt", {"service": "Viewer", "server": "node-1"}, "ok"), halt
+assert (mode["command"], mode["targets"], mode["result"]) == ("mode", {"service": "Viewer", "mode": "l7-tcp"}, "ok"), mode
+' || fail "halt and mode in the trail"
+lbctl audit | tail -1 | grep -qE " root +0 +mode +Viewer → l7-tcp +ok$" || fail "lbctl audit: the mode switch"
 kill -TERM $lbd; wait $lbd || fail "lbd did not stop cleanly"
 echo "audit trail: passed"
