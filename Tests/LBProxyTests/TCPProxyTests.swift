@@ -121,12 +121,16 @@ struct TCPProxyTests {
     @Test func deadServerIsSkippedAndAllDownClosesAtOnce() async throws {
         let fixture = try await TCPFixture()
         try fixture.backends[0].stop()
+        // A process forked meanwhile (another test's check) holds a copy of the listening socket until it execs: the
+        // port is closed for good only once connecting to it is refused.
+        #expect(await eventually(timeout: .seconds(5)) { !acceptsConnections(port: fixture.backends[0].port) })
         for _ in 0..<4 {
             let client = try RawClient(port: fixture.vipPort)
             client.shutdownWrite()
             #expect(client.readAllText().hasPrefix("hello from dicom-2"))
         }
         try fixture.backends[1].stop()
+        #expect(await eventually(timeout: .seconds(5)) { !acceptsConnections(port: fixture.backends[1].port) })
         let client = try RawClient(port: fixture.vipPort)
         let started = ContinuousClock.now
         #expect(client.readAllText().isEmpty)
