@@ -23,16 +23,7 @@ public enum Ports {
     }
 
     private static func isFree(_ port: UInt16) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
+        withLoopbackSocket(port: port) { fd, address, length in bind(fd, address, length) == 0 }
     }
 }
 
@@ -341,6 +332,11 @@ public func eventually(timeout: Duration = .seconds(3), _ condition: () -> Bool)
 
 /// Whether something accepts TCP connections on 127.0.0.1:port right now.
 public func acceptsConnections(port: UInt16) -> Bool {
+    withLoopbackSocket(port: port) { fd, address, length in connect(fd, address, length) == 0 }
+}
+
+/// A fresh TCP socket and the address 127.0.0.1:port, for one call (bind, connect); the socket is closed after.
+func withLoopbackSocket(port: UInt16, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Bool) -> Bool {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { return false }
     defer { close(fd) }
@@ -349,6 +345,6 @@ public func acceptsConnections(port: UInt16) -> Bool {
     address.sin_port = port.bigEndian
     address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
     return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
 }
