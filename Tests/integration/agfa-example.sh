@@ -83,7 +83,10 @@ services = json.load(sys.stdin)
 print(sum(1 for s in services for r in s["servers"] if r["state"] == "up"))' 2>/dev/null)" = 42 ]; }
 for _ in $(seq 300); do all_up && break; sleep 0.1; done
 all_up || fail "not every real server came up: $(lbctl status)"
-ns $lb ip -4 addr show dev eth1 | grep -q "10.20.0.10/32" || fail "lbd did not add the core VIP to eth1 (interface: eth1)"
+vips=$(ns $lb ip -4 addr show dev eth1)
+for vip in 10.20.0.10 10.20.0.20 10.20.0.21; do
+    grep -q "inet $vip/32 " <<<"$vips" || fail "lbd did not add $vip to eth1 (interface: eth1): $vips"
+done
 
 table() { ip netns exec $cl python3 Tests/integration/ei-client.py examples/certs/demo-ca.pem "$work/certs/demo-ca.pem" "$work/study"; }
 first=$(table)
