@@ -133,6 +133,8 @@ let package = Package(
             ],
             path: "Sources/lb-fuzz-http-request"
         ),
+        .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth"],
+                          path: "Sources/lb-fuzz-check-reply"),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
