@@ -133,6 +133,7 @@ let package = Package(
             ],
             path: "Sources/lb-fuzz-http-request"
         ),
+        .executableTarget(name: "lb-fuzz-netlink-reply", dependencies: ["LBIPVS"], path: "Sources/lb-fuzz-netlink-reply"),
         .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth"],
                           path: "Sources/lb-fuzz-check-reply"),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
