@@ -1,3 +1,4 @@
+import CFuzz
 import Foundation
 import LBConfig
 import LBHealth
@@ -48,7 +49,13 @@ func drive<C: ProbeConversation>(_ conversation: inout C, _ reply: [UInt8], piec
     }
 }
 
-#if !LB_FUZZ
+#if LB_FUZZ
+/// The entry point SwiftPM links as `main`: libFuzzer's driver.
+@_cdecl("lb_fuzz_check_reply_main")
+func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    lb_fuzz_run(argc, argv) { data, size in fuzzCheckReply(data!, size) }
+}
+#else
 /// Without libFuzzer (a normal build): runs the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayCheckReplies {

@@ -1,3 +1,4 @@
+import CFuzz
 import Foundation
 import LBIPVS
 
@@ -34,7 +35,13 @@ public func fuzzNetlinkReply(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     return 0
 }
 
-#if !LB_FUZZ
+#if LB_FUZZ
+/// The entry point SwiftPM links as `main`: libFuzzer's driver.
+@_cdecl("lb_fuzz_netlink_reply_main")
+func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    lb_fuzz_run(argc, argv) { data, size in fuzzNetlinkReply(data!, size) }
+}
+#else
 /// Without libFuzzer (a normal build): runs the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayNetlinkReplies {
