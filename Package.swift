@@ -143,19 +143,24 @@ let package = Package(
         ),
         // scripts/bench/ipvs: lb's netlink client against `ipvsadm -R`, inside the IPVS VM.
         .executableTarget(name: "lb-bench-ipvs", dependencies: ["LBConfig", "LBIPVS"], path: "Sources/lb-bench-ipvs"),
-        // libFuzzer targets (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer,address and -DLB_FUZZ);
+        // libFuzzer targets (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer,address and -DLB_FUZZ;
+        // CFuzz starts libFuzzer's driver from the entry point SwiftPM names);
         // a normal build makes them replay the files given as arguments (the seed corpus, kept crashes).
-        .executableTarget(name: "lb-fuzz-config", dependencies: ["LBConfig"], path: "Sources/lb-fuzz-config"),
+        .target(name: "CFuzz"),
+        .executableTarget(name: "lb-fuzz-config", dependencies: ["LBConfig", "CFuzz"], path: "Sources/lb-fuzz-config"),
         .executableTarget(
             name: "lb-fuzz-http-request",
             dependencies: [
-                "LBProxy",
+                "LBProxy", "CFuzz",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/lb-fuzz-http-request"
         ),
+        .executableTarget(name: "lb-fuzz-netlink-reply", dependencies: ["LBIPVS", "CFuzz"], path: "Sources/lb-fuzz-netlink-reply"),
+        .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth", "CFuzz"],
+                          path: "Sources/lb-fuzz-check-reply"),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),

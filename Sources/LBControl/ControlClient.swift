@@ -30,8 +30,9 @@ public enum ControlClient {
         }
         var line = try JSONEncoder().encode(request)
         line.append(UInt8(ascii: "\n"))
-        let written = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == line.count else { throw Failure(description: "write to lbd failed: \(String(cString: strerror(errno)))") }
+        // lbd may answer and close before reading (a caller it refuses at accept): no SIGPIPE, and its answer is read.
+        let written = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let writeError = written == line.count ? nil : String(cString: strerror(errno))
         var reply = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65536)
         while !reply.contains(UInt8(ascii: "\n")) {
@@ -41,6 +42,7 @@ public enum ControlClient {
             reply += buffer[0..<count]
         }
         guard let end = reply.firstIndex(of: UInt8(ascii: "\n")) else {
+            if let writeError { throw Failure(description: "write to lbd failed: \(writeError)") }
             throw Failure(description: "lbd closed the connection without an answer (not permitted, or lbd stopping)")
         }
         do {

@@ -1,3 +1,4 @@
+import CFuzz
 import Foundation
 import LBConfig
 
@@ -18,7 +19,13 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-#if !LB_FUZZ
+#if LB_FUZZ
+/// The entry point SwiftPM links as `main`: libFuzzer's driver.
+@_cdecl("lb_fuzz_config_main")
+func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    lb_fuzz_run(argc, argv) { data, size in fuzzConfig(data!, size) }
+}
+#else
 /// Without libFuzzer (a normal build): runs the inputs named on the command line, e.g. the seed corpus and every
 /// crash kept as a regression case.
 @main

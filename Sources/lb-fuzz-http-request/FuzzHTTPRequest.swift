@@ -1,3 +1,4 @@
+import CFuzz
 import Foundation
 import LBProxy
 import NIOCore
@@ -181,7 +182,13 @@ func find(_ needle: [UInt8], in bytes: [UInt8], from start: Int) -> Int? {
     return nil
 }
 
-#if !LB_FUZZ
+#if LB_FUZZ
+/// The entry point SwiftPM links as `main`: libFuzzer's driver.
+@_cdecl("lb_fuzz_http_request_main")
+func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    lb_fuzz_run(argc, argv) { data, size in fuzzHTTPRequest(data!, size) }
+}
+#else
 /// Without libFuzzer (a normal build): runs the inputs named on the command line, e.g. the seed corpus and every
 /// crash kept as a regression case.
 @main

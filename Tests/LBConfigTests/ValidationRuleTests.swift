@@ -1,3 +1,4 @@
+import Foundation
 import LBConfig
 import Testing
 
@@ -392,5 +393,20 @@ struct ExternalCheckRuleTests {
         #expect(report.configuration?.virtualServices.first?.healthCheck.probe == .external(command: "true", user: "lbcheck"))
         let defaulted = check(document(service(extra: ["health_check: {type: external, command: true}"])))
         #expect(defaulted.configuration?.virtualServices.first?.healthCheck.probe == .external(command: "true", user: "nobody"))
+    }
+}
+
+@Suite("Found by fuzzing")
+struct FuzzRegressionTests {
+    /// scripts/fuzz config: a syntax error at the end of a file without a final newline was placed on a line past
+    /// the end of the file.
+    @Test func syntaxErrorAtTheEndPointsInsideTheFile() throws {
+        let base64 = "IyBBIHNtYWxuIGNvbmZpZyBvbiBsb29wYmFjayBmb3IgdHJ5aW5nIGxiIG9uIG9uZSBtYWNoaW5lIChubyByb290LCBubyByZWFsIG5ldHdvcmsgbmVlZGVkKS4K/////////////////////////////3ZpcnR1YWxfc2VydmljZXM6CiAgIyBXZWI6IEhUVFAgbW9kZSwgZWFjaCBicm93c2VyIHBpbm5lZCB0byBvbmUgc2VydmVyIGJ5IGEgY29va2llLgogIC0gbmFtZTogZGVtby13ZWIKICAgIHZpcDojIEEgcyBtMQ=="
+        let data = try #require(Data(base64Encoded: base64))
+        let text = String(decoding: data, as: UTF8.self)
+        let report = ConfigurationLoader.check(yaml: text, file: "fuzz.yaml")
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+        #expect(!report.isValid)
+        #expect(report.diagnostics.allSatisfy { (1...lines).contains($0.location.line) }, "\(report.diagnostics)")
     }
 }

@@ -37,7 +37,7 @@ public enum ConfigurationLoader {
         do {
             root = try Yams.compose(yaml: yaml)
         } catch {
-            let diagnostic = syntaxDiagnostic(error, file: file)
+            let diagnostic = syntaxDiagnostic(error, file: file, text: yaml)
             return ConfigurationReport(file: file, configuration: nil, diagnostics: [diagnostic], sourceMap: SourceMap(file: file))
         }
         let parsed = reader.readDocument(root)
@@ -69,9 +69,17 @@ public enum ConfigurationLoader {
         return (configuration, report.diagnostics.warnings)
     }
 
-    private static func syntaxDiagnostic(_ error: Error, file: String) -> Diagnostic {
+    private static func syntaxDiagnostic(_ error: Error, file: String, text: String) -> Diagnostic {
         let hint = "fix the YAML syntax at this position (indentation, a missing ':' or an unclosed quote or bracket)"
-        func at(_ mark: Mark) -> SourceLocation { SourceLocation(file: file, line: mark.line, column: mark.column) }
+        // libyaml places an error found at the end of the input one line past it when the last line has no newline
+        // (found by scripts/fuzz config): point at the end of the last line instead.
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        func at(_ mark: Mark) -> SourceLocation {
+            guard mark.line > lines.count, let last = lines.last else {
+                return SourceLocation(file: file, line: mark.line, column: mark.column)
+            }
+            return SourceLocation(file: file, line: lines.count, column: last.unicodeScalars.count + 1)
+        }
         switch error {
         case let YamlError.scanner(_, problem, mark, _), let YamlError.parser(_, problem, mark, _),
              let YamlError.composer(_, problem, mark, _):

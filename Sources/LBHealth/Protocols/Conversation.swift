@@ -2,13 +2,13 @@ import NIOCore
 
 /// A health check that speaks a protocol: bytes to open with, then a reaction to what the server sends.
 /// Pure (no I/O), so each protocol is unit-tested byte by byte.
-protocol ProbeConversation: Sendable {
+package protocol ProbeConversation: Sendable {
     var opening: [UInt8] { get }
     /// Consumes what it can of `input` (bytes received so far, not yet consumed).
     mutating func receive(_ input: inout [UInt8]) -> ConversationStep
 }
 
-enum ConversationStep: Equatable {
+package enum ConversationStep: Equatable {
     case needMore
     case send([UInt8])
     case finish(ProbeResult, send: [UInt8] = [])

@@ -2,7 +2,7 @@ import LBConfig
 
 /// A DICOM Verification SCU (PS3.7 C-ECHO over the PS3.8 upper layer): associate proposing the Verification SOP
 /// class with Implicit VR Little Endian, send C-ECHO-RQ, expect C-ECHO-RSP status 0x0000, release.
-struct DICOMEchoConversation: ProbeConversation {
+package struct DICOMEchoConversation: ProbeConversation {
     static let verificationSOPClass = "1.2.840.10008.1.1"
     static let implicitVRLittleEndian = "1.2.840.10008.1.2"
     static let applicationContext = "1.2.840.10008.3.1.1.1"
@@ -13,9 +13,9 @@ struct DICOMEchoConversation: ProbeConversation {
     enum Phase { case associating, echoing, releasing }
     private var phase = Phase.associating
     private var echoResult: ProbeResult = .pass
-    let opening: [UInt8]
+    package let opening: [UInt8]
 
-    init(callingAE: String, calledAE: String) {
+    package init(callingAE: String, calledAE: String) {
         opening = Self.associateRequest(callingAE: callingAE, calledAE: calledAE)
     }
 
@@ -107,7 +107,7 @@ struct DICOMEchoConversation: ProbeConversation {
         return result
     }
 
-    mutating func receive(_ input: inout [UInt8]) -> ConversationStep {
+    package mutating func receive(_ input: inout [UInt8]) -> ConversationStep {
         guard input.count >= 6 else { return .needMore }
         let length = Int(input[2]) << 24 | Int(input[3]) << 16 | Int(input[4]) << 8 | Int(input[5])
         guard input.count >= 6 + length else { return .needMore }

@@ -1,14 +1,14 @@
 /// An HL7 v2 message framed in MLLP (0x0B message 0x1C 0x0D); passes when the ACK's MSA-1 is AA or CA.
-struct HL7MLLPConversation: ProbeConversation {
-    let opening: [UInt8]
+package struct HL7MLLPConversation: ProbeConversation {
+    package let opening: [UInt8]
 
-    init(message: String) {
+    package init(message: String) {
         // HL7 separates segments with carriage returns; a config may have written newlines.
         let text = message.replacingOccurrences(of: "\r\n", with: "\r").replacingOccurrences(of: "\n", with: "\r")
         opening = [0x0B] + Array(text.utf8) + [0x1C, 0x0D]
     }
 
-    mutating func receive(_ input: inout [UInt8]) -> ConversationStep {
+    package mutating func receive(_ input: inout [UInt8]) -> ConversationStep {
         guard let start = input.firstIndex(of: 0x0B) else { return input.count > 0 ? .finish(.fail("answer is not MLLP-framed")) : .needMore }
         guard let end = input[start...].firstIndex(of: 0x1C), end + 1 < input.count else { return .needMore }
         let message = String(decoding: input[(start + 1)..<end], as: UTF8.self)
