@@ -56,7 +56,9 @@ enum StatusPage {
         th { font-weight: 600; color: var(--muted); font-size: .85em; }
         td.number { text-align: right; font-variant-numeric: tabular-nums; }
         tr[data-health=down] td:first-child { color: var(--down); font-weight: 600; }
-        .reason { color: var(--down); font-size: .9em; }
+        .reason { color: var(--muted); font-size: .9em; }
+        tr[data-health=down] .reason { color: var(--down); }
+        td:first-child, td.number, td[data-field=since], th { white-space: nowrap; }
         .extra { color: var(--muted); font-size: .85em; }
         svg.chart { width: 220px; height: 36px; background: #f6f8fa; border-radius: 4px; }
         svg.chart polyline { fill: none; stroke-width: 1.5; }

@@ -124,7 +124,7 @@ def main():
     profile = tempfile.mkdtemp(prefix="lb-chromium-")
     browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                 "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-                                "--window-size=1280,860", "about:blank"],
+                                "--window-size=1440,900", "about:blank"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = os.path.join(profile, "DevToolsActivePort")

@@ -51,6 +51,7 @@ out=$(IPVS_VM_NATIVE=no scripts/ipvs-vm bash -c '
     step() { echo "== $*"; }
     step install; dpkg -i .ipvs-vm-cache/package/lb.deb 2>&1 | tail -3; echo "dpkg -i: ${PIPESTATUS[0]}"
     step check; lbd --config /etc/lb/lb.yaml --check; echo "check: $?"
+    lbctl config check /usr/share/doc/lb/examples/agfa-enterprise-imaging.yaml; echo "example check: $?"
     step man; man -w lbctl; man -w lbd; man -w 5 lb.yaml
     step completions; ls /usr/share/bash-completion/completions/lbctl /usr/share/zsh/vendor-completions/_lbctl /usr/share/fish/vendor_completions.d/lbctl.fish
     bash -c "source /usr/share/bash-completion/completions/lbctl && complete -p lbctl"
@@ -72,7 +73,8 @@ out=$(IPVS_VM_NATIVE=no scripts/ipvs-vm bash -c '
 echo "$out"
 section() { sed -n "/^== $1\$/,/^== /p" <<<"$out"; }
 grep -q "dpkg -i: 0" <<<"$out" || fail "dpkg -i failed"
-section check | grep -q "check: 0" || fail "lbd --config /etc/lb/lb.yaml --check failed"
+section check | grep -q "^check: 0" || fail "lbd --config /etc/lb/lb.yaml --check failed"
+section check | grep -q "^example check: 0" || fail "the packaged AGFA example does not check"
 section man | grep -q "^/usr/share/man/man8/lbctl.8.gz$" || fail "man -w lbctl"
 section man | grep -q "^/usr/share/man/man5/lb.yaml.5.gz$" || fail "man -w 5 lb.yaml"
 section completions | grep -qE "^complete .*-F _lbctl lbctl$" || fail "the bash completion does not register"
