@@ -39,7 +39,12 @@ start_lbd() {
     fail "lbd's control socket did not answer"
 }
 start_lbd
-sleep 1
+# Every server reports "checking" until its first check passes: wait for that, not for a fixed time.
+all_checked() { lbctl status --format json 2>/dev/null | python3 -c '
+import json, sys
+sys.exit(0 if all(r["health"] == "up" for s in json.load(sys.stdin) for r in s["servers"]) else 1)'; }
+for _ in $(seq 100); do all_checked && break; sleep 0.1; done
+all_checked || fail "the first checks did not pass: $(lbctl status)"
 
 status=$(lbctl status) || fail "lbctl status failed"
 echo "$status"
