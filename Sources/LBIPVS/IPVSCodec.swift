@@ -308,7 +308,9 @@ public enum NetlinkFrame {
             // struct nlmsgerr { int error; struct nlmsghdr msg; }: the request's own header carries its sequence.
             if type == NLMSG_ERROR, length >= headerLength + 4 + headerLength {
                 let error = Int32(bitPattern: u32(at: offset + headerLength))
-                result.append((u32(at: offset + headerLength + 4 + 8), -error))
+                // The kernel sends -errno; anything else (Int32.min, found by scripts/fuzz netlink-reply, would
+                // overflow the negation) is still reported, never trapped on.
+                result.append((u32(at: offset + headerLength + 4 + 8), Int32(clamping: -Int64(error))))
             }
             offset += (length + 3) & ~3
         }

@@ -8,6 +8,12 @@ import Glibc
 /// dispositions and an empty signal mask, stdin from /dev/null, stdout and stderr into one pipe, no other
 /// descriptor, only the environment given, and — when lbd runs as root — the user's uid and primary gid with no
 /// supplementary groups.
+///
+/// Why not swiftlang/swift-subprocess: its Linux child (process_shims.c as read for this change) calls setuid before
+/// setgid and setgroups, so dropping from root to another user with a group fails (EPERM) and root's supplementary
+/// groups stay unless a list is given; its signal reset stops at the first EINVAL (glibc's reserved signal 32),
+/// leaving the real-time signals above it as inherited; and its waiting is built for async/await, while lbd's checks
+/// run on NIO event loops. The spawner here is small, and ExternalCheckTests observe each property from the child.
 public enum ConfinedProcess {
     /// A running confined program: its pid (also its process group) and the read end of its output pipe.
     public struct Started: Sendable {

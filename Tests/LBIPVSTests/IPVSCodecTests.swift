@@ -258,3 +258,14 @@ struct IPVSKernelTests {
         return String(decoding: output, as: UTF8.self)
     }
 }
+
+@Suite("IPVS codec: found by fuzzing")
+struct IPVSFuzzRegressionTests {
+    /// scripts/fuzz netlink-reply: an acknowledgement whose error field is Int32.min trapped (negation overflow).
+    @Test func acknowledgementWithTheSmallestErrorDoesNotTrap() throws {
+        let datagram = try #require(Data(base64Encoded: "JAAAAAIAAAAHAAAAAAAFAAAAAIAAAAAAAAfvAAAAAAAA////FAAAAB4AAAAA/////wDv////AAAA"))
+        let acknowledgements = NetlinkFrame.acknowledgements(in: [UInt8](datagram)[...])
+        #expect(acknowledgements.count == 1)
+        #expect(acknowledgements.first?.errno == Int32.max)
+    }
+}
