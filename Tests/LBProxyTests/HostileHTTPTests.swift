@@ -200,15 +200,16 @@ struct BackendFailureTests {
         await fixture.stop()
     }
 
-    /// The server closes its idle keep-alive connection: lb closes its end (no CLOSE-WAIT) and the next request
-    /// goes out on a fresh connection.
-    @Test func idleConnectionClosedByServerIsDropped() async throws {
+    /// The server closes its keep-alive connection right after answering: the client's next request is answered
+    /// on a fresh connection, whether lbd already saw the close (the connection left the pool) or meets it as it
+    /// sends (an idempotent request is retried). A POST in that race gets 502 (see docs/layer7.md); that lbd drops
+    /// closed idle connections is shown deterministically by halfClosedIdleConnectionIsClosedByLB.
+    @Test func requestAfterTheServerClosedItsConnectionIsServed() async throws {
         let fixture = try await RawFixture { _, _ in .sendAndClose(ok()) }
         let client = try RawClient(port: fixture.vipPort)
         client.send("GET /1 HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
-        #expect(await eventually { fixture.backend.connections == 1 })
-        client.send("POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+        client.send("GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
         #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
         #expect(fixture.backend.requests.map(\.target) == ["/1", "/2"])
         #expect(fixture.backend.connections == 2)
