@@ -50,13 +50,15 @@ for _ in $(seq 100); do lbctl status >/dev/null 2>&1 && break; sleep 0.1; done
 grep -q "address=127.0.0.1:$http .*HTTP listening" "$work/lbd.log" || fail "--http $http did not default to 127.0.0.1"
 
 # Wait until every server's first check passed, then some traffic and an operator action for the page to show.
-for _ in $(seq 100); do ! lbctl status | grep -qE ' down | unchecked ' && break; sleep 0.1; done
+for _ in $(seq 100); do ! lbctl status | grep -qE ' down | unchecked | checking ' && break; sleep 0.1; done
 for _ in $(seq 20); do curl -s "http://127.0.0.1:$((base + 3))/" > /dev/null; done
 lbctl drain CoreServerDICOM-104 ei-core-2 > /dev/null || fail "drain failed"
 
 # /status.json is lbctl's JSON; /metrics the same on both listeners; read-only.
-[ "$(curl -s "http://127.0.0.1:$http/status.json")" = "$(lbctl status --format json)" ] \
-    || fail "/status.json differs from lbctl status --format json"
+# Two reads are two moments (a check may conclude between them): the same document must come back within a few tries.
+same_json() { [ "$(curl -s "http://127.0.0.1:$http/status.json")" = "$(lbctl status --format json)" ]; }
+for _ in $(seq 20); do same_json && break; sleep 0.1; done
+same_json || fail "/status.json differs from lbctl status --format json"
 curl -s "http://127.0.0.1:$http/metrics" | grep -q '^lb_real_server_healthy{service="CoreServerHL7-2575",server="ei-hl7-1"} 1' \
     || fail "/metrics on --http"
 curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^lb_real_server_weight' || fail "--metrics stopped working"
