@@ -93,13 +93,21 @@ public final class ProxyEngine: Sendable {
         for binding in opened { bindings[binding.key] = binding }
         var owner: [Binding.Key: ServiceRuntime] = [:]
         for service in wanted { for key in service.bindingKeys { owner[key] = runtimes[service.name] } }
+        var closing: [Binding] = []
         for (key, binding) in bindings {
             if let runtime = owner[key] {
                 if binding.slot.current !== runtime { binding.slot.replace(with: runtime) }
             } else {
-                await binding.close()
+                closing.append(binding)
                 bindings[key] = nil
             }
+        }
+        if !closing.isEmpty {
+            // The address:port has a new owner already (IPVS takes new SYNs before the socket would): connections
+            // that completed their handshake just before are still in the accept queue; let it drain first, since
+            // closing a listening socket resets what it holds.
+            try? await Task.sleep(for: .milliseconds(200))
+            for binding in closing { await binding.close() }
         }
         for binding in opened {
             logger.info("listening", metadata: ["service": "\(binding.slot.current.service.name)", "address": "\(binding.key)",
