@@ -101,7 +101,15 @@ struct ExternalCheckTests {
             Probe.run(.external(command: "sleep 1", user: HealthCheck.defaultExternalUser), target: target,
                       timeout: .seconds(10), tls: nil, on: loop)
         }
-        try await Task.sleep(for: .milliseconds(500))  // all 64 are sleeping now; a thread per check would show
+        // All 64 commands running (children of this process): a thread per check would show now.
+        func children() -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.reduce(0) { count, task in
+                let list = (try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8)) ?? ""
+                return count + list.split(separator: " ").count
+            }
+        }
+        #expect(await eventually(timeout: .seconds(5)) { children() >= 64 }, "only \(children()) checks started")
         let during = threads()
         for check in checks { #expect(try await check.get() == .pass) }
         #expect(during - before < 16, "threads went from \(before) to \(during) with 64 checks running")

@@ -38,11 +38,16 @@ soft=$(awk '/^Max open files/ {print $4}' "/proc/$lbd_pid/limits")
 echo "soft limit 256 raised to the hard limit: $soft"
 
 # 60 clients against a limit of 2: every refusal is real, the log holds one line for the interval.
-python3 - "$((port + 1))" <<'PY'
-import socket, sys, time
+python3 - "$((port + 1))" "$work" <<'PY' &
+import os, socket, sys, time
 held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(60)]
-time.sleep(0.5)
+deadline = time.time() + 10
+while not os.path.exists(f"{sys.argv[2]}/release") and time.time() < deadline:
+    time.sleep(0.05)
 PY
+holders=$!
+for _ in $(seq 100); do grep -q "connection refused: limit reached" "$work/lbd.log" && break; sleep 0.1; done
+touch "$work/release"; wait $holders
 lines=$(grep -c "connection refused: limit reached" "$work/lbd.log" || true)
 [ "$lines" -ge 1 ] && [ "$lines" -le 2 ] || fail "$lines refusal lines for 58 refusals"
 echo "58 refusals at max_connections: $lines log line(s)"
@@ -64,9 +69,11 @@ print(len(held), flush=True)
 time.sleep(4)
 PY
 flood=$!
-sleep 1  # the clients connect (the backlog takes what lbd cannot accept)
+# The clients have connected (the backlog takes what lbd cannot accept) once the flood reports its count.
+for _ in $(seq 100); do [ -s "$work/flood.out" ] && break; sleep 0.1; done
+[ -s "$work/flood.out" ] || fail "the flood did not connect"
 before=$(cpu)
-sleep 2
+sleep 2   # the measurement window: lbd's CPU over two seconds at the limit (not a wait for anything)
 after=$(cpu)
 ticks=$((after - before))
 hz=$(getconf CLK_TCK)
