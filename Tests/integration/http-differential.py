@@ -158,11 +158,15 @@ def serve(connection):
         connection.close()
 
 
+BACKEND_LISTENING = threading.Event()
+
+
 def backend():
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", BACKEND))
     listener.listen(512)
+    BACKEND_LISTENING.set()
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=serve, args=(connection,), daemon=True).start()
@@ -288,7 +292,8 @@ def run(label, port, index, name, template, sent):
 
 def main():
     threading.Thread(target=backend, daemon=True).start()
-    time.sleep(0.3)
+    if not BACKEND_LISTENING.wait(10):
+        sys.exit("the logging backend did not start")
     failures = 0
     rows = []
     cases = requests()
