@@ -56,9 +56,9 @@ stop_lbd
 # At the descriptor limit: clients hold every descriptor lbd can open.
 start_lbd 64 64
 cpu() { awk '{print $14 + $15}' "/proc/$lbd_pid/stat"; }
-python3 - "$port" "$lbd_pid" > "$work/flood.out" <<'PY' &
+python3 - "$port" "$work" > "$work/flood.out" <<'PY' &
 import os, socket, sys, time
-port = int(sys.argv[1])
+port, work = int(sys.argv[1]), sys.argv[2]
 held = []
 for _ in range(120):
     try:
@@ -66,7 +66,9 @@ for _ in range(120):
     except OSError:
         break
 print(len(held), flush=True)
-time.sleep(4)
+deadline = time.time() + 15   # held until the script has measured (bounded)
+while not os.path.exists(f"{work}/flood-done") and time.time() < deadline:
+    time.sleep(0.05)
 PY
 flood=$!
 # The clients have connected (the backlog takes what lbd cannot accept) once the flood reports its count.
@@ -82,7 +84,7 @@ echo "lbd used $ticks ticks of CPU in 2 s at the descriptor limit (busy loop: $(
 lines=$(grep -c "not accepting for" "$work/lbd.log" || true)
 [ "$lines" -eq 1 ] || fail "$lines 'not accepting' lines in 3 s (one per 10 s expected)"
 grep "not accepting for" "$work/lbd.log" | grep -q "descriptor_limit=64" || fail "the log line does not give the limit"
-wait "$flood"
+touch "$work/flood-done"; wait "$flood"
 echo "clients held: $(cat "$work/flood.out"); one log line: $(grep -o 'not accepting for.*' "$work/lbd.log" | head -1)"
 # The clients are gone: lbd accepts again.
 for _ in $(seq 50); do curl -sf --max-time 2 "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
