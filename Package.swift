@@ -147,19 +147,24 @@ let package = Package(
         // CFuzz starts libFuzzer's driver from the entry point SwiftPM names);
         // a normal build makes them replay the files given as arguments (the seed corpus, kept crashes).
         .target(name: "CFuzz"),
-        .executableTarget(name: "lb-fuzz-config", dependencies: ["LBConfig", "CFuzz"], path: "Sources/lb-fuzz-config"),
+        // An HTTP/1.1 request reader from RFC 9112 alone: the reference the HTTP fuzz target and the proxy's tests
+        // check lb's output against.
+        .target(name: "LBStrictHTTP"),
+        // What a fuzz target does without libFuzzer: replay the inputs it is given (the seed corpus, kept crashes).
+        .target(name: "LBFuzzReplay"),
+        .executableTarget(name: "lb-fuzz-config", dependencies: ["LBConfig", "CFuzz", "LBFuzzReplay"], path: "Sources/lb-fuzz-config"),
         .executableTarget(
             name: "lb-fuzz-http-request",
             dependencies: [
-                "LBProxy", "CFuzz",
+                "LBProxy", "CFuzz", "LBStrictHTTP", "LBFuzzReplay",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/lb-fuzz-http-request"
         ),
-        .executableTarget(name: "lb-fuzz-netlink-reply", dependencies: ["LBIPVS", "CFuzz"], path: "Sources/lb-fuzz-netlink-reply"),
-        .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth", "CFuzz"],
+        .executableTarget(name: "lb-fuzz-netlink-reply", dependencies: ["LBIPVS", "CFuzz", "LBFuzzReplay"], path: "Sources/lb-fuzz-netlink-reply"),
+        .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth", "CFuzz", "LBFuzzReplay"],
                           path: "Sources/lb-fuzz-check-reply"),
         .testTarget(name: "LBConfigTests", dependencies: ["LBConfig"]),
         .testTarget(name: "LBIPVSTests", dependencies: ["LBIPVS"]),
@@ -181,7 +186,7 @@ let package = Package(
         .testTarget(
             name: "LBProxyTests",
             dependencies: [
-                "LBProxy", "LBRuntime", "LBTestSupport",
+                "LBProxy", "LBRuntime", "LBTestSupport", "LBStrictHTTP",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

@@ -2,6 +2,7 @@ import CFuzz
 import Foundation
 import LBConfig
 import LBHealth
+import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz check-reply): a real server's answer to a DICOM C-ECHO or HL7 MLLP health check,
 /// delivered in arbitrary pieces. The first byte picks the protocol (even: DICOM, odd: HL7), the second the piece
@@ -56,18 +57,9 @@ func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CC
     lb_fuzz_run(argc, argv) { data, size in fuzzCheckReply(data!, size) }
 }
 #else
-/// Without libFuzzer (a normal build): runs the inputs named on the command line (seed corpus, kept crashes).
+/// Without libFuzzer (a normal build): replays the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayCheckReplies {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            let storage = bytes.isEmpty ? [0] : bytes  // a valid pointer even for an empty input
-            _ = storage.withUnsafeBufferPointer { buffer in
-                buffer.baseAddress.map { fuzzCheckReply($0, bytes.count) }
-            }
-        }
-        print("check-reply: \(CommandLine.arguments.count - 1) inputs replayed")
-    }
+    static func main() throws { try FuzzReplay.run("check-reply", fuzzCheckReply) }
 }
 #endif

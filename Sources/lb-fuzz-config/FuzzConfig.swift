@@ -1,6 +1,7 @@
 import CFuzz
 import Foundation
 import LBConfig
+import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz config): any bytes as lb.yaml. The loader must not crash, hang or trap, and its
 /// report must be coherent: a model exactly when there is no error, every diagnostic inside the file.
@@ -26,19 +27,9 @@ func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CC
     lb_fuzz_run(argc, argv) { data, size in fuzzConfig(data!, size) }
 }
 #else
-/// Without libFuzzer (a normal build): runs the inputs named on the command line, e.g. the seed corpus and every
-/// crash kept as a regression case.
+/// Without libFuzzer (a normal build): replays the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayConfigInputs {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            let storage = bytes.isEmpty ? [0] : bytes  // a valid pointer even for an empty input
-            _ = storage.withUnsafeBufferPointer { buffer in
-                buffer.baseAddress.map { fuzzConfig($0, bytes.count) }
-            }
-        }
-        print("config: \(CommandLine.arguments.count - 1) inputs replayed")
-    }
+    static func main() throws { try FuzzReplay.run("config", fuzzConfig) }
 }
 #endif

@@ -1,9 +1,11 @@
 import CFuzz
 import Foundation
 import LBProxy
+import LBStrictHTTP
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz http-request): bytes from a client in, the bytes lb would send to the real server
 /// out, through the same parser configuration, checks, head rewriting and encoder as the proxy
@@ -17,7 +19,7 @@ public func fuzzHTTPRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let forwarded = proxy(Array(UnsafeBufferPointer(start: data, count: size)))
     var offset = 0
     for (index, expected) in forwarded.requests.enumerated() {
-        switch strictParse(Array(forwarded.bytes[offset...])) {
+        switch strictParseRequest(Array(forwarded.bytes[offset...])) {
         case .request(let seen, let consumed):
             guard seen.method == expected.method, seen.target == expected.target, seen.body == expected.body else {
                 fatalError("request \(index): lb forwarded \(expected), the server reads \(seen)")
@@ -113,75 +115,6 @@ func finish(_ pending: inout [HTTPClientRequestPart], _ request: ForwardedReques
     requests.append(request)
 }
 
-// MARK: The independent strict parser
-
-enum StrictParse {
-    case request(ForwardedRequest, consumed: Int)
-    case needMore
-    case invalid(String)
-}
-
-func strictParse(_ bytes: [UInt8]) -> StrictParse {
-    guard let headEnd = find([13, 10, 13, 10], in: bytes, from: 0) else { return .needMore }
-    let lines = String(decoding: bytes[..<headEnd], as: UTF8.self).components(separatedBy: "\r\n")
-    let requestLine = lines[0].split(separator: " ", omittingEmptySubsequences: false)
-    guard requestLine.count == 3, requestLine[2] == "HTTP/1.1", !requestLine[0].isEmpty else {
-        return .invalid("request line \(lines[0].debugDescription)")
-    }
-    var codings: [String] = [], lengths: [String] = []
-    for line in lines.dropFirst() {
-        guard let colon = line.firstIndex(of: ":"), !line.hasPrefix(" "), !line.hasPrefix("\t") else {
-            return .invalid("header line \(line.debugDescription)")
-        }
-        let name = line[..<colon].lowercased()
-        guard !name.isEmpty, !name.contains(" "), !name.contains("\t") else { return .invalid("header name") }
-        let value = line[line.index(after: colon)...].trimmingCharacters(in: CharacterSet(charactersIn: " \t"))
-        if name == "transfer-encoding" { codings.append(value) }
-        if name == "content-length" { lengths.append(value) }
-    }
-    var request = ForwardedRequest(method: String(requestLine[0]), target: String(requestLine[1]), body: [])
-    var offset = headEnd + 4
-    if !codings.isEmpty {
-        guard codings == ["chunked"], lengths.isEmpty else { return .invalid("framing \(codings) \(lengths)") }
-        while true {
-            guard let lineEnd = find([13, 10], in: bytes, from: offset) else { return .needMore }
-            guard let size = Int(String(decoding: bytes[offset..<lineEnd], as: UTF8.self), radix: 16), size >= 0 else {
-                return .invalid("chunk size")
-            }
-            offset = lineEnd + 2
-            if size == 0 {
-                while true {
-                    guard let end = find([13, 10], in: bytes, from: offset) else { return .needMore }
-                    let blank = end == offset
-                    offset = end + 2
-                    if blank { return .request(request, consumed: offset) }
-                }
-            }
-            guard bytes.count >= offset + size + 2 else { return .needMore }
-            request.body += bytes[offset..<(offset + size)]
-            guard bytes[offset + size] == 13, bytes[offset + size + 1] == 10 else { return .invalid("chunk end") }
-            offset += size + 2
-        }
-    }
-    if !lengths.isEmpty {
-        guard lengths.count == 1, let length = Int(lengths[0]), lengths[0].allSatisfy(\.isNumber) else {
-            return .invalid("Content-Length \(lengths)")
-        }
-        guard bytes.count >= offset + length else { return .needMore }
-        request.body = Array(bytes[offset..<(offset + length)])
-        offset += length
-    }
-    return .request(request, consumed: offset)
-}
-
-func find(_ needle: [UInt8], in bytes: [UInt8], from start: Int) -> Int? {
-    guard bytes.count >= needle.count, start <= bytes.count - needle.count else { return nil }
-    for index in start...(bytes.count - needle.count) where bytes[index] == needle[0] {
-        if Array(bytes[index..<(index + needle.count)]) == needle { return index }
-    }
-    return nil
-}
-
 #if LB_FUZZ
 /// The entry point SwiftPM links as `main`: libFuzzer's driver.
 @_cdecl("lb_fuzz_http_request_main")
@@ -189,19 +122,9 @@ func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CC
     lb_fuzz_run(argc, argv) { data, size in fuzzHTTPRequest(data!, size) }
 }
 #else
-/// Without libFuzzer (a normal build): runs the inputs named on the command line, e.g. the seed corpus and every
-/// crash kept as a regression case.
+/// Without libFuzzer (a normal build): replays the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayHTTPRequestInputs {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            let storage = bytes.isEmpty ? [0] : bytes  // a valid pointer even for an empty input
-            _ = storage.withUnsafeBufferPointer { buffer in
-                buffer.baseAddress.map { fuzzHTTPRequest($0, bytes.count) }
-            }
-        }
-        print("http-request: \(CommandLine.arguments.count - 1) inputs replayed")
-    }
+    static func main() throws { try FuzzReplay.run("http-request", fuzzHTTPRequest) }
 }
 #endif

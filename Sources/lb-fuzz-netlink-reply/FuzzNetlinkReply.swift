@@ -1,6 +1,7 @@
 import CFuzz
 import Foundation
 import LBIPVS
+import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz netlink-reply): bytes as the kernel's IPVS netlink replies. Every decoder lb
 /// applies to them (attribute runs, services, destinations, counters, timeouts, info, sync daemon, batch
@@ -42,18 +43,9 @@ func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CC
     lb_fuzz_run(argc, argv) { data, size in fuzzNetlinkReply(data!, size) }
 }
 #else
-/// Without libFuzzer (a normal build): runs the inputs named on the command line (seed corpus, kept crashes).
+/// Without libFuzzer (a normal build): replays the inputs named on the command line (seed corpus, kept crashes).
 @main
 struct ReplayNetlinkReplies {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            let storage = bytes.isEmpty ? [0] : bytes  // a valid pointer even for an empty input
-            _ = storage.withUnsafeBufferPointer { buffer in
-                buffer.baseAddress.map { fuzzNetlinkReply($0, bytes.count) }
-            }
-        }
-        print("netlink-reply: \(CommandLine.arguments.count - 1) inputs replayed")
-    }
+    static func main() throws { try FuzzReplay.run("netlink-reply", fuzzNetlinkReply) }
 }
 #endif
