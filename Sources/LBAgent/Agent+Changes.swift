@@ -70,10 +70,6 @@ extension Agent {
     }
 
     /// SIGHUP and `lbctl reload`: re-read the config file.
-    public func reload() async -> ControlResponse {
-        await onQueue { self.reloadNow() }
-    }
-
     func reloadNow() -> ControlResponse {
         let text: String
         do {
@@ -94,10 +90,6 @@ extension Agent {
 
     /// `lbctl mode VIP MODE`: the config file with one service's mode changed, applied, then written back (the
     /// previous file kept as FILE.bak) so a restart keeps it.
-    public func switchMode(of name: String, to mode: ForwardingMode) async -> ControlResponse {
-        await onQueue { self.switchModeNow(of: name, to: mode) }
-    }
-
     func switchModeNow(of name: String, to mode: ForwardingMode) -> ControlResponse {
         let text: String
         do {

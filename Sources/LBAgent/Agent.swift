@@ -133,20 +133,21 @@ public final class Agent: @unchecked Sendable {
         if service.mode.isLayer7 {
             effectors.proxy.apply([name: membership])
         } else if let kernel {
-            let scope = Set(IPVSPlanner.desiredTable(for: [service]).services.keys)
-            try kernel.apply(desiredIPVSTable(), scope: scope)
+            // Only this VIP's part of the table is derived and planned (a transition must not cost the whole table).
+            let desired = desiredIPVSTable(only: [service])
+            try kernel.apply(desired, scope: Set(desired.services.keys))
         }
     }
 
     /// The IPVS table the state in force asks for: every Layer 4 service, each server at its derived membership
     /// (absent when not present, at its derived weight otherwise), the fallback where no server takes new
     /// connections.
-    func desiredIPVSTable(for state: RuntimeState? = nil) -> IPVSTable {
+    func desiredIPVSTable(for state: RuntimeState? = nil, only subset: [VirtualService]? = nil) -> IPVSTable {
         let state = state ?? self.state
         var weights: [String: [String: UInt32]] = [:]
         var removed: [String: Set<String>] = [:]
         var fallbacks: Set<String> = []
-        let services = state.configuration.virtualServices.filter { $0.mode.isLayer4 }
+        let services = (subset ?? state.configuration.virtualServices).filter { $0.mode.isLayer4 }
         for service in services {
             let membership = state.membership(of: service)
             for (server, member) in membership.servers {

@@ -168,11 +168,6 @@ public final class ProxyEngine: Sendable {
         running.withLockedValue { $0.runtimes }.mapValues(\.pool.status)
     }
 
-    /// The address:ports the proxy listens on.
-    public var listening: [String] {
-        running.withLockedValue { $0.bindings.keys.sorted().map(\.description) }
-    }
-
     public var activeConnections: Int {
         let all = running.withLockedValue { Array($0.runtimes.values) + $0.retired }
         return all.reduce(0) { $0 + $1.activeConnections }
