@@ -230,8 +230,11 @@ extension Agent {
                 step = "IPVS"
                 try kernel.apply(desiredIPVSTable(for: nextState))
             }
-            step = "netfilter"
-            try effectors.firewall.apply(next.virtualServices)
+            if firewallBoth.count != next.virtualServices.count {
+                // Narrowed to the new services only when old ones were kept above (else the chains hold them already).
+                step = "netfilter"
+                try effectors.firewall.apply(next.virtualServices)
+            }
             step = "VIP addresses"
             try addresses.apply(next.virtualServices, removing: true)
         } catch {

@@ -10,14 +10,25 @@ import Glibc
 #endif
 
 /// Ports for one test: each test takes its own block of 10, so suites (and other test processes on the machine)
-/// can run in parallel. A block is handed out only if all its ports can be bound right now.
+/// can run in parallel. A block is handed out only if all its ports can be bound right now. Blocks come from
+/// outside the kernel's ephemeral range (`ip_local_port_range`): a test that stops and restarts a backend must
+/// not find its port taken meanwhile by some other test's outgoing connection.
 public enum Ports {
     private static let counter = NIOLockedCounter()
     private static let start = Int(getpid() % 1000) * 10
+    private static let window: Range<Int> = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let bounds = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) }
+        guard bounds.count == 2 else { return 20_000..<30_000 }
+        if bounds[0] >= 12_000 { return 10_000..<min(bounds[0], 30_000) }
+        if bounds[1] <= 55_000 { return (bounds[1] + 1)..<65_000 }
+        return 20_000..<30_000  // the whole space is ephemeral: HTTPBackend.start() retries a taken port
+    }()
 
     public static func block() -> UInt16 {
+        let blocks = window.count / 10
         while true {
-            let base = UInt16(20_000 + (start + counter.next() * 10) % 10_000)
+            let base = UInt16(window.lowerBound + ((start / 10 + counter.next()) % blocks) * 10)
             if (base..<base + 10).allSatisfy(isFree) { return base }
         }
     }
@@ -80,7 +91,21 @@ public final class HTTPBackend: @unchecked Sendable {
         try start()
     }
 
+    /// Binds the backend's port. A restart retries for up to five seconds while the port is in use: on a machine
+    /// whose ephemeral range covers the test ports, another test's outgoing connection can hold it briefly.
     public func start() throws {
+        var attempt = 0
+        while true {
+            do {
+                return try bind()
+            } catch let error as IOError where error.errnoCode == EADDRINUSE && attempt < 100 {
+                attempt += 1
+                usleep(50_000)
+            }
+        }
+    }
+
+    private func bind() throws {
         let name = self.name, requests = self.requests, connections = self.connections
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
