@@ -19,20 +19,86 @@ public struct HostFirewall: Sendable {
         [.ipv4, .ipv6].filter { family in services.contains { $0.address.family == family } }
     }
 
-    /// Host rules that would fight the services. Reads only; changes nothing. Without iptables on the host the
-    /// scan is skipped with a warning, unless an l4-snat service needs iptables anyway.
+    /// Host rules that would fight the services: iptables rules of each family in use, native nftables rules (read
+    /// with `nft` when it is installed), rules that use lb's firewall mark, and policy routes that use lb's mark or
+    /// routing table. Reads only; changes nothing. Without iptables on the host its scan is skipped with a warning,
+    /// unless an l4-snat service needs iptables anyway.
     public func conflicts() throws -> [NetfilterConflict] {
         var found: [NetfilterConflict] = []
+        var hostRules: [HostRule] = []
+        var iptablesUsesNftables = false
         for family in families {
-            let listing: [IptablesRule]
+            let listing: (rules: [HostRule], text: String)
             do {
-                listing = try Iptables(family: family).listing().rules
+                listing = try Iptables(family: family).listing()
             } catch {
                 if services.contains(where: { $0.mode == .l4SNAT && $0.address.family == family }) { throw error }
                 log("host netfilter rules not scanned for clashes: \(error)")
                 continue
             }
-            found += NetfilterPlanner.conflicts(for: services.filter { $0.address.family == family }, in: listing)
+            // iptables-nft's save names its backend in the header; its tables then also show in nft's listing.
+            if listing.text.contains("(nf_tables)") { iptablesUsesNftables = true }
+            found += NetfilterPlanner.conflicts(for: services.filter { $0.address.family == family }, in: listing.rules)
+            hostRules += listing.rules
+        }
+        if !services.isEmpty, let native = nftablesRules(iptablesUsesNftables: iptablesUsesNftables) {
+            found += NetfilterPlanner.conflicts(for: services, in: native)
+            hostRules += native
+        }
+        found += NetfilterPlanner.markConflicts(for: services, in: hostRules)
+        found += policyRoutingConflicts()
+        return found
+    }
+
+    /// Native nftables rules, or nil (logged) when `nft` is not installed or cannot list: then no native rules can
+    /// have been made with it, though a program using libnftables directly could have — the log says what was skipped.
+    private func nftablesRules(iptablesUsesNftables: Bool) -> [HostRule]? {
+        do {
+            let json = try Subprocess.run("nft", ["-j", "list", "ruleset"], timeout: 10)
+            guard json.succeeded else {
+                log("native nftables rules not scanned for clashes: nft -j list ruleset: \(json.errorOutput.trimmingCharacters(in: .whitespacesAndNewlines))")
+                return nil
+            }
+            let text = (try? Subprocess.run("nft", ["-a", "list", "ruleset"], timeout: 10).output) ?? ""
+            return try NftablesListing.parse(json: Data(json.output.utf8), text: text, iptablesUsesNftables: iptablesUsesNftables)
+        } catch {
+            log("native nftables rules not scanned for clashes: \(error) (install the nftables package to have them scanned)")
+            return nil
+        }
+    }
+
+    /// Policy routing rules and routes that would share lb's mark or routing table (only when a transparent service
+    /// needs them): another rule steering lb's marked replies elsewhere, or other routes in lb's table.
+    private func policyRoutingConflicts() -> [NetfilterConflict] {
+        guard let service = services.first(where: { $0.transparent && $0.mode.isLayer7 && $0.address.family == .ipv4 }) else { return [] }
+        let mark = NetfilterPlanner.tproxyMark, table = NetfilterPlanner.tproxyTable
+        let endpoint = "\(service.address.withPort(service.ports.allPorts.first ?? 0))/\(service.transport.rawValue)"
+        var found: [NetfilterConflict] = []
+        let rules = (try? Subprocess.run("ip", ["-4", "rule", "show"], timeout: 10).output) ?? ""
+        for (index, line) in rules.split(separator: "\n").enumerated() {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            let own = words.first == "\(table):" && line.contains("fwmark \(mark) lookup \(table)")
+            let usesMark = words.indices.contains { words[$0] == "fwmark" && $0 + 1 < words.count
+                && HostRule.markValue(words[$0 + 1]) == HostRule.markValue(mark) }
+            let usesTable = words.indices.contains { words[$0] == "lookup" && $0 + 1 < words.count && words[$0 + 1] == table }
+            guard !own, usesMark || usesTable else { continue }
+            let rule = HostRule(table: "routing", chain: "rules", text: String(line).trimmingCharacters(in: .whitespaces),
+                                line: index + 1, origin: "ip -4 rule")
+            found.append(NetfilterConflict(
+                service: service.name, endpoint: endpoint, rule: rule,
+                reason: usesMark ? "routes packets with lb's firewall mark \(mark), which lb needs for replies to its transparent connections"
+                                 : "uses routing table \(table), which lb fills for replies to its transparent connections",
+                hint: "move the rule to another mark or table (ip rule del …); lb's transparent proxying owns mark \(mark) and table \(table)"))
+        }
+        let routes = (try? Subprocess.run("ip", ["-4", "route", "show", "table", table], timeout: 10).output) ?? ""
+        for (index, line) in routes.split(separator: "\n").enumerated()
+        where !line.hasPrefix("local default dev lo") && !line.hasPrefix("local 0.0.0.0/0 dev lo") {
+            let rule = HostRule(table: "routing", chain: "table \(table)", text: String(line).trimmingCharacters(in: .whitespaces),
+                                line: index + 1, origin: "ip -4 route show table \(table)")
+            found.append(NetfilterConflict(
+                service: service.name, endpoint: endpoint, rule: rule,
+                reason: "is a route in routing table \(table), which lb owns for replies to its transparent connections",
+                hint: "move the route to another table; lb's transparent proxying owns table \(table)"))
         }
         return found
     }
@@ -45,7 +111,7 @@ public struct HostFirewall: Sendable {
             let wantsSNAT = services.contains { $0.mode == .l4SNAT && $0.address.family == family }
             let wantsTPROXY = family == .ipv4 && !NetfilterPlanner.tproxyRules(for: services).isEmpty
             let iptables = Iptables(family: family)
-            let listing: (rules: [IptablesRule], text: String)
+            let listing: (rules: [HostRule], text: String)
             do {
                 listing = try iptables.listing()
             } catch {
@@ -63,7 +129,7 @@ public struct HostFirewall: Sendable {
             let restore = rulesets.compactMap(\.restore).joined()
             // Refilling a chain is one atomic transaction per table and idempotent: no need to compare first.
             if !restore.isEmpty {
-                try iptables.apply(restore)
+                try iptables.apply(restore, retrying: { log("netfilter: \($0)") })
                 for (chain, ruleset) in zip([NetfilterPlanner.snatChain, NetfilterPlanner.tproxyChain], rulesets) where ruleset.restore != nil {
                     log((ruleset.rules.isEmpty ? "netfilter: \(chain) removed (no service needs it)"
                                                : "netfilter: \(chain) holds \(ruleset.rules.count) rule(s)") + " (\(family.rawValue))")
@@ -130,7 +196,7 @@ public struct HostFirewall: Sendable {
     }
 
     /// A rule by its words, less the chain it is in; iptables-save may print an address without its /32 or /128.
-    private static func key(_ rule: IptablesRule) -> Set<String> {
+    private static func key(_ rule: HostRule) -> Set<String> {
         var words = IptablesListing.tokens(rule.text)
         if words.count >= 2, words[0] == "-A" { words.removeFirst(2) }
         return Set(words.map { word in

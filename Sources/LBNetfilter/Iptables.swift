@@ -1,3 +1,4 @@
+import Foundation
 import LBConfig
 import LBSystem
 
@@ -5,10 +6,13 @@ import LBSystem
 public struct NetfilterError: Error, CustomStringConvertible, Sendable {
     public var command: String
     public var message: String
+    /// The command's exit status, when it ran and failed.
+    public var status: Int32?
     public var description: String { "\(command): \(message)" }
-    public init(command: String, message: String) {
+    public init(command: String, message: String, status: Int32? = nil) {
         self.command = command
         self.message = message
+        self.status = status
     }
 }
 
@@ -23,7 +27,7 @@ public struct Iptables: Sendable {
     var restore: String { family == .ipv4 ? "iptables-restore" : "ip6tables-restore" }
 
     /// Every table's rules, as the conflict scan and the planner read them.
-    public func listing() throws -> (rules: [IptablesRule], text: String) {
+    public func listing() throws -> (rules: [HostRule], text: String) {
         let result = try runChecked(save, [])
         return (IptablesListing.parse(result.output), result.output)
     }
@@ -38,12 +42,29 @@ public struct Iptables: Sendable {
         return false
     }
 
-    /// Applies a restore file atomically, leaving every chain it does not name alone.
-    public func apply(_ restoreInput: String) throws {
+    /// How often a restore is tried when iptables reports a resource problem (exit 4: the xtables lock still held
+    /// after `--wait`, or the kernel busy), and the pause between tries.
+    public static let restoreAttempts = 3
+    static let retryPause = 0.5
+
+    /// Applies a restore file atomically, leaving every chain it does not name alone. `retrying` hears of each retry.
+    public func apply(_ restoreInput: String, retrying: (String) -> Void = { _ in }) throws {
         // --wait: firewalld, docker or kube-proxy may hold the xtables lock for a moment; wait for it (bounded)
-        // rather than fail a start or reload at once.
-        _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
+        // rather than fail a start or reload at once, and try again if it is still held. Runs on the agent's own
+        // queue, never on an event loop, so the wait holds up only the change being made.
+        for attempt in 1... {
+            do {
+                _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
+                return
+            } catch let error as NetfilterError where error.status == Self.resourceProblem && attempt < Self.restoreAttempts {
+                retrying("\(error); trying again (attempt \(attempt + 1) of \(Self.restoreAttempts))")
+                Thread.sleep(forTimeInterval: Self.retryPause)
+            }
+        }
     }
+
+    /// iptables' exit status for a resource problem (xtables.h: RESOURCE_PROBLEM).
+    static let resourceProblem: Int32 = 4
 
     private func runChecked(_ program: String, _ arguments: [String], input: String = "") throws -> Subprocess.Result {
         let command = ([program] + arguments).joined(separator: " ")
@@ -55,7 +76,7 @@ public struct Iptables: Sendable {
         }
         guard result.succeeded else {
             let said = (result.errorOutput + result.output).split(separator: "\n").joined(separator: "; ")
-            throw NetfilterError(command: command, message: "exit \(result.status): \(said)")
+            throw NetfilterError(command: command, message: "exit \(result.status): \(said)", status: result.status)
         }
         return result
     }

@@ -14,12 +14,12 @@ public struct NetfilterConflict: Error, Equatable, Sendable, CustomStringConvert
     public var service: String
     /// `10.0.0.41:2762/tcp`
     public var endpoint: String
-    public var rule: IptablesRule
+    public var rule: HostRule
     public var reason: String
     public var hint: String
 
     public var description: String {
-        "virtual service \"\(service)\" (\(endpoint)): host rule \"\(rule.text)\" (table \(rule.table), chain \(rule.chain))"
+        "virtual service \"\(service)\" (\(endpoint)): host rule \"\(rule.text)\" (\(rule.origin ?? "table \(rule.table), chain \(rule.chain)"))"
             + " \(reason)\n  hint: \(hint)"
     }
 }
@@ -51,7 +51,7 @@ public enum NetfilterPlanner {
 
     /// The restore input that makes the host hold exactly `snatRules`, given the current listing of the nat table:
     /// the chain is (re)declared and refilled; the jump is added once; with no rules wanted, chain and jump go.
-    public static func ruleset(for services: [VirtualService], family: IPAddress.Family, current: [IptablesRule],
+    public static func ruleset(for services: [VirtualService], family: IPAddress.Family, current: [HostRule],
                                chainExists: Bool) -> NetfilterRuleset {
         chainRuleset(table: "nat", chain: snatChain, jump: jump, rules: snatRules(for: services, family: family),
                      current: current, chainExists: chainExists)
@@ -59,7 +59,7 @@ public enum NetfilterPlanner {
 
     /// The restore input that makes `chain` in `table` hold exactly `rules`: the chain is (re)declared and refilled
     /// (declaring a chain empties it), the jump to it is added once; with no rules wanted, chain and jump go.
-    static func chainRuleset(table: String, chain: String, jump: String, rules: [String], current: [IptablesRule],
+    static func chainRuleset(table: String, chain: String, jump: String, rules: [String], current: [HostRule],
                              chainExists: Bool) -> NetfilterRuleset {
         let hook = String(jump.split(separator: " ")[1])
         let hasJump = current.contains { $0.table == table && $0.chain == hook && $0.target == chain }
@@ -105,20 +105,38 @@ public enum NetfilterPlanner {
     }
 
     /// Restore input for the mangle table, like `ruleset` for SNAT.
-    public static func tproxyRuleset(for services: [VirtualService], current: [IptablesRule], chainExists: Bool) -> NetfilterRuleset {
+    public static func tproxyRuleset(for services: [VirtualService], current: [HostRule], chainExists: Bool) -> NetfilterRuleset {
         chainRuleset(table: "mangle", chain: tproxyChain, jump: tproxyJump, rules: tproxyRules(for: services),
                      current: current, chainExists: chainExists)
+    }
+
+    /// Host rules (outside lb's chains) that set or test lb's firewall mark while a transparent service needs it:
+    /// the mark is what routes real servers' replies to lbd's transparent sockets, so another user of it would
+    /// divert or lose traffic (or have lb's rules divert theirs).
+    public static func markConflicts(for services: [VirtualService], in listing: [HostRule]) -> [NetfilterConflict] {
+        guard let service = services.first(where: { $0.transparent && $0.mode.isLayer7 && $0.address.family == .ipv4 }),
+              let mark = HostRule.markValue(tproxyMark) else { return [] }
+        let endpoint = "\(service.address.withPort(service.ports.allPorts.first ?? 0))/\(service.transport.rawValue)"
+        return listing.filter { !$0.chain.hasPrefix("LB-") && $0.marks.contains(mark) }.map { rule in
+            NetfilterConflict(
+                service: service.name, endpoint: endpoint, rule: rule,
+                reason: "uses firewall mark \(tproxyMark), which lb sets on replies to its transparent connections",
+                hint: "give the host rule another mark; lb's transparent proxying owns mark \(tproxyMark) and routing table \(tproxyTable)")
+        }
     }
 
     /// Host rules (outside lb's chains) that would clash with the services:
     /// - a DNAT or REDIRECT that can match a VIP port (the traffic would never reach IPVS or lbd's listener);
     /// - a SNAT or MASQUERADE naming a real server that an `l4-snat` service reaches (two source rewrites);
     /// - a DROP or REJECT in INPUT (any mode) or FORWARD (NAT and SNAT, whose replies are forwarded) that names the
-    ///   VIP or the VIP port. A blanket DROP at the end of a firewall chain is not reported: it names neither.
-    public static func conflicts(for services: [VirtualService], in listing: [IptablesRule]) -> [NetfilterConflict] {
+    ///   VIP or the VIP port (or, for nftables, a filter chain on PREROUTING). A blanket DROP at the end of a firewall
+    ///   chain is not reported: it names neither.
+    /// Native nftables rules arrive here in the same shape (see `NftablesListing`), each kept to its families.
+    public static func conflicts(for services: [VirtualService], in listing: [HostRule]) -> [NetfilterConflict] {
         var found: [NetfilterConflict] = []
-        let hostRules = listing.filter { !$0.chain.hasPrefix("LB-") && !($0.target ?? "").hasPrefix("LB-") }
+        let allHostRules = listing.filter { !$0.chain.hasPrefix("LB-") && !($0.target ?? "").hasPrefix("LB-") }
         for service in services {
+            let hostRules = allHostRules.filter { $0.families?.contains(service.address.family) ?? true }
             for port in service.ports.allPorts {
                 let endpoint = "\(service.address.withPort(port))/\(service.transport.rawValue)"
                 for rule in hostRules where rule.canMatch(address: service.address, port: port, transport: service.transport) {
@@ -129,7 +147,9 @@ public enum NetfilterPlanner {
                             reason: "would redirect the VIP's traffic before lb sees it",
                             hint: "remove the rule or narrow it so it cannot match \(endpoint), or give the service another VIP or port"))
                     case ("filter", "DROP"), ("filter", "REJECT"):
-                        let chains = service.mode.isLayer4 && service.mode != .l4DirectRouting ? ["INPUT", "FORWARD"] : ["INPUT"]
+                        // PREROUTING: an nftables filter chain on that hook drops before routing, for every mode.
+                        let chains = service.mode.isLayer4 && service.mode != .l4DirectRouting
+                            ? ["PREROUTING", "INPUT", "FORWARD"] : ["PREROUTING", "INPUT"]
                         guard chains.contains(rule.chain), rule.names(address: service.address) || rule.names(port: port) else { continue }
                         found.append(NetfilterConflict(
                             service: service.name, endpoint: endpoint, rule: rule,

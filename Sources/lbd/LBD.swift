@@ -19,10 +19,13 @@ struct LBD: AsyncParsableCommand {
             (l7-http, l7-tcp) are served by lbd's own proxy. \
             On start lbd first checks, changing nothing: the config is valid, IPVS is available if a Layer 4 \
             service needs it, every `interface:` exists, and no host netfilter rule clashes with a VIP (a DNAT or \
-            REDIRECT on a VIP port, a SNAT for a real server of an l4-snat service, a DROP naming a VIP or its port). \
+            REDIRECT on a VIP port, a SNAT for a real server of an l4-snat service, a DROP naming a VIP or its port; \
+            iptables and native nftables rules alike; for transparent services, any rule or policy route using lb's \
+            firewall mark 0x4c42 or routing table 19522). \
             Then it adds VIP addresses (announced with gratuitous ARP or unsolicited neighbour advertisements), \
-            sets ip_forward and vs.conntrack where the modes need them, fills its own netfilter chain LB-SNAT \
-            (iptables-restore, one transaction), and programs the IPVS table, sending only the difference from \
+            sets ip_forward and vs.conntrack where the modes need them, fills its own netfilter chains LB-SNAT and LB-TPROXY \
+            (iptables-restore, one transaction per table; tried again up to 3 times while another program holds \
+            the xtables lock), and programs the IPVS table, sending only the difference from \
             what the kernel holds. If a step fails, what this start added is taken back. \
             Health checks steer both paths: a failed real server leaves the proxy's pool, and in IPVS is drained \
             to weight 0 or removed (on_server_failure). The addresses and IPVS services lbd created are recorded \

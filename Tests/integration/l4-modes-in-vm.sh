@@ -88,7 +88,8 @@ grep -q "file: mode: l4-nat" <<<"$mode" && grep -q "file: mode: l7-tcp" <<<"$mod
 grep -q "ipvs after: 0" <<<"$mode" || fail "switching back did not remove the IPVS service"
 read -r _ total _ failed _ proxied _ kernel <<<"$(grep '^requests' <<<"$mode")"
 echo "mode switch: $total requests, $failed failed, $proxied through the proxy, $kernel through IPVS"
-[ "$failed" = 0 ] && [ "$proxied" -ge 2 ] && [ "$kernel" -ge 2 ] || fail "the VIP was not served throughout the mode switch"
+[ "$failed" = 0 ] && [ "$proxied" -ge 2 ] && [ "$kernel" -ge 2 ] \
+    || fail "the VIP was not served throughout the mode switch: $(grep -E 'FAILED|^to l|^done at' <<<"$mode")"
 drift=$(section drift)
 grep -q "services: 4 address: 1 snat: 1" <<<"$drift" || fail "drift (ipvsadm -C, ip addr del, iptables -F LB-SNAT) not repaired: $drift"
 repairs=$(awk '/^repairs:/ { print $2 }' <<<"$drift")

@@ -148,18 +148,24 @@ echo "after online:"; ipvsadm -Ln -t 10.0.0.42:80; ipvsadm -Ln -t 10.0.0.40:80
 
 echo "== mode switch"
 # A client requests every 100 ms while Mover goes from the proxy (l7-tcp) to the kernel (l4-nat) and back.
-ns client bash -c 'end=$((SECONDS + 16)); while [ $SECONDS -lt $end ]; do curl -s --max-time 2 http://10.0.0.43/ || echo FAILED; sleep 0.1; done' > "$dir/mover.txt" &
+# Each line: the time a request started, then the answer or FAILED with curl's exit status (28 = timed out).
+ns client bash -c 'end=$((SECONDS + 16)); while [ $SECONDS -lt $end ]; do t=$(date +%T.%N); a=$(curl -s --max-time 2 http://10.0.0.43/); r=$?; [ $r = 0 ] && echo "$t $a" || echo "$t FAILED curl exit $r"; sleep 0.1; done' > "$dir/mover.txt" &
 loop=$!
 sleep 4
 echo "ipvs before: $(ipvsadm -Ln | grep -c 10.0.0.43)"
+echo "to l4-nat at $(date +%T.%N)"
 lbctl mode Mover l4-nat
+echo "done at $(date +%T.%N)"
 ipvsadm -Ln -t 10.0.0.43:80
 echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
 sleep 4
+echo "to l7-tcp at $(date +%T.%N)"
 lbctl mode Mover l7-tcp
+echo "done at $(date +%T.%N)"
 echo "ipvs after: $(ipvsadm -Ln | grep -c 10.0.0.43)"
 echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
 wait $loop
+grep FAILED "$dir/mover.txt" || true
 echo "requests $(wc -l < "$dir/mover.txt") failed $(grep -c FAILED "$dir/mover.txt") via-proxy $(grep -c ' 10.0.1.1$' "$dir/mover.txt") via-ipvs $(grep -c ' 10.0.0.100$' "$dir/mover.txt")"
 
 echo "== drift"

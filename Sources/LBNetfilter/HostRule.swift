@@ -1,16 +1,24 @@
 import LBConfig
 
-/// One rule of an `iptables-save` listing, reduced to what the conflict scan needs: the matches that decide
-/// whether it can see a VIP's traffic, and its target. Anything it does not understand makes it match *more*
-/// (an interface restriction, an unknown match), so the scan errs towards reporting.
-public struct IptablesRule: Sendable, Equatable {
+/// One host firewall rule — a line of an `iptables-save` listing or a native nftables rule — reduced to what the
+/// clash scan needs: the matches that decide whether it can see a VIP's traffic, its target, and the firewall
+/// marks it sets or tests. Anything it does not understand makes it match *more* (an interface restriction, an
+/// unknown match), so the scan errs towards reporting. nftables rules are expressed in iptables' terms: the table
+/// is the base chain's type (`nat`, `filter`, `mangle` for `route`), the chain its hook (`PREROUTING`, `INPUT`…).
+public struct HostRule: Sendable, Equatable {
     public var table: String
     public var chain: String
-    /// The rule as iptables-save printed it (for messages).
+    /// The rule as iptables-save or `nft list ruleset` printed it (for messages).
     public var text: String
-    /// 1-based line in the listing.
+    /// 1-based line in the listing (iptables-save), or the rule's handle (nftables).
     public var line: Int
     public var target: String?
+    /// Where the rule lives when it is not an iptables rule: "nftables table inet fw, chain input".
+    public var origin: String?
+    /// The address families the rule can see; nil for an iptables-save listing (its own family).
+    public var families: Set<IPAddress.Family>?
+    /// Firewall mark values the rule sets or matches (`MARK --set-xmark`, `-m mark --mark`, `meta mark`).
+    public var marks: [UInt32] = []
     public var transport: Match<String>?
     public var destination: Match<AddressPrefix>?
     public var destinationPorts: Match<[ClosedRange<UInt16>]>?
@@ -39,6 +47,12 @@ public struct IptablesRule: Sendable, Equatable {
     public func names(address: IPAddress) -> Bool {
         guard let match = destination, !match.negated else { return false }
         return match.value.contains(address) && match.value.prefixLength > 0
+    }
+
+    /// "0x4c42", "0x4c42/0xffffffff", "19522": the value before the mask.
+    public static func markValue(_ text: String) -> UInt32? {
+        let value = text.split(separator: "/").first.map(String.init) ?? text
+        return value.hasPrefix("0x") ? UInt32(value.dropFirst(2), radix: 16) : UInt32(value)
     }
 
     public func names(port: UInt16) -> Bool {
@@ -95,8 +109,8 @@ public struct AddressPrefix: Sendable, Equatable, CustomStringConvertible {
 
 /// Reads `iptables-save` / `ip6tables-save` output.
 public enum IptablesListing {
-    public static func parse(_ text: String) -> [IptablesRule] {
-        var rules: [IptablesRule] = []
+    public static func parse(_ text: String) -> [HostRule] {
+        var rules: [HostRule] = []
         var table = ""
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: [" ", "\t", "\r"])
@@ -104,7 +118,7 @@ public enum IptablesListing {
             guard line.hasPrefix("-A ") else { continue }
             let words = tokens(line)
             guard words.count >= 2 else { continue }
-            var rule = IptablesRule(table: table, chain: words[1], text: line, line: index + 1)
+            var rule = HostRule(table: table, chain: words[1], text: line, line: index + 1)
             var negate = false
             var position = 2
             while position < words.count {
@@ -120,6 +134,8 @@ public enum IptablesListing {
                     if let value, let ranges = portRanges(value) { rule.destinationPorts = .init(value: ranges, negated: negate) }
                 case "-j", "--jump", "-g", "--goto":
                     rule.target = value
+                case "--set-mark", "--set-xmark", "--mark", "--or-mark", "--xor-mark":
+                    if let value, let mark = HostRule.markValue(value) { rule.marks.append(mark) }
                 default:
                     break
                 }
