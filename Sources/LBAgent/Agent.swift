@@ -89,6 +89,17 @@ public final class Agent: @unchecked Sendable {
     }
 
     /// A copy of the runtime state (tests, diagnostics).
+    /// The latest health transitions, newest first, for the status page.
+    public func recentTransitions(limit: Int = 20) async -> [TransitionStatus] {
+        await onQueue {
+            self.state.recentTransitions.suffix(limit).reversed().map { transition in
+                TransitionStatus(time: transition.record.since.map(Self.timestamp) ?? "-", service: transition.key.service,
+                                 server: transition.key.server, health: transition.record.healthy ? "up" : "down",
+                                 reason: transition.record.reason)
+            }
+        }
+    }
+
     public func snapshot() async -> RuntimeState {
         await onQueue { self.state }
     }

@@ -9,6 +9,10 @@ public struct RuntimeState: Sendable, Equatable {
     public private(set) var health: [ServerKey: HealthRecord] = [:]
     /// Online servers are not listed.
     public private(set) var overrides: [ServerKey: AdminState] = [:]
+    /// The latest health transitions, oldest first, at most `transitionsKept` (what the status page lists). History:
+    /// a reload keeps it, even for servers that went.
+    public private(set) var recentTransitions: [TransitionRecord] = []
+    public static let transitionsKept = 50
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -28,6 +32,8 @@ public struct RuntimeState: Sendable, Equatable {
     public mutating func setHealth(_ key: ServerKey, _ record: HealthRecord) -> Bool {
         guard contains(key) else { return false }
         health[key] = record
+        recentTransitions.append(TransitionRecord(key: key, record: record))
+        if recentTransitions.count > Self.transitionsKept { recentTransitions.removeFirst(recentTransitions.count - Self.transitionsKept) }
         return true
     }
 
@@ -91,4 +97,10 @@ public struct RuntimeState: Sendable, Equatable {
     public var memberships: [String: ServiceMembership] {
         Dictionary(uniqueKeysWithValues: configuration.virtualServices.map { ($0.name, membership(of: $0)) })
     }
+}
+
+/// One health transition as it happened: which server, to what, why and when.
+public struct TransitionRecord: Hashable, Sendable {
+    public var key: ServerKey
+    public var record: HealthRecord
 }

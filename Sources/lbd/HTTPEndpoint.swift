@@ -10,8 +10,8 @@ import NIOPosix
 /// lbd's read-only HTTP listener. `--metrics ADDRESS:PORT` serves only GET /metrics (Prometheus text);
 /// `--http ADDRESS:PORT` also serves the status page: `/` (HTML), its script and style (no external assets, so the
 /// page works on an isolated hospital network), `/status.json` (the JSON of `lbctl status --format json`) and
-/// `/audit.json` (the last ten entries of the audit trail). Nothing here changes state: changes stay with lbctl
-/// and the control socket's peer check. Every read goes through the agent's queue, never blocking an event loop.
+/// `/transitions.json` (the last 20 health transitions, newest first), `/audit.json` (the last ten entries of the
+/// audit trail). Nothing here changes state: changes stay with lbctl and the control socket's peer check. Every read goes through the agent's queue, never blocking an event loop.
 final class HTTPEndpoint: @unchecked Sendable {
     enum Content { case metricsOnly, statusPages }
 
@@ -46,7 +46,7 @@ final class HTTPEndpoint: @unchecked Sendable {
         } catch {
             throw ControlServerError(description: "\(option) \(host):\(port): \(error)")
         }
-        let paths = content == .statusPages ? "/, /status.json, /audit.json, /metrics" : "/metrics"
+        let paths = content == .statusPages ? "/, /status.json, /transitions.json, /audit.json, /metrics" : "/metrics"
         logger.info("HTTP listening", metadata: ["address": "\(host):\(port)", "paths": "\(paths)"])
     }
 
@@ -73,12 +73,15 @@ final class HTTPEndpoint: @unchecked Sendable {
             return Reply(status: .ok, contentType: "application/json", body: Array(StatusJSON.encode(await agent.statusReport())))
         case (.statusPages, "/audit.json"):
             return auditReply()
+        case (.statusPages, "/transitions.json"):
+            return Reply(status: .ok, contentType: "application/json",
+                         body: Array(TransitionStatus.encode(await agent.recentTransitions())))
         case (.metricsOnly, _):
             return Reply(status: .notFound, contentType: "text/plain; charset=utf-8",
                          body: Array("only /metrics is served here (lbd --http serves the status page)\n".utf8))
         case (.statusPages, _):
             return Reply(status: .notFound, contentType: "text/plain; charset=utf-8",
-                         body: Array("not found: / (status page), /status.json, /audit.json, /metrics\n".utf8))
+                         body: Array("not found: / (status page), /status.json, /transitions.json, /audit.json, /metrics\n".utf8))
         }
     }
 

@@ -23,6 +23,10 @@ enum StatusPage {
         </header>
         <div id="problem" hidden></div>
         <main id="services"></main>
+        <section id="transitions-section" hidden>
+          <h2>Last health transitions</h2>
+          <table id="transitions"><thead><tr><th>time</th><th>virtual service</th><th>real server</th><th>health</th><th>reason</th></tr></thead><tbody></tbody></table>
+        </section>
         <section id="audit-section" hidden>
           <h2>Last operator actions</h2>
           <table id="audit"><thead><tr><th>time</th><th>user</th><th>command</th><th>targets</th><th>result</th></tr></thead><tbody></tbody></table>
@@ -63,9 +67,9 @@ enum StatusPage {
         svg.chart { width: 220px; height: 36px; background: #f6f8fa; border-radius: 4px; }
         svg.chart polyline { fill: none; stroke-width: 1.5; }
         svg.chart .connections { stroke: #0969da; } svg.chart .throughput { stroke: #bf3989; }
-        #audit-section { padding: 0 1.2em 1.2em; }
-        #audit-section h2 { font-size: 1em; }
-        #audit { background: #fff; border: 1px solid #d1d9e0; }
+        #audit-section, #transitions-section { padding: 0 1.2em 1.2em; }
+        #audit-section h2, #transitions-section h2 { font-size: 1em; }
+        #audit, #transitions { background: #fff; border: 1px solid #d1d9e0; }
 
         """
 
@@ -196,6 +200,15 @@ enum StatusPage {
           section.hidden = entries.length === 0;
         }
 
+        function renderTransitions(entries) {
+          const body = document.querySelector("#transitions tbody");
+          body.replaceChildren(...entries.map(entry =>
+            element("tr", {"data-server": entry.service + "/" + entry.server, "data-health": entry.health},
+              element("td", {}, entry.time), element("td", {}, entry.service), element("td", {}, entry.server),
+              element("td", {}, badge(entry.health)), element("td", {}, entry.reason || ""))));
+          document.getElementById("transitions-section").hidden = entries.length === 0;
+        }
+
         async function refresh() {
           try {
             const response = await fetch("/status.json", {cache: "no-store"});
@@ -210,6 +223,8 @@ enum StatusPage {
             document.getElementById("updated").textContent = "updated " + lastSuccess.toLocaleTimeString();
             document.getElementById("problem").hidden = true;
             document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+            const transitions = await fetch("/transitions.json", {cache: "no-store"});
+            if (transitions.ok) renderTransitions(await transitions.json());
             const audit = await fetch("/audit.json", {cache: "no-store"});
             if (audit.ok) renderAudit(await audit.json());
           } catch (error) {

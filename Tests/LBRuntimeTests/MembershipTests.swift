@@ -63,6 +63,25 @@ struct MembershipTests {
         #expect(!state.membership(of: service).fallbackActive)
     }
 
+    @Test func recentTransitionsAreKeptInOrderAndBounded() throws {
+        var state = RuntimeState(configuration: Configuration(virtualServices: [try Self.service()]))
+        let core1 = ServerKey(service: "dicom", server: "core-1")
+        let recorded = state.setHealth(ServerKey(service: "dicom", server: "gone"), HealthRecord(healthy: false))
+        #expect(!recorded)
+        #expect(state.recentTransitions.isEmpty, "a server outside the config leaves no transition")
+        for index in 0..<(RuntimeState.transitionsKept + 5) {
+            state.setHealth(core1, HealthRecord(healthy: index % 2 == 0, reason: "check \(index)"))
+        }
+        #expect(state.recentTransitions.count == RuntimeState.transitionsKept)
+        #expect(state.recentTransitions.first?.record.reason == "check 5", "the oldest go first")
+        #expect(state.recentTransitions.last?.record.reason == "check \(RuntimeState.transitionsKept + 4)")
+        // History survives a reload, even of a server that the reload removes.
+        state.reconfigure(to: Configuration(virtualServices: [try Self.service(weights: [100])]))
+        state.setHealth(ServerKey(service: "dicom", server: "core-2"), HealthRecord(healthy: false))
+        #expect(state.recentTransitions.count == RuntimeState.transitionsKept)
+        #expect(state.recentTransitions.last?.key == core1)
+    }
+
     @Test func reloadKeepsHealthAndOverridesOfServersThatStay() throws {
         let before = try Self.service(weights: [100, 50])
         var state = RuntimeState(configuration: Configuration(virtualServices: [before]))

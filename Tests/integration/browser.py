@@ -162,13 +162,23 @@ def main():
 
         status = json.load(urllib.request.urlopen(base + "/status.json", timeout=10))
         entry = next(s for v in status if v["name"] == service for s in v["servers"] if s["name"] == server)
-        if entry.get("reason"):
-            reason = entry["reason"]
-            wait_for(f"the page does not show the reason {reason!r}", 5,
-                     lambda: reason in (tools.evaluate(f"{row}?.innerText") or ""))
-            print(f"page shows the reason: {reason}")
-        else:
-            print("(/status.json carries no reason for the server; nothing more to show)")
+        reason = entry.get("reason")
+        if not reason:
+            sys.exit(f"FAIL: /status.json carries no reason for the down server: {entry}")
+        wait_for(f"the page does not show the reason {reason!r}", 5,
+                 lambda: reason in (tools.evaluate(f"{row}?.innerText") or ""))
+        print(f"page shows the reason: {reason}")
+
+        # The last transitions: the newest row is this server going down, with the same reason.
+        newest = "document.querySelector('#transitions tbody tr')"
+        wait_for("the page's last transitions do not start with the server going down", 5,
+                 lambda: tools.evaluate(f"{newest}?.dataset.server") == f"{service}/{server}"
+                 and tools.evaluate(f"{newest}?.dataset.health") == "down"
+                 and reason in (tools.evaluate(f"{newest}?.innerText") or ""))
+        transitions = json.load(urllib.request.urlopen(base + "/transitions.json", timeout=10))
+        if (transitions[0]["service"], transitions[0]["server"], transitions[0]["health"]) != (service, server, "down"):
+            sys.exit(f"FAIL: /transitions.json does not start with the server going down: {transitions[:3]}")
+        print(f"last transitions ({len(transitions)} listed) start with: {tools.evaluate(newest + '.innerText')!r}")
 
         tools.evaluate("window.scrollTo(0, 0)")
         for path in args.screenshot:
