@@ -98,7 +98,8 @@ struct ExternalCheckTests {
         let before = threads()
         let loop = group.next()
         let checks = (0..<64).map { _ in
-            Probe.run(.external(command: "sleep 1", user: HealthCheck.defaultExternalUser), target: target,
+            // Long enough that all 64 are alive at once even when starting them is slow on a loaded machine.
+            Probe.run(.external(command: "sleep 3", user: HealthCheck.defaultExternalUser), target: target,
                       timeout: .seconds(10), tls: nil, on: loop)
         }
         // All 64 commands running (children of this process): a thread per check would show now.

@@ -54,7 +54,8 @@ public final class NIOLockedCounter: @unchecked Sendable {
 
 public let testLogger: Logger = {
     var logger = Logger(label: "lb-test")
-    logger.logLevel = .critical
+    // LB_TEST_LOG=1 swift test …: the code under test logs everything (to read a failure); quiet otherwise.
+    logger.logLevel = ProcessInfo.processInfo.environment["LB_TEST_LOG"] == nil ? .critical : .debug
     return logger
 }()
 
@@ -301,6 +302,19 @@ public final class RawClient: @unchecked Sendable {
     public private(set) var lastReadEnd = ""
 
     public func readAllText() -> String { String(decoding: readAll(), as: UTF8.self) }
+
+    /// Reads until `text` has arrived (or the peer closes, or 5 s pass without a byte); returns everything read.
+    public func read(until text: String) -> String {
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !String(decoding: data, as: UTF8.self).contains(text) {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            data += buffer[0..<count]
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
 
     /// Reads one HTTP response with a Content-Length body.
     public func readResponse() -> String {
