@@ -141,6 +141,7 @@ struct ResponseFramingTests {
         ("length and chunked", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         ("not HTTP", "SSH-2.0-OpenSSH_9.2\r\n"),
         ("a switch of protocols nobody asked for", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"),
+        ("a bad chunk size right after the head", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
     ]
 
     @Test(arguments: 0..<malformed.count)

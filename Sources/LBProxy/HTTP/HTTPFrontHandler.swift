@@ -168,7 +168,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         case .forwarding(let backend, let requestEnded):
             guard !requestEnded else { return }
             backend.close()
-            if responseStarted { context?.close(promise: nil) } else { sendError(.requestTimeout, "Request Timeout\n") }
+            if responseStarted && heldHead == nil { context?.close(promise: nil) } else { sendError(.requestTimeout, "Request Timeout\n") }
         case .closing:
             break
         }
@@ -437,14 +437,26 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             if scheme == "https" { cookie += "; Secure" }
             outbound.headers.add(name: "Set-Cookie", value: cookie)
         }
-        context.write(wrapOutboundOut(.head(outbound)), promise: nil)
+        heldHead = outbound
+    }
+
+    /// The final response head, held until the end of the server's read that carried it: if what follows in that
+    /// read is malformed (a bad chunk size), the client can still get a 502 instead of a cut-off response.
+    private var heldHead: HTTPResponseHead?
+
+    private func writeHeldHead() {
+        guard let head = heldHead, let context else { return }
+        heldHead = nil
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
     }
 
     func responseBody(_ body: ByteBuffer) {
+        writeHeldHead()
         context?.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
     }
 
     func responseFlush() {
+        writeHeldHead()
         context?.flush()
     }
 
@@ -468,6 +480,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             if let selection { connector.pool.release(selection) }
         }
         state = .idle
+        writeHeldHead()
         let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
         context.writeAndFlush(wrapOutboundOut(.end(trailers?.forwardableTrailers())), promise: promise)
@@ -505,6 +518,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             "server": "\(selection?.name ?? "?")", "reason": "\(error.map { "\($0)" } ?? "closed")"])
         if let selection { connector.pool.observe(selection, failure: "connection ended before the response (502)") }
         finishSelection()
+        if heldHead != nil {
+            // Nothing of the response has left yet: the client can still be told properly.
+            heldHead = nil
+            responseStarted = false
+        }
         if responseStarted {
             // Part of the response is already on its way: the only honest signal left is to close.
             state = .closing
@@ -532,6 +550,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// Sends a small error response and closes the connection.
     private func sendError(_ status: HTTPResponseStatus, _ text: String) {
         disarmTimer()
+        heldHead = nil
         guard let context else { return }
         if case .forwarding(let backend, _) = state { backend.close() }
         finishSelection()
