@@ -73,6 +73,7 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
     var requests: [ForwardedRequest] = []
     var current: ForwardedRequest?
     var pending: [HTTPClientRequestPart] = []
+    var lastRequest = false
     loop: for part in parts {
         switch part {
         case .head(let head):
@@ -80,12 +81,8 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
             let outbound = head.forwarded(framing: framing)
             current = ForwardedRequest(method: outbound.method.rawValue, target: outbound.uri, body: [])
             pending = [.head(outbound)]
-            if head.asksForUpgrade {
-                // lb answers it and closes: nothing after it is read.
-                pending.append(.end(nil))
-                finish(&pending, current, into: &requests, server: server)
-                break loop
-            }
+            // lb answers a request asking to switch protocols and closes: nothing after its end is forwarded.
+            lastRequest = head.asksForUpgrade
         case .body(let body):
             current?.body += Array(body.readableBytesView)
             pending.append(.body(.byteBuffer(body)))
@@ -93,6 +90,7 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
             pending.append(.end(trailers?.forwardableTrailers()))
             finish(&pending, current, into: &requests, server: server)
             current = nil
+            if lastRequest { break loop }
         }
     }
     var bytes: [UInt8] = []
