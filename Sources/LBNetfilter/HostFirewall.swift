@@ -39,7 +39,11 @@ public struct HostFirewall: Sendable {
             // iptables-nft's save names its backend in the header; its tables then also show in nft's listing.
             if listing.text.contains("(nf_tables)") { iptablesUsesNftables = true }
             found += NetfilterPlanner.conflicts(for: services.filter { $0.address.family == family }, in: listing.rules)
-            hostRules += listing.rules
+            hostRules += listing.rules.map { rule in
+                var rule = rule
+                rule.families = [family]
+                return rule
+            }
         }
         if !services.isEmpty, let native = nftablesRules(iptablesUsesNftables: iptablesUsesNftables) {
             found += NetfilterPlanner.conflicts(for: services, in: native)
@@ -111,29 +115,38 @@ public struct HostFirewall: Sendable {
             let wantsSNAT = services.contains { $0.mode == .l4SNAT && $0.address.family == family }
             let wantsTPROXY = family == .ipv4 && !NetfilterPlanner.tproxyRules(for: services).isEmpty
             let iptables = Iptables(family: family)
-            let listing: (rules: [HostRule], text: String)
-            do {
-                listing = try iptables.listing()
-            } catch {
-                if wantsSNAT || wantsTPROXY { throw error }
-                continue  // no iptables and nothing to do
-            }
-            var rulesets = [NetfilterPlanner.ruleset(
-                for: services, family: family, current: listing.rules,
-                chainExists: iptables.chainExists(NetfilterPlanner.snatChain, inListing: listing.text))]
-            if family == .ipv4 {
-                rulesets.append(NetfilterPlanner.tproxyRuleset(
-                    for: services, current: listing.rules,
-                    chainExists: iptables.chainExists(NetfilterPlanner.tproxyChain, inListing: listing.text, table: "mangle")))
-            }
-            let restore = rulesets.compactMap(\.restore).joined()
-            // Refilling a chain is one atomic transaction per table and idempotent: no need to compare first.
-            if !restore.isEmpty {
-                try iptables.apply(restore, retrying: { log("netfilter: \($0)") })
+            for attempt in 1... {
+                let listing: (rules: [HostRule], text: String)
+                do {
+                    listing = try iptables.listing()
+                } catch {
+                    if wantsSNAT || wantsTPROXY { throw error }
+                    break  // no iptables and nothing to do
+                }
+                var rulesets = [NetfilterPlanner.ruleset(
+                    for: services, family: family, current: listing.rules,
+                    chainExists: iptables.chainExists(NetfilterPlanner.snatChain, inListing: listing.text))]
+                if family == .ipv4 {
+                    rulesets.append(NetfilterPlanner.tproxyRuleset(
+                        for: services, current: listing.rules,
+                        chainExists: iptables.chainExists(NetfilterPlanner.tproxyChain, inListing: listing.text, table: "mangle")))
+                }
+                let restore = rulesets.compactMap(\.restore).joined()
+                // Refilling a chain is one atomic transaction per table and idempotent: no need to compare first.
+                guard !restore.isEmpty else { break }
+                do {
+                    try iptables.apply(restore)
+                } catch where Iptables.isResourceProblem(error) && attempt < Iptables.restoreAttempts {
+                    // Planned again from a fresh listing: part of the restore may have gone through.
+                    log("netfilter: \(error); trying again (attempt \(attempt + 1) of \(Iptables.restoreAttempts))")
+                    Thread.sleep(forTimeInterval: Iptables.retryPause)
+                    continue
+                }
                 for (chain, ruleset) in zip([NetfilterPlanner.snatChain, NetfilterPlanner.tproxyChain], rulesets) where ruleset.restore != nil {
                     log((ruleset.rules.isEmpty ? "netfilter: \(chain) removed (no service needs it)"
                                                : "netfilter: \(chain) holds \(ruleset.rules.count) rule(s)") + " (\(family.rawValue))")
                 }
+                break
             }
             if family == .ipv4 { try applyPolicyRoute(wanted: wantsTPROXY) }
         }
@@ -174,12 +187,12 @@ public struct HostFirewall: Sendable {
             ]
             for (table, chain, hook, wanted) in chains {
                 let present = listing.rules.filter { $0.table == table && $0.chain == chain }
-                let jump = listing.rules.contains { $0.table == table && $0.chain == hook && $0.target == chain }
+                let jumps = listing.rules.filter { $0.table == table && $0.chain == hook && $0.target == chain }.count
                 if wanted.isEmpty {
-                    if !present.isEmpty || jump { return true }
+                    if !present.isEmpty || jumps > 0 { return true }
                     continue
                 }
-                if !jump || present.count != wanted.count { return true }
+                if jumps != 1 || present.count != wanted.count { return true }
                 let wantedKeys = Set(IptablesListing.parse("*\(table)\n" + wanted.joined(separator: "\n")).map(Self.key))
                 if Set(present.map(Self.key)) != wantedKeys { return true }
             }

@@ -19,6 +19,8 @@ public struct HostRule: Sendable, Equatable {
     public var families: Set<IPAddress.Family>?
     /// Firewall mark values the rule sets or matches (`MARK --set-xmark`, `-m mark --mark`, `meta mark`).
     public var marks: [UInt32] = []
+    /// Limited to some sources (`-s`, nftables `ip saddr`): a ban of some clients, not a block of the VIP.
+    public var sourceRestricted = false
     public var transport: Match<String>?
     public var destination: Match<AddressPrefix>?
     public var destinationPorts: Match<[ClosedRange<UInt16>]>?
@@ -128,6 +130,8 @@ public enum IptablesListing {
                 case "!": negate = true; position += 1; continue
                 case "-p", "--protocol":
                     if let value { rule.transport = .init(value: value.lowercased(), negated: negate) }
+                case "-s", "--source":
+                    if !negate { rule.sourceRestricted = true }
                 case "-d", "--destination":
                     if let value, let prefix = AddressPrefix(value) { rule.destination = .init(value: prefix, negated: negate) }
                 case "--dport", "--destination-port", "--dports", "--destination-ports":

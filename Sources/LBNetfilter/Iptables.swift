@@ -43,24 +43,22 @@ public struct Iptables: Sendable {
     }
 
     /// How often a restore is tried when iptables reports a resource problem (exit 4: the xtables lock still held
-    /// after `--wait`, or the kernel busy), and the pause between tries.
+    /// after `--wait`, or the kernel busy), and the pause between tries. `HostFirewall` lists and plans again before
+    /// each try: the legacy variant commits table by table, so a failed restore may have gone through in part.
     public static let restoreAttempts = 3
     static let retryPause = 0.5
 
-    /// Applies a restore file atomically, leaving every chain it does not name alone. `retrying` hears of each retry.
-    public func apply(_ restoreInput: String, retrying: (String) -> Void = { _ in }) throws {
+    /// Applies a restore file atomically per table, leaving every chain it does not name alone.
+    public func apply(_ restoreInput: String) throws {
         // --wait: firewalld, docker or kube-proxy may hold the xtables lock for a moment; wait for it (bounded)
-        // rather than fail a start or reload at once, and try again if it is still held. Runs on the agent's own
-        // queue, never on an event loop, so the wait holds up only the change being made.
-        for attempt in 1... {
-            do {
-                _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
-                return
-            } catch let error as NetfilterError where error.status == Self.resourceProblem && attempt < Self.restoreAttempts {
-                retrying("\(error); trying again (attempt \(attempt + 1) of \(Self.restoreAttempts))")
-                Thread.sleep(forTimeInterval: Self.retryPause)
-            }
-        }
+        // rather than fail a start or reload at once. Runs on the agent's own queue, never on an event loop, so the
+        // wait holds up only the change being made.
+        _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
+    }
+
+    /// Whether `error` is iptables' resource problem, worth another try after a pause.
+    public static func isResourceProblem(_ error: Error) -> Bool {
+        (error as? NetfilterError)?.status == resourceProblem
     }
 
     /// iptables' exit status for a resource problem (xtables.h: RESOURCE_PROBLEM).

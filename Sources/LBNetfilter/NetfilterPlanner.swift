@@ -62,16 +62,19 @@ public enum NetfilterPlanner {
     static func chainRuleset(table: String, chain: String, jump: String, rules: [String], current: [HostRule],
                              chainExists: Bool) -> NetfilterRuleset {
         let hook = String(jump.split(separator: " ")[1])
-        let hasJump = current.contains { $0.table == table && $0.chain == hook && $0.target == chain }
+        // More than one jump can be left by a restore that went through in part and was tried again: one stays.
+        let jumps = current.filter { $0.table == table && $0.chain == hook && $0.target == chain }.count
+        let deleteJump = jump.replacingOccurrences(of: "-A \(hook)", with: "-D \(hook)")
         if rules.isEmpty {
-            guard chainExists || hasJump else { return NetfilterRuleset(restore: nil, rules: []) }
+            guard chainExists || jumps > 0 else { return NetfilterRuleset(restore: nil, rules: []) }
             var lines = ["*\(table)", ":\(chain) - [0:0]"]
-            if hasJump { lines.append(jump.replacingOccurrences(of: "-A \(hook)", with: "-D \(hook)")) }
+            lines += Array(repeating: deleteJump, count: jumps)
             lines += ["-X \(chain)", "COMMIT"]
             return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: [])
         }
         var lines = ["*\(table)", ":\(chain) - [0:0]"] + rules
-        if !hasJump { lines.append(jump) }
+        if jumps == 0 { lines.append(jump) }
+        lines += Array(repeating: deleteJump, count: max(0, jumps - 1))
         lines.append("COMMIT")
         return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
     }
@@ -117,7 +120,7 @@ public enum NetfilterPlanner {
         guard let service = services.first(where: { $0.transparent && $0.mode.isLayer7 && $0.address.family == .ipv4 }),
               let mark = HostRule.markValue(tproxyMark) else { return [] }
         let endpoint = "\(service.address.withPort(service.ports.allPorts.first ?? 0))/\(service.transport.rawValue)"
-        return listing.filter { !$0.chain.hasPrefix("LB-") && $0.marks.contains(mark) }.map { rule in
+        return listing.filter { !$0.chain.hasPrefix("LB-") && $0.marks.contains(mark) && ($0.families?.contains(.ipv4) ?? true) }.map { rule in
             NetfilterConflict(
                 service: service.name, endpoint: endpoint, rule: rule,
                 reason: "uses firewall mark \(tproxyMark), which lb sets on replies to its transparent connections",
@@ -129,8 +132,8 @@ public enum NetfilterPlanner {
     /// - a DNAT or REDIRECT that can match a VIP port (the traffic would never reach IPVS or lbd's listener);
     /// - a SNAT or MASQUERADE naming a real server that an `l4-snat` service reaches (two source rewrites);
     /// - a DROP or REJECT in INPUT (any mode) or FORWARD (NAT and SNAT, whose replies are forwarded) that names the
-    ///   VIP or the VIP port (or, for nftables, a filter chain on PREROUTING). A blanket DROP at the end of a firewall
-    ///   chain is not reported: it names neither.
+    ///   VIP or the VIP port (or, for nftables, a filter chain on PREROUTING), unless it is limited to some sources
+    ///   (a ban list). A blanket DROP at the end of a firewall chain is not reported: it names neither.
     /// Native nftables rules arrive here in the same shape (see `NftablesListing`), each kept to its families.
     public static func conflicts(for services: [VirtualService], in listing: [HostRule]) -> [NetfilterConflict] {
         var found: [NetfilterConflict] = []
@@ -150,7 +153,8 @@ public enum NetfilterPlanner {
                         // PREROUTING: an nftables filter chain on that hook drops before routing, for every mode.
                         let chains = service.mode.isLayer4 && service.mode != .l4DirectRouting
                             ? ["PREROUTING", "INPUT", "FORWARD"] : ["PREROUTING", "INPUT"]
-                        guard chains.contains(rule.chain), rule.names(address: service.address) || rule.names(port: port) else { continue }
+                        guard chains.contains(rule.chain), !rule.sourceRestricted,
+                              rule.names(address: service.address) || rule.names(port: port) else { continue }
                         found.append(NetfilterConflict(
                             service: service.name, endpoint: endpoint, rule: rule,
                             reason: "would drop the VIP's traffic",

@@ -44,14 +44,11 @@ public enum NftablesListing {
             changed = false
             for rule in rules {
                 guard let hooks = reach[rule.key], !hooks.isEmpty else { continue }
-                for expression in rule.expressions {
-                    for verdict in ["jump", "goto"] {
-                        guard let target = (expression[verdict] as? [String: Any])?["target"] as? String else { continue }
-                        let next = ChainKey(family: rule.key.family, table: rule.key.table, name: target)
-                        let before = reach[next] ?? []
-                        let after = before.union(hooks)
-                        if after != before { reach[next] = after; changed = true }
-                    }
+                for target in rule.expressions.flatMap(jumpTargets) {
+                    let next = ChainKey(family: rule.key.family, table: rule.key.table, name: target)
+                    let before = reach[next] ?? []
+                    let after = before.union(hooks)
+                    if after != before { reach[next] = after; changed = true }
                 }
             }
         }
@@ -76,6 +73,7 @@ public enum NftablesListing {
                     host.origin = "nftables table \(rule.key.family) \(rule.key.table), chain \(rule.key.name)"
                     host.families = families
                     host.marks = read.marks
+                    host.sourceRestricted = read.sourceRestricted
                     host.transport = read.transport
                     host.destination = destination
                     host.destinationPorts = read.ports
@@ -84,6 +82,23 @@ public enum NftablesListing {
             }
         }
         return found
+    }
+
+    /// Chains a rule's expression jumps or goes to, wherever the verdict sits (a verdict map included).
+    static func jumpTargets(_ value: Any) -> [String] {
+        if let object = value as? [String: Any] {
+            var targets: [String] = []
+            for (key, inner) in object {
+                if key == "jump" || key == "goto", let target = (inner as? [String: Any])?["target"] as? String {
+                    targets.append(target)
+                } else {
+                    targets += jumpTargets(inner)
+                }
+            }
+            return targets
+        }
+        if let array = value as? [Any] { return array.flatMap(jumpTargets) }
+        return []
     }
 
     struct ChainKey: Hashable {
@@ -112,36 +127,66 @@ public enum NftablesListing {
         var destinations: [HostRule.Match<AddressPrefix>?] = [nil]
         var ports: HostRule.Match<[ClosedRange<UInt16>]>?
         var marks: [UInt32] = []
+        var sourceRestricted = false
     }
 
     static func read(_ expressions: [[String: Any]], sets: [ChainKey: [Any]], family: String, table: String) -> Reading {
         var reading = Reading()
+        /// The elements a match compares with: a literal, an anonymous set, or a named set; an element with a
+        /// comment, timeout or counter comes wrapped as {"elem": {"val": …}}.
         func elements(_ right: Any) -> [Any] {
+            let raw: [Any]
             if let name = right as? String, name.hasPrefix("@") {
-                return sets[ChainKey(family: family, table: table, name: String(name.dropFirst()))] ?? []
+                raw = sets[ChainKey(family: family, table: table, name: String(name.dropFirst()))] ?? []
+            } else if let set = (right as? [String: Any])?["set"] as? [Any] {
+                raw = set
+            } else {
+                raw = [right]
             }
-            if let set = (right as? [String: Any])?["set"] as? [Any] { return set }
-            return [right]
+            return raw.map { ((($0 as? [String: Any])?["elem"] as? [String: Any])?["val"]) ?? $0 }
+        }
+        /// Every element read, or nil when one cannot be (the match then counts as unrestricted).
+        func all<T>(_ values: [Any], _ read: (Any) -> [T]?) -> [T]? {
+            var result: [T] = []
+            for value in values {
+                guard let items = read(value) else { return nil }
+                result += items
+            }
+            return result.isEmpty ? nil : result
         }
         for expression in expressions {
             if let match = expression["match"] as? [String: Any], let left = match["left"] as? [String: Any],
                let right = match["right"] {
-                let negated = (match["op"] as? String) == "!="
+                let op = match["op"] as? String ?? "=="
+                let negated = op == "!="
+                if let bound = right as? Int, let ports = portsOrdered(op, bound), let payload = left["payload"] as? [String: Any],
+                   payload["field"] as? String == "dport", let proto = payload["protocol"] as? String {
+                    // "tcp dport < 1024": the ports below the bound.
+                    if proto != "th" { reading.transport = .init(value: proto, negated: false) }
+                    reading.ports = .init(value: [ports], negated: false)
+                    continue
+                }
+                // Otherwise equality and set membership only; any other operator is left unread: it matches more.
+                guard ["==", "!=", "in"].contains(op) else { continue }
                 if let payload = left["payload"] as? [String: Any], let field = payload["field"] as? String,
                    let proto = payload["protocol"] as? String {
                     switch (proto, field) {
                     case ("ip", "daddr"), ("ip6", "daddr"):
-                        let prefixes = elements(right).compactMap(prefix)
+                        let prefixes = all(elements(right), prefixes)
                         if negated {
                             // "not in a set" cannot be one prefix; a single negated prefix can.
-                            if prefixes.count == 1 { reading.destinations = [.init(value: prefixes[0], negated: true)] }
-                        } else if !prefixes.isEmpty, prefixes.count <= maximumVariants {
+                            if let prefixes, prefixes.count == 1 { reading.destinations = [.init(value: prefixes[0], negated: true)] }
+                        } else if let prefixes, prefixes.count <= maximumVariants {
                             reading.destinations = prefixes.map { .init(value: $0, negated: false) }
                         }
+                    case ("ip", "saddr"), ("ip6", "saddr"):
+                        // Limited to some clients (a ban list, say): it cannot be the VIP's traffic as a whole.
+                        if !negated { reading.sourceRestricted = true }
                     case ("tcp", "dport"), ("udp", "dport"), ("th", "dport"):
                         if proto != "th" { reading.transport = .init(value: proto, negated: false) }
-                        let ranges = elements(right).compactMap(portRange)
-                        if !ranges.isEmpty { reading.ports = .init(value: ranges, negated: negated) }
+                        if let ranges = all(elements(right), { portRange($0).map { [$0] } }) {
+                            reading.ports = .init(value: ranges, negated: negated)
+                        }
                     case ("ip", "protocol"), ("ip6", "nexthdr"):
                         if let name = right as? String { reading.transport = .init(value: name, negated: negated) }
                     default:
@@ -167,13 +212,44 @@ public enum NftablesListing {
         return reading
     }
 
-    static func prefix(_ value: Any) -> AddressPrefix? {
-        if let address = value as? String { return AddressPrefix(address) }
+    /// One set element as address prefixes: an address, a prefix, or an IPv4 range (split into the prefixes that
+    /// cover it exactly); nil for anything else (an IPv6 range, a concatenation).
+    static func prefixes(_ value: Any) -> [AddressPrefix]? {
+        if let address = value as? String { return AddressPrefix(address).map { [$0] } }
         if let object = (value as? [String: Any])?["prefix"] as? [String: Any],
            let address = object["addr"] as? String, let length = object["len"] as? Int {
-            return AddressPrefix("\(address)/\(length)")
+            return AddressPrefix("\(address)/\(length)").map { [$0] }
         }
-        return nil  // ranges of addresses and other forms: read as matching any address
+        if let bounds = (value as? [String: Any])?["range"] as? [String], bounds.count == 2,
+           case .v4(let low)? = IPAddress(bounds[0]), case .v4(let high)? = IPAddress(bounds[1]), low <= high {
+            var result: [AddressPrefix] = []
+            var start = UInt64(low)
+            while start <= UInt64(high), result.count <= maximumVariants {
+                // The largest aligned block that starts at `start` and stays inside the range.
+                var size: UInt64 = start == 0 ? 1 << 32 : UInt64(1) << UInt64(start.trailingZeroBitCount)
+                while start + size - 1 > UInt64(high) { size >>= 1 }
+                let length = 32 - (size.trailingZeroBitCount)
+                guard let prefix = AddressPrefix("\(IPAddress.v4(UInt32(start)))/\(length)") else { return nil }
+                result.append(prefix)
+                start += size
+            }
+            return result.count <= maximumVariants ? result : nil
+        }
+        return nil
+    }
+
+    /// The ports an ordering comparison selects ("<", "<=", ">", ">=" against a number), or nil.
+    static func portsOrdered(_ op: String, _ bound: Int) -> ClosedRange<UInt16>? {
+        let low: Int, high: Int
+        switch op {
+        case "<": (low, high) = (0, bound - 1)
+        case "<=": (low, high) = (0, bound)
+        case ">": (low, high) = (bound + 1, 65535)
+        case ">=": (low, high) = (bound, 65535)
+        default: return nil
+        }
+        guard let low16 = UInt16(exactly: max(0, low)), let high16 = UInt16(exactly: min(65535, high)), low16 <= high16 else { return nil }
+        return low16...high16
     }
 
     static func portRange(_ value: Any) -> ClosedRange<UInt16>? {

@@ -78,6 +78,17 @@ struct NetfilterPlannerTests {
         #expect(NetfilterPlanner.ruleset(for: [], family: .ipv4, current: [], chainExists: false).restore == nil)
     }
 
+    /// A restore that went through in part and was tried again can leave the jump twice: one stays, or both go.
+    @Test func aDuplicatedJumpIsCutBackToOne() throws {
+        let jump = "-A POSTROUTING -m comment --comment \"lb: source NAT for l4-snat services\" -j LB-SNAT"
+        let twice = IptablesListing.parse("*nat\n:LB-SNAT - [0:0]\n\(jump)\n\(jump)\nCOMMIT\n")
+        let delete = jump.replacingOccurrences(of: "-A POSTROUTING", with: "-D POSTROUTING")
+        let kept = try #require(NetfilterPlanner.ruleset(for: try services(config), family: .ipv4, current: twice, chainExists: true).restore)
+        #expect(!kept.contains(jump) && kept.components(separatedBy: delete).count - 1 == 1, "\(kept)")
+        let gone = try #require(NetfilterPlanner.ruleset(for: [], family: .ipv4, current: twice, chainExists: true).restore)
+        #expect(gone.components(separatedBy: delete).count - 1 == 2 && gone.contains("-X LB-SNAT"), "\(gone)")
+    }
+
     @Test func ordinaryHostRulesAreNotConflicts() throws {
         let found = NetfilterPlanner.conflicts(for: try services(config), in: IptablesListing.parse(quietHost))
         #expect(found.isEmpty, "\(found)")

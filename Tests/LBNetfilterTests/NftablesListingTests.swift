@@ -165,6 +165,92 @@ struct NftablesListingTests {
         #expect(NetfilterPlanner.markConflicts(for: transparent, in: iptables).map(\.rule.line) == [2, 3])
     }
 
+    /// A second ruleset (nft 1.0.6, same way): a named interval set with a commented range element, a ban limited
+    /// to one source, an ordering on ports, a verdict map jumping to a chain, and lb's mark used in an ip6 table.
+    let edgeJSON = #"""
+        {"nftables": [
+        {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "edge", "handle": 1}},
+        {"set": {"family": "inet", "name": "bans", "table": "edge", "type": "ipv4_addr", "handle": 3, "flags": ["interval"], "elem": [{"elem": {"val": {"range": ["10.0.0.1", "10.0.0.50"]}, "comment": "lab"}}, "192.0.2.1"]}},
+        {"chain": {"family": "inet", "table": "edge", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "edge", "name": "dicom", "handle": 2}},
+        {"rule": {"family": "inet", "table": "edge", "chain": "input", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@bans"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 104}}, {"drop": null}]}},
+        {"rule": {"family": "inet", "table": "edge", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"set": [80, 443]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "198.51.100.7"}}, {"reject": {"type": "icmp", "expr": "port-unreachable"}}]}},
+        {"rule": {"family": "inet", "table": "edge", "chain": "input", "handle": 7, "expr": [{"match": {"op": "<", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 1024}}, {"drop": null}]}},
+        {"rule": {"family": "inet", "table": "edge", "chain": "input", "handle": 9, "expr": [{"vmap": {"key": {"payload": {"protocol": "tcp", "field": "dport"}}, "data": {"set": [[2762, {"jump": {"target": "dicom"}}]]}}}]}},
+        {"rule": {"family": "inet", "table": "edge", "chain": "dicom", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.0.0.40"}}, {"drop": null}]}},
+        {"table": {"family": "ip6", "name": "marks6", "handle": 2}},
+        {"chain": {"family": "ip6", "table": "marks6", "name": "pre", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}},
+        {"rule": {"family": "ip6", "table": "marks6", "chain": "pre", "handle": 2, "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 19522}}]}}
+        ]}
+        """#
+
+    let edgeText = #"""
+        table inet edge { # handle 1
+        	set bans { # handle 3
+        		type ipv4_addr
+        		flags interval
+        		elements = { 10.0.0.1-10.0.0.50 comment "lab", 192.0.2.1 }
+        	}
+
+        	chain input { # handle 1
+        		type filter hook input priority filter; policy accept;
+        		ip daddr @bans tcp dport 104 drop # handle 4
+        		tcp dport { 80, 443 } ip saddr 198.51.100.7 reject with icmp port-unreachable # handle 6
+        		tcp dport < 1024 drop # handle 7
+        		tcp dport vmap { 2762 : jump dicom } # handle 9
+        	}
+
+        	chain dicom { # handle 2
+        		ip daddr 10.0.0.40 drop # handle 10
+        	}
+        }
+        table ip6 marks6 { # handle 2
+        	chain pre { # handle 1
+        		type filter hook prerouting priority mangle; policy accept;
+        		meta mark set 0x00004c42 # handle 2
+        	}
+        }
+        """#
+
+    @Test func setsRangesOrderingsSourcesAndVerdictMaps() throws {
+        let rules = try NftablesListing.parse(json: Data(edgeJSON.utf8), text: edgeText, iptablesUsesNftables: true)
+        let found = NetfilterPlanner.conflicts(for: try services(config), in: rules)
+        let lines = Set(found.map { "\($0.service) \($0.rule.text)" })
+        #expect(lines == [
+            "DICOM-NAT ip daddr @bans tcp dport 104 drop",  // 10.0.0.40 is inside the commented range 10.0.0.1-10.0.0.50
+            "DICOM-NAT tcp dport < 1024 drop",
+            "Web tcp dport < 1024 drop",
+            "DICOM-NAT ip daddr 10.0.0.40 drop",  // in a chain reached only through a verdict map
+        ], "the reject of one source (a ban) is not a clash: \(lines)")
+        let banned = try #require(rules.first { $0.text.hasPrefix("ip daddr @bans") })
+        #expect(banned.destination != nil)
+        // 10.0.0.1-10.0.0.50 in aligned blocks, and the plain element.
+        #expect(rules.filter { $0.text.hasPrefix("ip daddr @bans") }.map { $0.destination!.value.description } == [
+            "10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/30", "10.0.0.8/29", "10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/31",
+            "10.0.0.50/32", "192.0.2.1/32"])
+        // lb's mark in an ip6 table cannot touch IPv4 transparent traffic.
+        let transparent = try services("""
+              - name: Viewer-T
+                vip: 10.0.0.50
+                ports: [80]
+                mode: l7-tcp
+                transparent: true
+                real_servers: [{name: web-1, address: 10.0.2.21, port: 8080}]
+            """)
+        #expect(rules.contains { $0.marks == [0x4c42] })
+        #expect(NetfilterPlanner.markConflicts(for: transparent, in: rules).isEmpty)
+    }
+
+    @Test func iptablesBanOfOneSourceIsNotAClash() throws {
+        let listing = IptablesListing.parse("""
+            *filter
+            -A INPUT -s 198.51.100.7/32 -p tcp -m tcp --dport 443 -j DROP
+            -A INPUT -p tcp -m tcp --dport 443 -j DROP
+            """)
+        #expect(NetfilterPlanner.conflicts(for: try services(config), in: listing).map(\.rule.line) == [3])
+    }
+
     @Test func notAListingIsAnError() {
         #expect(throws: NetfilterError.self) {
             try NftablesListing.parse(json: Data("[]".utf8), iptablesUsesNftables: true)

@@ -149,6 +149,40 @@ struct TCPProxyTests {
         await fixture.stop()
     }
 
+    /// A client that sends and half-closes before its real server is connected (nc -N): its bytes and its end of
+    /// input are held until the join, then delivered; the server's answer and its own end come back. The first
+    /// server's accept queue is full, so connecting to it hangs until the 300 ms connect timeout and lb moves on:
+    /// the client's data and FIN are long in by then.
+    @Test func earlyDataAndHalfCloseReachTheServer() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let base = Ports.block()
+        let stuck = try FullBacklogListener(port: base + 1)
+        let backend = try EchoBackend(name: "dicom-2", port: base + 2, group: group)
+        let engine = ProxyEngine(threads: 2, logger: testLogger)
+        try await engine.start([try makeService("""
+              - name: dicom
+                vip: 127.0.0.1
+                ports: [\(base)]
+                mode: l7-tcp
+                health_check: {type: none}
+                timeouts: {connect: 300ms}
+                real_servers:
+                  - {name: stuck, address: 127.0.0.1, port: \(base + 1)}
+                  - {name: dicom-2, address: 127.0.0.1, port: \(base + 2)}
+            """)])
+        for round in 0..<6 {
+            let client = try RawClient(port: base)
+            client.send("ping \(round)\n")
+            client.shutdownWrite()
+            let reply = client.readAllText()
+            #expect(reply == "hello from dicom-2\nping \(round)\nbye\n", "round \(round): \(reply) (read ended: \(client.lastReadEnd))")
+        }
+        await engine.shutdown(drainTimeout: .seconds(1))
+        try backend.stop()
+        _ = stuck
+        try await group.shutdownGracefully()
+    }
+
     @Test func gracefulStopLetsOpenConnectionsFinish() async throws {
         let fixture = try await TCPFixture()
         let client = try RawClient(port: fixture.vipPort)
@@ -229,4 +263,33 @@ struct SchedulerTests {
         pool.setHealthy("c", false)
         #expect(pool.select(client: nil, port: 80) == nil)
     }
+}
+
+/// A listening socket that never accepts, its accept queue filled: the kernel drops further SYNs, so a connect to
+/// it hangs (as to a server that is overloaded or gone from the network).
+final class FullBacklogListener {
+    private var descriptors: [Int32] = []
+
+    init(port: UInt16) throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        descriptors.append(listener)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(listener, 0) == 0 else { throw TestFailure("cannot listen on \(port)") }
+        // listen(0) queues one connection; a few more are dropped at the SYN (those clients keep retrying).
+        for _ in 0..<3 {
+            let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            descriptors.append(filler)
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(filler, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+    }
+
+    deinit { descriptors.forEach { close($0) } }
 }

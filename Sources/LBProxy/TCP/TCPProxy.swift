@@ -11,14 +11,17 @@ struct TCPProxy: Sendable {
     /// Ends at once; the real server is connected afterwards. NIO closes an accepted connection whose initializer
     /// finishes after its listening socket closed, so waiting here for the real server would kill every connection
     /// still connecting when lbd stops, or when a mode switch or reload closes the listener. The client is not read
-    /// until the two connections are joined.
+    /// until the two connections are joined — except at its end of input, which NIO reads whatever autoRead says: a
+    /// client that sends and half-closes at once has both held by `EarlyClientInput` until the join.
     func initialize(client channel: Channel) -> EventLoopFuture<Void> {
         let client = IPAddress(channel.remoteAddress)
         let port = UInt16(channel.localAddress?.port ?? 0)
         let idle = TimeAmount(service.timeouts.idle)
         let pool = connector.pool
+        let early = EarlyClientInput()
         do {
             try channel.syncOptions?.setOption(.autoRead, value: false)
+            try channel.pipeline.syncOperations.addHandler(early)
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
@@ -38,6 +41,7 @@ struct TCPProxy: Sendable {
                     let (front, back) = GlueHandler.matchedPair()
                     try backend.pipeline.syncOperations.addHandler(back)
                     try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(), front])
+                    early.release()
                     try channel.syncOptions?.setOption(.autoRead, value: true)
                 } catch {
                     channel.close(promise: nil)
@@ -49,5 +53,40 @@ struct TCPProxy: Sendable {
             }
         }
         return channel.eventLoop.makeSucceededVoidFuture()
+    }
+}
+
+/// Holds what a client delivers before its real server is joined (bytes, end of input) and passes it on, in order,
+/// once the glue is in place; then it steps out of the pipeline.
+final class EarlyClientInput: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private var held: [NIOAny] = []
+    private var inputClosed = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { held.append(data) }
+
+    func channelReadComplete(context: ChannelHandlerContext) {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            inputClosed = true
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// The glue is in place: what was held goes on, and later input passes straight through.
+    func release() {
+        guard let context else { return }
+        let held = self.held, inputClosed = self.inputClosed
+        self.held = []
+        for data in held { context.fireChannelRead(data) }
+        if !held.isEmpty { context.fireChannelReadComplete() }
+        if inputClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
