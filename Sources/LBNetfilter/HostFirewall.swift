@@ -180,14 +180,14 @@ public struct HostFirewall: Sendable {
     public func needsRepair() -> Bool {
         for family in [IPAddress.Family.ipv4, .ipv6] {
             guard let listing = try? Iptables(family: family).listing() else { continue }
-            let chains: [(table: String, chain: String, hook: String, wanted: [String])] = [
-                ("nat", NetfilterPlanner.snatChain, "POSTROUTING", NetfilterPlanner.snatRules(for: services, family: family)),
-                ("mangle", NetfilterPlanner.tproxyChain, "PREROUTING",
+            let chains: [(table: String, chain: String, jump: String, wanted: [String])] = [
+                ("nat", NetfilterPlanner.snatChain, NetfilterPlanner.jump, NetfilterPlanner.snatRules(for: services, family: family)),
+                ("mangle", NetfilterPlanner.tproxyChain, NetfilterPlanner.tproxyJump,
                  family == .ipv4 ? NetfilterPlanner.tproxyRules(for: services) : []),
             ]
-            for (table, chain, hook, wanted) in chains {
+            for (table, chain, jump, wanted) in chains {
                 let present = listing.rules.filter { $0.table == table && $0.chain == chain }
-                let jumps = listing.rules.filter { $0.table == table && $0.chain == hook && $0.target == chain }.count
+                let jumps = NetfilterPlanner.ownJumps(jump, table: table, in: listing.rules)
                 if wanted.isEmpty {
                     if !present.isEmpty || jumps > 0 { return true }
                     continue

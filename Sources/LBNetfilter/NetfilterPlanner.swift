@@ -63,7 +63,8 @@ public enum NetfilterPlanner {
                              chainExists: Bool) -> NetfilterRuleset {
         let hook = String(jump.split(separator: " ")[1])
         // More than one jump can be left by a restore that went through in part and was tried again: one stays.
-        let jumps = current.filter { $0.table == table && $0.chain == hook && $0.target == chain }.count
+        // Only lb's own jump counts: an operator's rule may jump to lb's chain too, and is not lb's to delete.
+        let jumps = ownJumps(jump, table: table, in: current)
         let deleteJump = jump.replacingOccurrences(of: "-A \(hook)", with: "-D \(hook)")
         if rules.isEmpty {
             guard chainExists || jumps > 0 else { return NetfilterRuleset(restore: nil, rules: []) }
@@ -77,6 +78,14 @@ public enum NetfilterPlanner {
         lines += Array(repeating: deleteJump, count: max(0, jumps - 1))
         lines.append("COMMIT")
         return NetfilterRuleset(restore: lines.joined(separator: "\n") + "\n", rules: rules)
+    }
+
+    /// How many copies of lb's own `jump` rule (matched by its words, comment included) `current` holds.
+    static func ownJumps(_ jump: String, table: String, in current: [HostRule]) -> Int {
+        let words = IptablesListing.tokens(jump)
+        let hook = words.count > 1 ? words[1] : ""
+        let wanted = Set(words)
+        return current.filter { $0.table == table && $0.chain == hook && Set(IptablesListing.tokens($0.text)) == wanted }.count
     }
 
     // MARK: Transparent Layer 7

@@ -89,6 +89,16 @@ struct NetfilterPlannerTests {
         #expect(gone.components(separatedBy: delete).count - 1 == 2 && gone.contains("-X LB-SNAT"), "\(gone)")
     }
 
+    /// An operator's own rule that jumps to lb's chain is not lb's jump: never counted, never deleted.
+    @Test func anOperatorsJumpToLbsChainIsLeftAlone() throws {
+        let jump = "-A POSTROUTING -m comment --comment \"lb: source NAT for l4-snat services\" -j LB-SNAT"
+        let listing = IptablesListing.parse("*nat\n:LB-SNAT - [0:0]\n\(jump)\n-A POSTROUTING -s 10.9.0.0/24 -j LB-SNAT\nCOMMIT\n")
+        let kept = try #require(NetfilterPlanner.ruleset(for: try services(config), family: .ipv4, current: listing, chainExists: true).restore)
+        #expect(!kept.contains("-D POSTROUTING") && !kept.contains(jump), "\(kept)")
+        let gone = try #require(NetfilterPlanner.ruleset(for: [], family: .ipv4, current: listing, chainExists: true).restore)
+        #expect(gone.components(separatedBy: "-D POSTROUTING").count - 1 == 1, "only lb's jump is deleted: \(gone)")
+    }
+
     @Test func ordinaryHostRulesAreNotConflicts() throws {
         let found = NetfilterPlanner.conflicts(for: try services(config), in: IptablesListing.parse(quietHost))
         #expect(found.isEmpty, "\(found)")
