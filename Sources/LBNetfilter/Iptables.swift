@@ -56,9 +56,12 @@ public struct Iptables: Sendable {
         _ = try runChecked(restore, ["--noflush", "--wait", "10"], input: restoreInput)
     }
 
-    /// Whether `error` is iptables' resource problem, worth another try after a pause.
+    /// Whether `error` is a resource problem worth another try after a pause (the xtables lock held, the kernel
+    /// busy for a moment). iptables-nft also exits 4 when the kernel refuses to delete a chain that a rule still
+    /// refers to ("Device or resource busy"): that stays so until the operator acts, so it is not tried again.
     public static func isResourceProblem(_ error: Error) -> Bool {
-        (error as? NetfilterError)?.status == resourceProblem
+        guard let error = error as? NetfilterError, error.status == resourceProblem else { return false }
+        return !error.message.contains("Device or resource busy")
     }
 
     /// iptables' exit status for a resource problem (xtables.h: RESOURCE_PROBLEM).

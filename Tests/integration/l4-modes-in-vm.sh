@@ -106,6 +106,7 @@ grep -q "failed at netfilter" <<<"$failed_reload" && grep -q "rolled back, nothi
     || fail "the failed reload must name its step and roll back: $failed_reload"
 grep -q "kernel unchanged" <<<"$failed_reload" || fail "the failed reload left the kernel changed: $failed_reload"
 grep -qE "^  rs2 .* online +100 " <<<"$failed_reload" || fail "status must still show the old weight: $failed_reload"
+grep -q "netfilter retries: 0" <<<"$failed_reload" || fail "a chain still in use must not be tried again: $failed_reload"
 grep -q "lbd exited 0" <<<"$(section stop)" || fail "lbd did not stop cleanly"
 [ "$(section stopped | tail -1)" = 4 ] || fail "IPVS services must stay when lbd stops (lbd's 4; the hand-made one went with ipvsadm -C)"
 

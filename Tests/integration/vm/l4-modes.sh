@@ -221,6 +221,8 @@ lbctl reload; echo "reload exited $?"
 after="$(kernel_state)"
 [ "$before" = "$after" ] && echo "kernel unchanged" || { echo "kernel CHANGED"; echo "$before" > "$dir/before.txt"; echo "$after" > "$dir/after.txt"; diff "$dir/before.txt" "$dir/after.txt"; }
 lbctl status Viewer-NAT | grep rs2
+# The chain in use is a lasting refusal (exit 4 from iptables-nft, like a held lock): not tried again.
+echo "netfilter retries: $(grep -c 'trying again' "$dir/lbd-$run.log")"
 cp "$dir/l4.good" "$dir/l4.yaml"
 iptables -t nat -D POSTROUTING -d 10.9.9.9/32 -p tcp -j LB-SNAT
 lbctl reload
