@@ -7,29 +7,6 @@ import Testing
 /// `nft -a list ruleset`) for a ruleset loaded into a scratch network namespace, next to one iptables-nft rule.
 @Suite("nftables rules in the clash scan (pure)")
 struct NftablesListingTests {
-    func services(_ yaml: String) throws -> [VirtualService] {
-        let report = ConfigurationLoader.check(yaml: "virtual_services:\n" + yaml, file: "t.yaml")
-        return try #require(report.configuration?.virtualServices, "\(report.diagnostics)")
-    }
-
-    let config = """
-          - name: Viewer-SNAT
-            vip: 10.0.0.41
-            ports: [2762]
-            mode: l4-snat
-            real_servers: [{name: core-1, address: 10.0.1.11, port: 2762}]
-          - name: DICOM-NAT
-            vip: 10.0.0.40
-            ports: [104]
-            mode: l4-nat
-            real_servers: [{name: core-1, address: 10.0.1.11, port: 11112}]
-          - name: Web
-            vip: 10.0.0.10
-            ports: [443]
-            mode: l7-tcp
-            real_servers: [{name: web-1, address: 10.0.2.21}]
-        """
-
     let json = #"""
         {"nftables": [
         {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
@@ -131,7 +108,7 @@ struct NftablesListingTests {
     }
 
     @Test func clashesAreReportedWithTheNftablesRule() throws {
-        let found = NetfilterPlanner.conflicts(for: try services(config), in: try rules())
+        let found = NetfilterPlanner.conflicts(for: try services(threeServices), in: try rules())
         let lines = found.map { "\($0.service) \($0.rule.text)" }.sorted()
         #expect(lines == [
             "DICOM-NAT ip daddr != 10.0.0.41 tcp dport 104 dnat to 10.0.1.99:104",
@@ -144,15 +121,8 @@ struct NftablesListingTests {
     }
 
     @Test func marksClashOnlyWithTransparentServices() throws {
-        #expect(NetfilterPlanner.markConflicts(for: try services(config), in: try rules()).isEmpty)
-        let transparent = try services("""
-              - name: Viewer-T
-                vip: 10.0.0.50
-                ports: [80]
-                mode: l7-tcp
-                transparent: true
-                real_servers: [{name: web-1, address: 10.0.2.21, port: 8080}]
-            """)
+        #expect(NetfilterPlanner.markConflicts(for: try services(threeServices), in: try rules()).isEmpty)
+        let transparent = try services(transparentService)
         let found = NetfilterPlanner.markConflicts(for: transparent, in: try rules())
         #expect(found.map(\.rule.text).sorted() == ["meta mark 0x00004c42 accept", "meta mark set 0x00004c42"])
         // The same from iptables: a MARK target and a mark match with lb's value; another mark is fine.
@@ -215,7 +185,7 @@ struct NftablesListingTests {
 
     @Test func setsRangesOrderingsSourcesAndVerdictMaps() throws {
         let rules = try NftablesListing.parse(json: Data(edgeJSON.utf8), text: edgeText, iptablesUsesNftables: true)
-        let found = NetfilterPlanner.conflicts(for: try services(config), in: rules)
+        let found = NetfilterPlanner.conflicts(for: try services(threeServices), in: rules)
         let lines = Set(found.map { "\($0.service) \($0.rule.text)" })
         #expect(lines == [
             "DICOM-NAT ip daddr @bans tcp dport 104 drop",  // 10.0.0.40 is inside the commented range 10.0.0.1-10.0.0.50
@@ -230,14 +200,7 @@ struct NftablesListingTests {
             "10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/30", "10.0.0.8/29", "10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/31",
             "10.0.0.50/32", "192.0.2.1/32"])
         // lb's mark in an ip6 table cannot touch IPv4 transparent traffic.
-        let transparent = try services("""
-              - name: Viewer-T
-                vip: 10.0.0.50
-                ports: [80]
-                mode: l7-tcp
-                transparent: true
-                real_servers: [{name: web-1, address: 10.0.2.21, port: 8080}]
-            """)
+        let transparent = try services(transparentService)
         #expect(rules.contains { $0.marks == [0x4c42] })
         #expect(NetfilterPlanner.markConflicts(for: transparent, in: rules).isEmpty)
     }
@@ -248,7 +211,7 @@ struct NftablesListingTests {
             -A INPUT -s 198.51.100.7/32 -p tcp -m tcp --dport 443 -j DROP
             -A INPUT -p tcp -m tcp --dport 443 -j DROP
             """)
-        #expect(NetfilterPlanner.conflicts(for: try services(config), in: listing).map(\.rule.line) == [3])
+        #expect(NetfilterPlanner.conflicts(for: try services(threeServices), in: listing).map(\.rule.line) == [3])
     }
 
     @Test func notAListingIsAnError() {
