@@ -87,6 +87,6 @@ halt, mode = (json.loads(line) for line in sys.stdin)
 assert (halt["command"], halt["targets"], halt["result"]) == ("halt", {"service": "Viewer", "server": "node-1"}, "ok"), halt
 assert (mode["command"], mode["targets"], mode["result"]) == ("mode", {"service": "Viewer", "mode": "l7-tcp"}, "ok"), mode
 ' || fail "halt and mode in the trail"
-lbctl audit | tail -1 | grep -qE " root +0 +mode +Viewer → l7-tcp +ok$" || fail "lbctl audit: the mode switch"
+lbctl audit | tail -1 | holds -E " root +0 +mode +Viewer → l7-tcp +ok$" || fail "lbctl audit: the mode switch"
 kill -TERM $lbd; wait $lbd || fail "lbd did not stop cleanly"
 echo "audit trail: passed"

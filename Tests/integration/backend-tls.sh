@@ -46,13 +46,13 @@ YAML
 "$bin/lbd" --config "$work/lb.yaml" --threads 1 --socket "$work/lbd.sock" --state-dir "$work/state" >> "$work/lbd.log" 2>&1 &
 pids+=($!)
 wait_until() { for _ in $(seq 100); do eval "$1" && return 0; sleep 0.1; done; return 1; }
-wait_until "lbctl status Viewer-TLS 2>/dev/null | grep -qE '^  core-1 .* up +up '" || fail "the https-get check with ca_file did not find core-1 up: $(lbctl status)"
+wait_until "lbctl status Viewer-TLS 2>/dev/null | holds -E '^  core-1 .* up +up '" || fail "the https-get check with ca_file did not find core-1 up: $(lbctl status)"
 body=$(curl -s --cacert examples/certs/demo-ca.pem --resolve "ei-viewer.example.org:$base:127.0.0.1" "https://ei-viewer.example.org:$base/") \
     || fail "curl through the re-encrypting VIP failed"
 grep -q "s_server" <<<"$body" || fail "the answer did not come from the TLS real server: $body"
 echo "re-encryption: curl → lbd (demo certificate) → s_server (test CA, verified): $(grep -o 's_server -accept [0-9]*' <<<"$body" | head -1)"
 
-wait_until "lbctl status Wrong-CA | grep -qE '^  core-1 .* down +down '" || fail "a certificate from another CA was accepted: $(lbctl status Wrong-CA)"
+wait_until "lbctl status Wrong-CA | holds -E '^  core-1 .* down +down '" || fail "a certificate from another CA was accepted: $(lbctl status Wrong-CA)"
 reason=$(lbctl status Wrong-CA | grep '^  core-1')
 grep -q "certificate was not accepted" <<<"$reason" || fail "status does not say why: $reason"
 echo "wrong CA: $(sed 's/  */ /g' <<<"$reason")"

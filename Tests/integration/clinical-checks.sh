@@ -66,7 +66,7 @@ wait_health() {  # SERVER HEALTH: waits up to 15 s (checks run every second)
 }
 expect() {  # SERVER HEALTH [REASON]
     wait_health "$1" "$2"
-    [ -z "${3:-}" ] || grep -q "reason=$3.* server=$1 " "$work/lbd.log" || fail "$1: no \"$3\" in the log"
+    [ -z "${3:-}" ] || holds "reason=$3.* server=$1 " "$work/lbd.log" || fail "$1: no \"$3\" in the log"
     echo "$1: $2${3:+ ($3)}"
 }
 # First: each must-pass server fails its check for the reason its check gives.
@@ -81,7 +81,7 @@ python3 Tests/integration/clinical-peers.py mllp "$(p 11)" AA & pids+=($!)
 touch "$work/pub/ready"
 for server in dcmtk-storescp pynetdicom-pacs engine-aa script-ok; do
     expect "$server" up
-    grep " server=$server " "$work/lbd.log" | grep -q "real server up$" || fail "$server: no \"real server up\" in the log"
+    grep " server=$server " "$work/lbd.log" | holds "real server up$" || fail "$server: no \"real server up\" in the log"
 done
 expect dcmtk-refusing down "association rejected: rejected by the service user, no reason given"
 expect pynetdicom-other-ae down "association rejected: called AE title not recognized"

@@ -83,7 +83,7 @@ echo "lbd used $ticks ticks of CPU in 2 s at the descriptor limit (busy loop: $(
 [ "$ticks" -lt $((2 * hz / 5)) ] || fail "lbd spins at the descriptor limit ($ticks ticks in 2 s)"
 lines=$(grep -c "not accepting for" "$work/lbd.log" || true)
 [ "$lines" -eq 1 ] || fail "$lines 'not accepting' lines in 3 s (one per 10 s expected)"
-grep "not accepting for" "$work/lbd.log" | grep -q "descriptor_limit=64" || fail "the log line does not give the limit"
+grep "not accepting for" "$work/lbd.log" | holds "descriptor_limit=64" || fail "the log line does not give the limit"
 touch "$work/flood-done"; wait "$flood"
 echo "clients held: $(cat "$work/flood.out"); one log line: $(grep -o 'not accepting for.*' "$work/lbd.log" | head -1)"
 # The clients are gone: lbd accepts again.

@@ -46,8 +46,8 @@ grep -q "reason=connection refused (2 checks failed in a row) server=web-2 servi
 # Only transitions after the kill count from here on.
 after_down() { sed -n "$(grep -n "server=web-2 service=CoreServerClient-80.*real server down" "$work/lbd.log" | tail -1 | cut -d: -f1),\$p" "$work/lbd.log"; }
 python3 scripts/demo-backend.py http web-2 "$rs2" & pids+=($!)
-for _ in $(seq 50); do after_down | grep -q "server=web-2 service=CoreServerClient-80.*real server up" && break; sleep 0.1; done
-after_down | grep -q "server=web-2 service=CoreServerClient-80.*real server up" || fail "web-2 did not rejoin"
+for _ in $(seq 50); do after_down | holds "server=web-2 service=CoreServerClient-80.*real server up" && break; sleep 0.1; done
+after_down | holds "server=web-2 service=CoreServerClient-80.*real server up" || fail "web-2 did not rejoin"
 back=0
 for _ in $(seq 10); do [[ "$(curl -sf "http://127.0.0.1:$vip/")" == web-2* ]] && back=$((back + 1)); done
 [ "$back" -ge 4 ] || fail "web-2 serves only $back of 10 after rejoining"

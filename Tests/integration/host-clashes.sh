@@ -34,9 +34,9 @@ refused() {  # description, expected text in the log
     wait $lbd; local status=$?
     [ $status -eq 1 ] || { cat "$log" >&2; fail "$1: lbd exited $status, not 1"; }
     grep -qF -- "$2" "$log" || { cat "$log" >&2; fail "$1: the refusal does not say: $2"; }
-    in_ns ip -4 addr show dev lan0 | grep -q 10.9.5.10 && fail "$1: the VIP address was added"
-    in_ns iptables-save 2>/dev/null | grep -q LB-TPROXY && fail "$1: LB-TPROXY was made"
-    in_ns ip -4 rule show | grep -q "lookup 19522" && fail "$1: lb's policy rule was made"
+    in_ns ip -4 addr show dev lan0 | holds 10.9.5.10 && fail "$1: the VIP address was added"
+    in_ns iptables-save 2>/dev/null | holds LB-TPROXY && fail "$1: LB-TPROXY was made"
+    in_ns ip -4 rule show | holds "lookup 19522" && fail "$1: lb's policy rule was made"
     echo "refused: $1"
 }
 
@@ -104,9 +104,9 @@ for _ in $(seq 100); do
 done
 "$bin/lbctl" --socket "$work/lbd.sock" status >/dev/null 2>&1 || fail "lbd did not start after the xtables lock was released"
 grep "trying again" "$work/lbd.log"
-in_ns iptables-legacy -t mangle -S LB-TPROXY | grep -q -- "-s 10.9.6.11/32 -p tcp -m tcp --sport 8080 -m socket --transparent" \
+in_ns iptables-legacy -t mangle -S LB-TPROXY | holds -- "-s 10.9.6.11/32 -p tcp -m tcp --sport 8080 -m socket --transparent" \
     || fail "LB-TPROXY (legacy) does not hold the service's rule"
-in_ns ip -4 rule show | grep -q "fwmark 0x4c42 lookup 19522" || fail "lb's policy rule missing"
+in_ns ip -4 rule show | holds "fwmark 0x4c42 lookup 19522" || fail "lb's policy rule missing"
 kill -TERM $lbd; wait $lbd
-in_ns iptables-legacy -t mangle -S 2>/dev/null | grep -q LB-TPROXY && fail "LB-TPROXY left after --cleanup-on-stop"
+in_ns iptables-legacy -t mangle -S 2>/dev/null | holds LB-TPROXY && fail "LB-TPROXY left after --cleanup-on-stop"
 echo "host clash scan and xtables lock retry: passed"

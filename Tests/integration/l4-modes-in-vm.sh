@@ -96,9 +96,9 @@ repairs=$(awk '/^repairs:/ { print $2 }' <<<"$drift")
 [ "${repairs:-0}" -ge 2 ] && [ "${repairs:-0}" -le 3 ] || fail "repairs must be logged once each (IPVS, netfilter; the address as restored): $repairs"
 recover=$(section "reload then recover")
 grep -q "reload: 1 service(s) added or changed" <<<"$recover" || fail "the reload did not change Viewer-NAT: $recover"
-grep -A5 "after reload:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +0 " || fail "rs2 must stay at weight 0 across the reload while down"
-grep -A5 "after reload:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.11:8080 +Masq +50 " || fail "the reload did not set rs1's weight"
-grep -A5 "after recovery:" <<<"$recover" | grep -qE -- "-> 10\.0\.1\.12:8080 +Masq +100 " || fail "rs2 recovered after the reload but IPVS did not get its weight back: $recover"
+grep -A5 "after reload:" <<<"$recover" | holds -E -- "-> 10\.0\.1\.12:8080 +Masq +0 " || fail "rs2 must stay at weight 0 across the reload while down"
+grep -A5 "after reload:" <<<"$recover" | holds -E -- "-> 10\.0\.1\.11:8080 +Masq +50 " || fail "the reload did not set rs1's weight"
+grep -A5 "after recovery:" <<<"$recover" | holds -E -- "-> 10\.0\.1\.12:8080 +Masq +100 " || fail "rs2 recovered after the reload but IPVS did not get its weight back: $recover"
 grep -qE "^  rs2 .* up +online +100 " <<<"$recover" || fail "status does not show rs2 back: $recover"
 failed_reload=$(section "failed reload")
 grep -q "reload exited 1" <<<"$failed_reload" || fail "the reload that cannot delete LB-SNAT must fail: $failed_reload"

@@ -70,7 +70,7 @@ for i in range(400):
 PY
 load=$!
 for _ in $(seq 200); do [ "$(wc -l < "$work/load.txt")" -ge 100 ] && break; sleep 0.05; done
-lbctl drain Viewer node-2 | grep -q "node-2: drain in Viewer" || fail "drain did not confirm"
+lbctl drain Viewer node-2 | holds "node-2: drain in Viewer" || fail "drain did not confirm"
 drained_at=$(wc -l < "$work/load.txt")
 wait $load
 failed=$(grep -c FAILED "$work/load.txt" || true)
@@ -128,10 +128,10 @@ kill -TERM $lbd; wait $lbd
 start_lbd
 grep -qE "^  node-2 .* drain " <<<"$(lbctl status Viewer)" || fail "the drain did not survive the restart"
 grep -qE "^  $server .* halt " <<<"$(lbctl status DICOM)" || fail "the halt did not survive the restart"
-for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | grep -q node-2 && fail "drained node-2 served after restart"
+for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | holds node-2 && fail "drained node-2 served after restart"
 
 # --server: one node, every VIP.
-lbctl online --server node-2 | grep -q "node-2: online in Viewer, DICOM" || fail "online --server"
+lbctl online --server node-2 | holds "node-2: online in Viewer, DICOM" || fail "online --server"
 lbctl online DICOM "$server" >/dev/null
 sleep 0.6
 [ "$(for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | sort -u | wc -l)" = 2 ] || fail "node-2 not back"
@@ -156,7 +156,7 @@ cat >> "$work/lb.yaml" <<YAML
 YAML
 out=$(lbctl reload) || fail "reload failed: $out"
 grep -q "reload: 1 service(s) added or changed, 0 removed" <<<"$out" || fail "reload summary: $out"
-curl -s "http://127.0.0.1:$((base + 2))/" | head -1 | grep -q node-1 || fail "the reloaded service does not serve"
+curl -s "http://127.0.0.1:$((base + 2))/" | head -1 | holds node-1 || fail "the reloaded service does not serve"
 cp "$work/lb.good" "$work/lb.yaml"
 kill -HUP $lbd
 for _ in $(seq 50); do grep -q "SIGHUP: reload: 0 service(s) added or changed, 1 removed" "$work/lbd.log" && break; sleep 0.1; done
@@ -179,8 +179,8 @@ modeload=$!
 sleep 1
 out=$(lbctl mode Viewer l7-tcp) || fail "mode switch failed: $out"
 grep -q "Viewer: l7-http → l7-tcp" <<<"$out" || fail "mode switch message: $out"
-grep -A3 "name: Viewer" "$work/lb.yaml" | grep -q "mode: l7-tcp" || fail "the config file was not updated"
-grep -A3 "name: Viewer" "$work/lb.yaml.bak" | grep -q "mode: l7-http" || fail "the previous config was not kept as .bak"
+grep -A3 "name: Viewer" "$work/lb.yaml" | holds "mode: l7-tcp" || fail "the config file was not updated"
+grep -A3 "name: Viewer" "$work/lb.yaml.bak" | holds "mode: l7-http" || fail "the previous config was not kept as .bak"
 grep -qE "^Viewer +l7-tcp " <<<"$(lbctl status Viewer)" || fail "status does not show the new mode"
 sleep 1
 lbctl mode Viewer l7-http >/dev/null || fail "switching back failed"

@@ -50,7 +50,7 @@ for _ in $(seq 100); do lbctl status >/dev/null 2>&1 && break; sleep 0.1; done
 grep -q "address=127.0.0.1:$http .*HTTP listening" "$work/lbd.log" || fail "--http $http did not default to 127.0.0.1"
 
 # Wait until every server's first check passed, then some traffic and an operator action for the page to show.
-for _ in $(seq 100); do ! lbctl status | grep -qE ' down | unchecked | checking ' && break; sleep 0.1; done
+for _ in $(seq 100); do ! lbctl status | holds -E ' down | unchecked | checking ' && break; sleep 0.1; done
 for _ in $(seq 20); do curl -s "http://127.0.0.1:$((base + 3))/" > /dev/null; done
 lbctl drain CoreServerDICOM-104 ei-core-2 > /dev/null || fail "drain failed"
 
@@ -59,14 +59,14 @@ lbctl drain CoreServerDICOM-104 ei-core-2 > /dev/null || fail "drain failed"
 same_json() { [ "$(curl -s "http://127.0.0.1:$http/status.json")" = "$(lbctl status --format json)" ]; }
 for _ in $(seq 20); do same_json && break; sleep 0.1; done
 same_json || fail "/status.json differs from lbctl status --format json"
-curl -s "http://127.0.0.1:$http/metrics" | grep -q '^lb_real_server_healthy{service="CoreServerHL7-2575",server="ei-hl7-1"} 1' \
+curl -s "http://127.0.0.1:$http/metrics" | holds '^lb_real_server_healthy{service="CoreServerHL7-2575",server="ei-hl7-1"} 1' \
     || fail "/metrics on --http"
-curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^lb_real_server_weight' || fail "--metrics stopped working"
+curl -s "http://127.0.0.1:$metrics/metrics" | holds '^lb_real_server_weight' || fail "--metrics stopped working"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$metrics/")" = 404 ] || fail "--metrics must serve only /metrics"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$http/status.json")" = 405 ] || fail "POST must be refused"
 page=$(curl -s "http://127.0.0.1:$http/")
 grep -qiE '(src|href)="(https?:)?//' <<<"$page" && fail "the page loads something from elsewhere"
-curl -sI "http://127.0.0.1:$http/" | grep -qi "^Content-Security-Policy: default-src 'none'; script-src 'self'" || fail "no CSP"
+curl -sI "http://127.0.0.1:$http/" | holds -i "^Content-Security-Policy: default-src 'none'; script-src 'self'" || fail "no CSP"
 curl -s "http://127.0.0.1:$http/audit.json" | python3 -c '
 import json, sys
 entries = json.load(sys.stdin)

@@ -51,7 +51,7 @@ python3 -c "import sys; gap=(float(sys.argv[2])-float(sys.argv[1]))/4; print(f'w
 "$bin/lbctl" --socket "$work/lbd.sock" reload > /dev/null || fail "lbctl reload failed"
 wait_for 5 "no READY=1 after lbctl reload" at_least 'READY=1' 2
 grep -qE 'RELOADING=1,MONOTONIC_USEC=[0-9]+' "$work/notify.log" || fail "RELOADING=1 without MONOTONIC_USEC"
-grep -vE 'WATCHDOG|^probe' "$work/notify.log" | grep -A1 'RELOADING=1' | tail -1 | grep -q 'READY=1' \
+grep -vE 'WATCHDOG|^probe' "$work/notify.log" | grep -A1 'RELOADING=1' | tail -1 | holds 'READY=1' \
     || fail "RELOADING=1 not followed by READY=1"
 # SIGHUP: the same.
 kill -HUP $lbd

@@ -53,9 +53,9 @@ ip netns exec $lb "$bin/lbd" --config "$work/lb.yaml" --threads 1 --socket "$wor
 for _ in $(seq 100); do ns $cl curl -s --max-time 1 http://10.9.0.10/ > "$work/seen" 2>/dev/null && break; sleep 0.1; done
 echo "server saw: $(cat "$work/seen")"
 [ "$(cat "$work/seen")" = "pacs 10.9.0.100" ] || fail "the server did not see the client's own address"
-ns $lb iptables -t mangle -S LB-TPROXY | grep -q -- "-s 10.9.1.11/32 -p tcp -m tcp --sport 8080 -m socket --transparent" \
+ns $lb iptables -t mangle -S LB-TPROXY | holds -- "-s 10.9.1.11/32 -p tcp -m tcp --sport 8080 -m socket --transparent" \
     || fail "LB-TPROXY rule missing"
-ns $lb ip -4 rule show | grep -q "fwmark 0x4c42 lookup 19522" || fail "policy rule missing: $(ns $lb ip -4 rule show)"
+ns $lb ip -4 rule show | holds "fwmark 0x4c42 lookup 19522" || fail "policy rule missing: $(ns $lb ip -4 rule show)"
 for file in "$work"/study/*.dcm; do
     ns $cl storescu -aec ANY-SCP 10.9.0.10 104 "$file" || fail "storescu through the transparent VIP failed"
 done
@@ -64,6 +64,6 @@ python3 Tests/integration/compare-datasets.py "$work/study" "$work/received" || 
 grep -E "^D: Association Received: " "$work/storescp.log" | sort | uniq -c
 grep -q "^D: Association Received: 10.9.0.100$" "$work/storescp.log" || fail "storescp did not see the client's own address"
 kill -TERM $lbd; wait $lbd
-ns $lb iptables -t mangle -S 2>/dev/null | grep -q LB-TPROXY && fail "LB-TPROXY left after --cleanup-on-stop"
-ns $lb ip -4 rule show | grep -q "lookup 19522" && fail "policy rule left after --cleanup-on-stop"
+ns $lb iptables -t mangle -S 2>/dev/null | holds LB-TPROXY && fail "LB-TPROXY left after --cleanup-on-stop"
+ns $lb ip -4 rule show | holds "lookup 19522" && fail "policy rule left after --cleanup-on-stop"
 echo "transparent Layer 7: passed"
