@@ -7,7 +7,12 @@ struct DocumentReader {
 
     init(file: String) { nodes = NodeReader(file: file) }
 
-    static let topLevelKeys = ["virtual_services", "ipvs"]
+    static let topLevelKeys = ["virtual_services", "ipvs", "high_availability"]
+    static let highAvailabilityKeys = [
+        "virtual_router_id", "advert_interval", "preempt", "nodes", "floating_addresses", "connection_sync", "peer_port",
+        "peer_secret_file",
+    ]
+    static let haNodeKeys = ["name", "address", "interface", "priority"]
     static let ipvsKeys = ["timeouts", "sync_daemon"]
     static let ipvsTimeoutKeys = ["tcp", "tcp_fin", "udp"]
     static let syncDaemonKeys = ["role", "interface", "sync_id"]
@@ -57,7 +62,10 @@ struct DocumentReader {
             if let service = readService(item, at: .virtualService(index)) { services.append(service) }
         }
         let ipvs = top["ipvs"].flatMap { readIPVS($0) } ?? IPVSSettings()
-        return Configuration(virtualServices: services, ipvs: ipvs)
+        let highAvailability = section(.root / "high_availability") { reader in
+            top["high_availability"].flatMap { reader.readHighAvailability($0) }
+        }
+        return Configuration(virtualServices: services, ipvs: ipvs, highAvailability: highAvailability)
     }
 
     // MARK: IPVS settings
@@ -94,6 +102,100 @@ struct DocumentReader {
             if let role, let interface { settings.syncDaemon = .init(role: role, interface: interface, syncID: syncID) }
         }
         return settings
+    }
+
+    // MARK: High availability
+
+    private mutating func readHighAvailability(_ node: Node) -> HighAvailability? {
+        let path = ConfigPath.root / "high_availability"
+        guard let fields = nodes.fields(of: node, at: path, what: "high_availability", allowed: Self.highAvailabilityKeys)
+        else { return nil }
+        let routerID = nodes.require("virtual_router_id", in: fields, what: "high_availability",
+                                     hint: "add `virtual_router_id: 51` (1-255, the same on both nodes, unique on the link)")
+            .flatMap { nodes.integer($0, key: "virtual_router_id", range: 1...255) }
+        var advertInterval = Duration.seconds(1)
+        if let intervalNode = fields["advert_interval"], let value = nodes.duration(intervalNode, key: "advert_interval") {
+            // VRRPv3 carries the interval in centiseconds (12 bits): 10 ms to 40.95 s.
+            if value < .milliseconds(10) || value > .seconds(40) || value.components.attoseconds % 10_000_000_000_000_000 != 0 {
+                nodes.error("advert_interval \(value.configText) is out of range", at: intervalNode,
+                            hint: "use 10ms to 40s in steps of 10ms; 1s is usual")
+            } else {
+                advertInterval = value
+            }
+        }
+        let preempt = fields["preempt"].flatMap { nodes.bool($0, key: "preempt") } ?? false
+        var haNodes: [HighAvailability.Node] = []
+        if let listNode = nodes.require("nodes", in: fields, what: "high_availability",
+                                        hint: "list the two lbd nodes under `nodes:` with name, address, interface and priority"),
+           let items = nodes.sequence(listNode, key: "nodes") {
+            if items.count != 2 {
+                nodes.error("high_availability needs exactly two nodes, found \(items.count)", at: listNode,
+                            hint: "a pair: list this node and its peer, each with name, address, interface and priority")
+            }
+            for (index, item) in items.enumerated() {
+                guard let node = nodes.fields(of: item, at: path / "nodes" / index, what: "node", allowed: Self.haNodeKeys)
+                else { continue }
+                let name = nodes.require("name", in: node, what: "node", hint: "add `name:`, the name given to `lbd --node` (default: the host name)")
+                    .flatMap { nodes.name($0, key: "name") }
+                let address = nodes.require("address", in: node, what: "node", hint: "add `address:`, the node's own address on its VRRP link")
+                    .flatMap { nodes.address($0, key: "address") }
+                let interface = nodes.require("interface", in: node, what: "node", hint: "add `interface:`, the link VRRP speaks on")
+                    .flatMap { readInterface($0) }
+                let priority = nodes.require("priority", in: node, what: "node", hint: "add `priority:` (1-254; the higher one is master first)")
+                    .flatMap { nodes.integer($0, key: "priority", range: 1...254) }
+                if let name, let address, let interface, let priority {
+                    haNodes.append(.init(name: name, address: address, interface: interface, priority: priority))
+                }
+            }
+        }
+        var floating: [HighAvailability.FloatingAddress] = []
+        if let listNode = fields["floating_addresses"], let items = nodes.sequence(listNode, key: "floating_addresses") {
+            for (index, item) in items.enumerated() {
+                guard let entry = nodes.fields(of: item, at: path / "floating_addresses" / index, what: "floating address",
+                                               allowed: ["address", "interface"]) else { continue }
+                let interface = nodes.require("interface", in: entry, what: "floating address", hint: "add `interface:`, the link the address lives on")
+                    .flatMap { readInterface($0) }
+                guard let addressNode = nodes.require("address", in: entry, what: "floating address",
+                                                      hint: "add `address: 10.20.1.1/24` (with its prefix length)"),
+                      let text = nodes.scalarText(addressNode, key: "address") else { continue }
+                let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+                guard let address = IPAddress(String(parts[0])), !address.isUnspecified, !address.isMulticastOrBroadcast,
+                      parts.count <= 2 else {
+                    nodes.error("\"\(text)\" is not an address with a prefix length", at: addressNode,
+                                hint: "write it like 10.20.1.1/24 or 2001:db8:1::1/64")
+                    continue
+                }
+                let maximum = address.family == .ipv4 ? 32 : 128
+                let prefix = parts.count == 2 ? Int(parts[1]) : maximum
+                guard let prefix, (1...maximum).contains(prefix) else {
+                    nodes.error("prefix length in \"\(text)\" must be 1-\(maximum)", at: addressNode,
+                                hint: "write it like 10.20.1.1/24")
+                    continue
+                }
+                if let interface { floating.append(.init(address: address, prefixLength: prefix, interface: interface)) }
+            }
+        }
+        var syncInterface: String?
+        if let syncNode = fields["connection_sync"],
+           let sync = nodes.fields(of: syncNode, at: path / "connection_sync", what: "connection_sync", allowed: ["interface"]) {
+            syncInterface = nodes.require("interface", in: sync, what: "connection_sync",
+                                          hint: "add `interface:`, the link between the two nodes")
+                .flatMap { readInterface($0) }
+        }
+        let peerPort = fields["peer_port"].flatMap { nodes.integer($0, key: "peer_port", range: 1...65535) }
+            .map { UInt16($0) } ?? HighAvailability.defaultPeerPort
+        let secretNode = nodes.require("peer_secret_file", in: fields, what: "high_availability",
+                                       hint: "add `peer_secret_file: /etc/lb/peer.key` (the same random secret on both nodes, e.g. `openssl rand -hex 32`)")
+        var secretFile = secretNode.flatMap { nodes.string($0, key: "peer_secret_file") }
+        if let secretNode, let file = secretFile, !file.hasPrefix("/") {
+            nodes.error("peer_secret_file \"\(file)\" is not an absolute path", at: secretNode,
+                        hint: "write the full path, e.g. /etc/lb/peer.key")
+            secretFile = nil
+        }
+        guard let routerID, let secretFile, haNodes.count == 2 else { return nil }
+        return HighAvailability(virtualRouterID: routerID, advertInterval: advertInterval, preempt: preempt, nodes: haNodes,
+                                floatingAddresses: floating, connectionSyncInterface: syncInterface, peerPort: peerPort,
+                                peerSecretFile: secretFile)
     }
 
     /// A network interface name as the kernel accepts it.

@@ -6,10 +6,14 @@ public struct Configuration: Hashable, Sendable {
     public var virtualServices: [VirtualService]
     /// Kernel-wide IPVS settings (Layer 4).
     public var ipvs: IPVSSettings
+    /// A pair of lbd nodes; nil: this node works alone.
+    public var highAvailability: HighAvailability?
 
-    public init(virtualServices: [VirtualService], ipvs: IPVSSettings = IPVSSettings()) {
+    public init(virtualServices: [VirtualService], ipvs: IPVSSettings = IPVSSettings(),
+                highAvailability: HighAvailability? = nil) {
         self.virtualServices = virtualServices
         self.ipvs = ipvs
+        self.highAvailability = highAvailability
     }
 }
 

@@ -25,6 +25,7 @@ public struct Validator {
         validator.checkLayer7AndSNATShareNoRealServer()
         validator.checkDirectRoutingVIPsNotProxied()
         validator.checkSharedPersistenceCookies()
+        validator.checkHighAvailability()
         return validator.diagnostics
     }
 
@@ -178,6 +179,43 @@ public struct Validator {
     }
 
     // MARK: Across services
+
+    /// The pair's own addresses, its VIPs and the IPVS settings must not contradict one another.
+    private mutating func checkHighAvailability() {
+        let path = ConfigPath.root / "high_availability"
+        guard let ha = configuration.highAvailability, !incompleteSections.contains(path) else { return }
+        func haError(_ at: ConfigPath, _ message: String, hint: String) {
+            diagnostics.append(Diagnostic(.error, at: sourceMap.location(of: at), message, hint: hint))
+        }
+        let (first, second) = (ha.nodes[0], ha.nodes[1])
+        if first.name == second.name {
+            haError(path / "nodes" / 1 / "name", "both nodes are named \"\(first.name)\"",
+                    hint: "give each node its own name; `lbd --node NAME` picks this node's entry")
+        }
+        if first.address == second.address {
+            haError(path / "nodes" / 1 / "address", "both nodes have the address \(first.address)",
+                    hint: "each node's own (not floating) address on the VRRP link")
+        } else if first.address.family != second.address.family {
+            haError(path / "nodes" / 1 / "address", "the nodes' addresses \(first.address) and \(second.address) are of different families",
+                    hint: "VRRP speaks over one family: give both nodes IPv4 (or both IPv6) addresses")
+        }
+        if configuration.ipvs.syncDaemon != nil {
+            haError(.root / "ipvs" / "sync_daemon", "ipvs.sync_daemon cannot be set together with high_availability",
+                    hint: "remove ipvs.sync_daemon; high_availability.connection_sync runs the sync daemons on both nodes")
+        }
+        let nodeAddresses = Set(ha.nodes.map(\.address))
+        for (index, service) in configuration.virtualServices.enumerated() where nodeAddresses.contains(service.address) {
+            error(service.name, at: .virtualService(index) / "vip", "the VIP \(service.address) is a node's own address",
+                  hint: "a VIP must move between the nodes; use an address that no node owns")
+        }
+        let vips = Set(configuration.virtualServices.map(\.address))
+        for (index, floating) in ha.floatingAddresses.enumerated()
+        where nodeAddresses.contains(floating.address) || vips.contains(floating.address) {
+            haError(path / "floating_addresses" / index / "address",
+                    "floating address \(floating.address) is also \(vips.contains(floating.address) ? "a VIP" : "a node's own address")",
+                    hint: "list each address once: VIPs move with the pair already")
+        }
+    }
 
     private mutating func checkUniqueNames() {
         var seen: [String: Int] = [:]

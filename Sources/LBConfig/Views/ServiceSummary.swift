@@ -90,7 +90,18 @@ public enum ConfigurationView {
                     summary.scheduler, persistence, summary.healthCheck,
                     servers + (summary.fallback.map { " fallback=\($0)" } ?? "")]
         }
-        return alignedColumns([tableHeader] + rows)
+        let table = alignedColumns([tableHeader] + rows)
+        return configuration.highAvailability.map { table + "\n\n" + highAvailabilityText($0) } ?? table
+    }
+
+    /// The pair section, as `lbctl config show` prints it under the table.
+    public static func highAvailabilityText(_ ha: HighAvailability) -> String {
+        var lines = ["high availability: virtual_router_id \(ha.virtualRouterID), advert_interval \(ha.advertInterval.configText), "
+                     + "preempt \(ha.preempt ? "yes" : "no"), peer_port \(ha.peerPort), peer_secret_file \(ha.peerSecretFile)"]
+        lines += ha.nodes.map { "  node \($0.name): \($0.address) on \($0.interface), priority \($0.priority)" }
+        lines += ha.floatingAddresses.map { "  floating address \($0.address)/\($0.prefixLength) on \($0.interface)" }
+        lines.append("  connection sync: " + (ha.connectionSyncInterface.map { "IPVS sync daemons on \($0)" } ?? "off"))
+        return lines.joined(separator: "\n")
     }
 
     static func alignedColumns(_ rows: [[String]]) -> String {
