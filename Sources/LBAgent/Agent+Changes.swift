@@ -48,12 +48,12 @@ extension Agent {
         let ipvsBefore = try kernel?.table()
         let ownedBefore = kernel?.owned ?? []
         do {
-            let added = try addresses.apply(services)
+            let added = try addresses.apply(state.configuration.servicesWithVIPsAddedByLB)
             undo.add { self.addresses.rollBack(added) }
             if let kernel {
                 let changed = try kernel.applySysctls(for: services)
                 undo.add { kernel.restoreSysctls(changed) }
-                try kernel.applySettings(state.configuration.ipvs)
+                try kernel.applySettings(of: state.configuration)
             }
             // lb's chains and the transparent policy route before anything takes traffic that needs them.
             try effectors.firewall.apply(services)
@@ -61,7 +61,7 @@ extension Agent {
                 undo.add { try? kernel.restore(ipvsBefore, ownedBefore: ownedBefore) }
                 try kernel.apply(desiredIPVSTable())
             }
-            try effectors.proxy.update(to: services, membership: state.memberships)
+            try effectors.proxy.update(to: services, membership: state.memberships, freeBind: state.configuration.highAvailability != nil)
         } catch {
             undo.run()
             throw error
@@ -192,13 +192,13 @@ extension Agent {
             newByName[old.name].map { $0.mode != old.mode || $0.transparent != old.transparent } ?? true
         }
         do {
-            let added = try addresses.apply(both, removing: false)
+            let added = try addresses.apply(next.highAvailability == nil ? both : [], removing: false)
             undo.add { self.addresses.rollBack(added) }
             if let kernel {
                 step = "kernel settings"
                 let changed = try kernel.applySysctls(for: next.virtualServices)
                 undo.add { kernel.restoreSysctls(changed) }
-                try kernel.applySettings(next.ipvs)
+                try kernel.applySettings(of: next)
             }
             step = "netfilter"
             do {
@@ -211,8 +211,12 @@ extension Agent {
             undo.add { try self.effectors.firewall.apply(previous.virtualServices) }
             step = "proxy listeners"
             try effectors.proxy.update(to: next.virtualServices.filter { $0.mode.isLayer7 } + movingToKernel,
-                                       membership: nextMembership.merging(previousMembership) { new, _ in new })
-            undo.add { try self.effectors.proxy.update(to: previous.virtualServices, membership: previousMembership) }
+                                       membership: nextMembership.merging(previousMembership) { new, _ in new },
+                                       freeBind: next.highAvailability != nil)
+            undo.add {
+                try self.effectors.proxy.update(to: previous.virtualServices, membership: previousMembership,
+                                                freeBind: previous.highAvailability != nil)
+            }
             if let kernel {
                 step = "IPVS"
                 if let ipvsBefore { undo.add { try kernel.restore(ipvsBefore, ownedBefore: ownedBefore) } }
@@ -225,7 +229,7 @@ extension Agent {
                 try kernel.apply(keeping)
             }
             step = "proxy listeners"
-            try effectors.proxy.update(to: next.virtualServices, membership: nextMembership)
+            try effectors.proxy.update(to: next.virtualServices, membership: nextMembership, freeBind: next.highAvailability != nil)
             if let kernel {
                 step = "IPVS"
                 try kernel.apply(desiredIPVSTable(for: nextState))
@@ -236,7 +240,7 @@ extension Agent {
                 try effectors.firewall.apply(next.virtualServices)
             }
             step = "VIP addresses"
-            try addresses.apply(next.virtualServices, removing: true)
+            try addresses.apply(next.servicesWithVIPsAddedByLB, removing: true)
         } catch {
             logger.error("\(what) failed at \(step): \(error); taking back the steps before it")
             let failures = undo.run()
@@ -285,7 +289,7 @@ extension Agent {
                     logger.warning("IPVS differed from the config; repaired", metadata: ["operations": "\(operations.count)"])
                 }
             }
-            let added = try addresses.apply(services)
+            let added = try addresses.apply(state.configuration.servicesWithVIPsAddedByLB)
             if !added.isEmpty { logger.warning("VIP addresses were missing; restored", metadata: ["addresses": "\(added)"]) }
             if effectors.firewall.needsRepair(for: services) {
                 try effectors.firewall.apply(services)

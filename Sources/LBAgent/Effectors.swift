@@ -49,8 +49,8 @@ public protocol FirewallEffector: AnyObject {
 /// lbd's Layer 7 proxy.
 public protocol ProxyEffector: AnyObject {
     /// Runs exactly the Layer 7 services given (with their servers' membership); throws, changing nothing, if one
-    /// cannot be set up.
-    func update(to services: [VirtualService], membership: [String: ServiceMembership]) throws
+    /// cannot be set up. `freeBind`: listen on VIPs this host does not hold yet (a pair's standby, IP_FREEBIND).
+    func update(to services: [VirtualService], membership: [String: ServiceMembership], freeBind: Bool) throws
     func apply(_ membership: [String: ServiceMembership])
     /// Connections and bytes per real server, by service.
     func counters() -> [String: [String: ServerCounters]]

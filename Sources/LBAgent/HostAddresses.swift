@@ -72,6 +72,12 @@ struct HostAddresses {
     }
 }
 
+extension Configuration {
+    /// The services whose VIP addresses lbd itself puts on their interfaces: all of them on a single node; none in a
+    /// pair, where keepalived moves every VIP with the master role.
+    var servicesWithVIPsAddedByLB: [VirtualService] { highAvailability == nil ? virtualServices : [] }
+}
+
 /// A reason not to start or change, found before anything was changed.
 public struct PreflightError: Error, CustomStringConvertible {
     public let description: String

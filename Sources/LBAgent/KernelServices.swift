@@ -76,7 +76,8 @@ final class KernelServices {
 
     /// Connection timeouts and the sync daemon, when the config sets them. A running daemon with other settings
     /// is reported and left alone (it may belong to keepalived).
-    func applySettings(_ settings: IPVSSettings) throws {
+    func applySettings(of configuration: Configuration) throws {
+        let settings = configuration.ipvs
         if settings.tcpTimeout != nil || settings.tcpFinTimeout != nil || settings.udpTimeout != nil {
             func seconds(_ value: Duration?) -> UInt32 { value.map { UInt32($0.components.seconds) } ?? 0 }
             let wanted = IPVSTimeouts(tcp: seconds(settings.tcpTimeout), tcpFin: seconds(settings.tcpFinTimeout),
@@ -88,20 +89,30 @@ final class KernelServices {
                 logger.notice("IPVS timeouts set", metadata: ["tcp": "\(wanted.tcp)", "tcp_fin": "\(wanted.tcpFin)", "udp": "\(wanted.udp)"])
             }
         }
-        if let daemon = settings.syncDaemon {
-            let wanted = IPVSSyncDaemon(role: daemon.role == .master ? .master : .backup, interface: daemon.interface,
-                                        syncID: UInt32(daemon.syncID))
+        for wanted in Self.syncDaemons(for: configuration) {
             let running = try kernel.syncDaemons()
-            if running.contains(wanted) { return }
+            if running.contains(wanted) { continue }
             if let other = running.first(where: { $0.role == wanted.role }) {
                 logger.warning("an IPVS sync daemon with other settings is running; left alone",
                                metadata: ["running": "\(other.role) on \(other.interface) id \(other.syncID)"])
-                return
+                continue
             }
             try kernel.startSyncDaemon(wanted)
-            logger.notice("IPVS sync daemon started", metadata: ["role": "\(daemon.role.rawValue)", "interface": "\(daemon.interface)",
-                                                                  "sync_id": "\(daemon.syncID)"])
+            logger.notice("IPVS sync daemon started", metadata: ["role": "\(wanted.role)", "interface": "\(wanted.interface)",
+                                                                  "sync_id": "\(wanted.syncID)"])
         }
+    }
+
+    /// The sync daemons a config asks for. A pair runs both roles on both nodes, so that whichever node is master
+    /// sends its connection table and the other already holds it at takeover — and, after a failback, the old
+    /// master holds what the new one accepted meanwhile (keepalived issue 1076: connections lost on failback).
+    static func syncDaemons(for configuration: Configuration) -> [IPVSSyncDaemon] {
+        if let ha = configuration.highAvailability, let interface = ha.connectionSyncInterface {
+            return [.master, .backup].map { IPVSSyncDaemon(role: $0, interface: interface, syncID: UInt32(ha.virtualRouterID)) }
+        }
+        guard let daemon = configuration.ipvs.syncDaemon else { return [] }
+        return [IPVSSyncDaemon(role: daemon.role == .master ? .master : .backup, interface: daemon.interface,
+                               syncID: UInt32(daemon.syncID))]
     }
 
     /// Makes the kernel hold `desired`. With a `scope` (one VIP's services) and a record of the last apply, only

@@ -70,9 +70,9 @@ public final class ProxyEngineEffector: ProxyEffector {
 
     public init(engine: ProxyEngine) { self.engine = engine }
 
-    public func update(to services: [VirtualService], membership: [String: ServiceMembership]) throws {
+    public func update(to services: [VirtualService], membership: [String: ServiceMembership], freeBind: Bool) throws {
         let engine = self.engine
-        try waitFor { try await engine.update(to: services, membership: membership) }
+        try waitFor { try await engine.update(to: services, membership: membership, freeBind: freeBind) }
     }
 
     public func apply(_ membership: [String: ServiceMembership]) { engine.apply(membership) }

@@ -102,8 +102,10 @@ final class FakeProxy: ProxyEffector {
     var services: [String: VirtualService] = [:]
     var membership: [String: ServiceMembership] = [:]
     var failUpdate: String?
-    func update(to services: [VirtualService], membership: [String: ServiceMembership]) throws {
+    var freeBind = false
+    func update(to services: [VirtualService], membership: [String: ServiceMembership], freeBind: Bool) throws {
         if let failUpdate { throw FakeError(failUpdate) }
+        self.freeBind = freeBind
         self.services = Dictionary(uniqueKeysWithValues: services.filter { $0.mode.isLayer7 }.map { ($0.name, $0) })
         for (name, servers) in membership where self.services[name] != nil { self.membership[name] = servers }
         self.membership = self.membership.filter { self.services[$0.key] != nil }

@@ -293,3 +293,33 @@ final class FullBacklogListener {
 
     deinit { descriptors.forEach { close($0) } }
 }
+
+@Suite("Listening on a VIP this host does not hold (a pair's standby)")
+struct FreeBindTests {
+    @Test func standbyListensOnlyWithFreeBind() async throws {
+        let port = Ports.block()
+        // 192.0.2.0/24 (TEST-NET-1) is on no interface of this host.
+        let service = try makeService("""
+              - name: standby
+                vip: 192.0.2.77
+                ports: [\(port)]
+                mode: l7-tcp
+                health_check: {type: none}
+                real_servers:
+                  - {name: one, address: 127.0.0.1, port: \(port + 1)}
+
+            """)
+        let single = ProxyEngine(threads: 1, logger: testLogger)
+        await #expect(throws: ProxyError.self, "a single node must say that the VIP is not on this host") {
+            try await single.start([service])
+        }
+        await single.shutdown(drainTimeout: .seconds(1))
+        let standby = ProxyEngine(threads: 1, logger: testLogger)
+        try await standby.start([service], freeBind: true)
+        let listening = try String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)
+        // 192.0.2.77 little-endian hex, as /proc/net/tcp prints local addresses; state 0A = LISTEN.
+        let local = String(format: "4D0200C0:%04X 00000000:0000 0A", port)
+        #expect(listening.contains(local), "no listening socket on 192.0.2.77:\(port)")
+        await standby.shutdown(drainTimeout: .seconds(1))
+    }
+}

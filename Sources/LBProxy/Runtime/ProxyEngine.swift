@@ -38,17 +38,20 @@ public final class ProxyEngine: Sendable {
     }
 
     /// Starts the given services (the engine's first update).
-    public func start(_ services: [VirtualService], membership: [String: ServiceMembership] = [:]) async throws {
-        try await update(to: services, membership: membership)
+    public func start(_ services: [VirtualService], membership: [String: ServiceMembership] = [:], freeBind: Bool = false) async throws {
+        try await update(to: services, membership: membership, freeBind: freeBind)
     }
 
     /// Makes the running Layer 7 services equal to those in `services`. Unchanged services run on untouched
     /// (pools, connections). A changed one gets a new generation, which its listening sockets hand new connections
     /// to from now on; sockets are opened for new address:ports and closed only for address:ports no longer served.
     /// If anything cannot be set up (a certificate, a bind), nothing is changed and the error is thrown.
+    /// `freeBind` (IP_FREEBIND): new sockets may listen on addresses this host does not hold yet — a pair's standby
+    /// listens on every VIP so that a takeover moves addresses and nothing else.
     /// Returns the names of services given a new generation and of those stopped.
     @discardableResult
-    public func update(to services: [VirtualService], membership: [String: ServiceMembership] = [:]) async throws
+    public func update(to services: [VirtualService], membership: [String: ServiceMembership] = [:],
+                       freeBind: Bool = false) async throws
         -> (started: [String], stopped: [String])
     {
         let wanted = services.filter { $0.mode.isLayer7 }
@@ -80,7 +83,7 @@ public final class ProxyEngine: Sendable {
             for service in wanted {
                 guard let runtime = runtimes[service.name] else { continue }
                 for key in service.bindingKeys where before.bindings[key] == nil {
-                    opened.append(try await Binding.bind(key, serving: runtime, group: group))
+                    opened.append(try await Binding.bind(key, serving: runtime, group: group, freeBind: freeBind))
                 }
             }
         } catch {

@@ -28,9 +28,13 @@ final class Binding: Sendable {
 
     var key: Key { Key(address: address, port: port) }
 
-    static func bind(_ key: Key, serving runtime: ServiceRuntime, group: EventLoopGroup) async throws -> Binding {
+    static func bind(_ key: Key, serving runtime: ServiceRuntime, group: EventLoopGroup, freeBind: Bool = false) async throws -> Binding {
         let slot = ServiceSlot(runtime)
+        // IP_FREEBIND at the IP level also serves IPv6 sockets (Linux passes SOL_IP options of AF_INET6 TCP sockets on).
+        let freeBindOption = ChannelOptions.Types.SocketOption(level: .init(rawValue: Int32(IPPROTO_IP)),
+                                                               name: .init(rawValue: Int32(IP_FREEBIND)))
         let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(freeBindOption, value: freeBind ? 1 : 0)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
