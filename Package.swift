@@ -67,6 +67,16 @@ let package = Package(
         .target(name: "LBSystem", dependencies: ["CSpawn"]),
         // netfilter: lb's own chains (SNAT for l4-snat) and the scan for host rules that would clash.
         .target(name: "LBNetfilter", dependencies: ["LBConfig", "LBSystem"]),
+        // A pair of nodes: keepalived's config and supervision, the authenticated peer channel.
+        .target(
+            name: "LBHighAvailability",
+            dependencies: [
+                "LBConfig", "LBRuntime", "LBSystem", "LBTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The Layer 7 data plane: l7-http and l7-tcp services on SwiftNIO.
         .target(
             name: "LBProxy",
@@ -109,6 +119,7 @@ let package = Package(
                 "LBProxy",
                 "LBTLS",
                 "LBConfigFiles",
+                "LBHighAvailability",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -171,6 +182,7 @@ let package = Package(
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
         .testTarget(name: "LBLinksTests", dependencies: ["LBLinks"]),
         .testTarget(name: "LBRuntimeTests", dependencies: ["LBRuntime"]),
+        .testTarget(name: "LBHighAvailabilityTests", dependencies: ["LBHighAvailability"]),
         // Loopback backends, a raw client and config helpers shared by the test targets.
         .target(
             name: "LBTestSupport",

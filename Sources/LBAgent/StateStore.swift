@@ -13,11 +13,17 @@ public struct AgentState: Codable, Equatable, Sendable {
     public var ipvsServices: [String] = []
     /// Operator overrides (drain, halt) by service and server; online servers are not listed.
     public var overrides: [String: [String: AdminState]] = [:]
+    /// When and where each override last changed (online included), for a pair's newest-wins merge.
+    public var overrideChanges: [String: [String: OverrideChange]] = [:]
+    /// `lbctl ha standby` in force (a pair): kept across restarts, so maintenance is not undone by a restart.
+    public var pairStandby = false
 
     enum CodingKeys: String, CodingKey {
         case vipAddresses = "vip_addresses"
         case ipvsServices = "ipvs_services"
         case overrides
+        case overrideChanges = "override_changes"
+        case pairStandby = "pair_standby"
     }
 
     public init() {}
@@ -27,6 +33,8 @@ public struct AgentState: Codable, Equatable, Sendable {
         vipAddresses = try container.decodeIfPresent([VIPAddress].self, forKey: .vipAddresses) ?? []
         ipvsServices = try container.decodeIfPresent([String].self, forKey: .ipvsServices) ?? []
         overrides = try container.decodeIfPresent([String: [String: AdminState]].self, forKey: .overrides) ?? [:]
+        overrideChanges = try container.decodeIfPresent([String: [String: OverrideChange]].self, forKey: .overrideChanges) ?? [:]
+        pairStandby = try container.decodeIfPresent(Bool.self, forKey: .pairStandby) ?? false
     }
 }
 

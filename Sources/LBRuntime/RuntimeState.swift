@@ -12,6 +12,10 @@ public struct RuntimeState: Sendable, Equatable {
     /// The latest health transitions, oldest first, at most `transitionsKept` (what the status page lists). History:
     /// a reload keeps it, even for servers that went.
     public private(set) var recentTransitions: [TransitionRecord] = []
+    /// When each override last changed and where (online included); a pair's nodes merge these, newest first.
+    public private(set) var overrideChanges: [ServerKey: OverrideChange] = [:]
+    /// This node's place in a pair; nil on a single node.
+    public var pair: PairStatus?
     public static let transitionsKept = 50
 
     public init(configuration: Configuration) {
@@ -42,6 +46,43 @@ public struct RuntimeState: Sendable, Equatable {
         guard contains(key) else { return false }
         overrides[key] = admin == .online ? nil : admin
         return true
+    }
+
+    /// Sets the override and records the change (an operator's here, or the peer's).
+    @discardableResult
+    public mutating func setAdmin(_ key: ServerKey, change: OverrideChange) -> Bool {
+        guard setAdmin(key, change.admin) else { return false }
+        overrideChanges[key] = change
+        return true
+    }
+
+    /// Puts back the override and change record a failed change replaced.
+    public mutating func restoreAdmin(_ key: ServerKey, _ admin: AdminState, change: OverrideChange?) {
+        setAdmin(key, admin)
+        overrideChanges[key] = change
+    }
+
+    /// A change from the peer: applied when it is newer than what this node has; returns whether it was.
+    public mutating func mergeOverride(_ key: ServerKey, _ change: OverrideChange) -> Bool {
+        guard contains(key), change.supersedes(overrideChanges[key]) else { return false }
+        return setAdmin(key, change: change)
+    }
+
+    /// Change records saved by an earlier run, for servers that still exist.
+    public mutating func restoreOverrideChanges(_ saved: [String: [String: OverrideChange]]) {
+        for (service, servers) in saved {
+            for (server, change) in servers {
+                let key = ServerKey(service: service, server: server)
+                if contains(key) { overrideChanges[key] = change }
+            }
+        }
+    }
+
+    /// Change records as the state file keeps them (service → server → change).
+    public var overrideChangesByService: [String: [String: OverrideChange]] {
+        var result: [String: [String: OverrideChange]] = [:]
+        for (key, change) in overrideChanges { result[key.service, default: [:]][key.server] = change }
+        return result
     }
 
     /// Overrides as the state file keeps them (service → server → state).
@@ -77,6 +118,7 @@ public struct RuntimeState: Sendable, Equatable {
         }
         health = before.health.filter { same($0.key) }
         overrides = before.overrides.filter { contains($0.key) }
+        overrideChanges = before.overrideChanges.filter { contains($0.key) }
     }
 
     public func server(_ key: ServerKey) -> RealServer? {
