@@ -28,8 +28,8 @@ echo "$fields" | grep -E '^(Package|Version|Architecture|Depends|Recommends|Sugg
 for dependency in libnl-3-200 libnl-genl-3-200 libnl-route-3-200 libssl3 iptables libc6; do
     grep -qE "^Depends:.*\b$dependency\b" <<<"$fields" || fail "Depends lacks $dependency"
 done
-grep -qE '^Recommends:.*\bipvsadm\b' <<<"$fields" || fail "Recommends lacks ipvsadm"
-grep -qE '^Suggests:.*\bkeepalived\b.*\bdcmtk\b' <<<"$fields" || fail "Suggests lacks keepalived, dcmtk"
+grep -qE '^Recommends:.*\bipvsadm\b.*\bkeepalived\b' <<<"$fields" || fail "Recommends lacks ipvsadm, keepalived (a pair)"
+grep -qE '^Suggests:.*\bdcmtk\b' <<<"$fields" || fail "Suggests lacks dcmtk"
 [ "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/lb/lb.yaml ] || fail "conffiles is not /etc/lb/lb.yaml"
 contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')
 for path in ./usr/sbin/lbd ./usr/bin/lbctl ./usr/share/man/man8/lbd.8.gz ./usr/share/man/man8/lbctl.8.gz \
