@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,7 +26,7 @@ static void cloexec_from_3(void) {
 }
 
 pid_t lb_spawn_confined(const char *path, char *const argv[], char *const envp[], int output_fd,
-                        uid_t uid, gid_t gid) {
+                        uid_t uid, gid_t gid, int die_with_parent) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -errno;
     int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -38,6 +39,7 @@ pid_t lb_spawn_confined(const char *path, char *const argv[], char *const envp[]
     sigset_t all, previous;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
         // Only async-signal-safe calls from here to exec.
@@ -60,6 +62,9 @@ pid_t lb_spawn_confined(const char *path, char *const argv[], char *const envp[]
             failed_errno = errno;
         } else {
             cloexec_from_3();
+            // die_with_parent: SIGTERM when the spawning thread ends (a keepalived holding VIPs for a dead lbd
+            // would black-hole them). Set after the identity change, which clears it; if lbd is already gone, stop.
+            if (die_with_parent && (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) _exit(127);
             sigset_t empty;
             sigemptyset(&empty);
             sigprocmask(SIG_SETMASK, &empty, NULL);

@@ -38,6 +38,7 @@ extension Agent {
             }
         }
         try addresses.preflight(services)
+        try checkPair(state.configuration)
         let conflicts = try effectors.firewall.conflicts(for: services)
         if !conflicts.isEmpty {
             for conflict in conflicts { logger.error("\(conflict)") }
@@ -62,6 +63,8 @@ extension Agent {
                 try kernel.apply(desiredIPVSTable())
             }
             try effectors.proxy.update(to: services, membership: state.memberships, freeBind: state.configuration.highAvailability != nil)
+            // Last: keepalived may make this node master only once it serves every VIP.
+            try startPairNow()
         } catch {
             undo.run()
             throw error
@@ -154,6 +157,7 @@ extension Agent {
         // 1. Checks that change nothing.
         do {
             try addresses.preflight(next.virtualServices)
+            try checkPair(next)
             let conflicts = try effectors.firewall.conflicts(for: next.virtualServices)
             if !conflicts.isEmpty {
                 return ControlResponse(ok: false, message: conflicts.map(\.description).joined(separator: "\n") + "\nnothing changed")
@@ -254,6 +258,7 @@ extension Agent {
         // 4. In force: the new state; checks restarted for new and changed services, carrying each server's check
         //    state where the server is the same; overrides of removed servers forgotten.
         state = nextState
+        reconfigurePair(from: previous)
         let oldByName = Dictionary(uniqueKeysWithValues: previous.virtualServices.map { ($0.name, $0) })
         let changed = next.virtualServices.filter { oldByName[$0.name] != $0 }
         let gone = previous.virtualServices.filter { newByName[$0.name] == nil }
@@ -305,6 +310,7 @@ extension Agent {
     public func stop(cleanUp: Bool) async {
         await onQueue {
             self.effectors.health.stopAll()
+            self.stopPairNow()
             guard cleanUp else { return }
             do {
                 try self.kernel?.removeAll(self.desiredIPVSTable())

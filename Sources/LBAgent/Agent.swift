@@ -15,7 +15,7 @@ import Logging
 /// proxy's pools and the kernel's IPVS table. `lbctl status` and the metrics read the same derivation.
 public final class Agent: @unchecked Sendable {
     // Everything below is read and written only on `queue`.
-    private let queue = DispatchQueue(label: "lb.agent")
+    let queue = DispatchQueue(label: "lb.agent")
     var state: RuntimeState
     /// The config file's text as lbd last loaded it: `lbctl mode` edits this text, and refuses if the file on disk
     /// has changed since (an edit not yet reloaded would otherwise be applied behind the operator's back).
@@ -26,9 +26,15 @@ public final class Agent: @unchecked Sendable {
     let logger: Logger
     let addresses: HostAddresses
     var kernel: KernelServices?
+    /// This node's name in a pair (`lbd --node`, default the host name).
+    let node: String
+    var heartbeatTimer: DispatchSourceTimer?
+    var peerWasReachable = false
+    var lastRefusalLogged: Int64 = 0
 
     public init(configuration: Configuration, configText: String?, configPath: String, effectors: Effectors,
-                state store: StateStore, logger: Logger) {
+                state store: StateStore, logger: Logger, node: String = ProcessInfo.processInfo.hostName) {
+        self.node = node
         self.state = RuntimeState(configuration: configuration)
         self.loadedConfigText = configText
         self.configPath = configPath
@@ -119,7 +125,9 @@ public final class Agent: @unchecked Sendable {
     private func handleNow(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case .status:
-            return ControlResponse(ok: true, status: status(only: request.service))
+            return ControlResponse(ok: true, status: status(only: request.service), pair: pairReport())
+        case .haStandby, .haResume:
+            return setStandbyNow(request.command == .haStandby)
         case .drain, .halt, .online:
             let admin: AdminState = request.command == .drain ? .drain : request.command == .halt ? .halt : .online
             return setAdmin(admin, service: request.service, server: request.server)
@@ -190,13 +198,13 @@ public final class Agent: @unchecked Sendable {
         var failure: String?
         for target in targets {
             let key = ServerKey(service: target.name, server: server)
-            let before = state.admin(key)
-            state.setAdmin(key, admin)
+            let before = state.admin(key), beforeChange = state.overrideChanges[key]
+            state.setAdmin(key, change: OverrideChange(admin: admin, at: Self.nowMilliseconds(), node: node))
             do {
                 try publish(service: target.name)
             } catch {
                 // Nothing half-applied: this service keeps its previous override.
-                state.setAdmin(key, before)
+                state.restoreAdmin(key, before, change: beforeChange)
                 try? publish(service: target.name)
                 failure = "\(target.name): the kernel refused: \(error)"
                 break
@@ -204,6 +212,7 @@ public final class Agent: @unchecked Sendable {
             done.append(target.name)
             logger.notice("real server \(admin.rawValue)", metadata: ["service": "\(target.name)", "server": "\(server)"])
         }
+        if !done.isEmpty { tellPeer() }
         var saveError: String?
         do {
             try saveOverrides()
@@ -221,8 +230,11 @@ public final class Agent: @unchecked Sendable {
     }
 
     func saveOverrides() throws {
-        let overrides = state.overridesByService
-        try store.update { $0.overrides = overrides }
+        let overrides = state.overridesByService, changes = state.overrideChangesByService
+        try store.update {
+            $0.overrides = overrides
+            $0.overrideChanges = changes
+        }
     }
 
     // MARK: Status

@@ -1,5 +1,6 @@
 import Foundation
 import LBConfig
+import LBHighAvailability
 import LBHealth
 import LBIPVS
 import LBLinks
@@ -87,6 +88,22 @@ public protocol HealthChecking: AnyObject {
 
 /// Everything the agent acts on. `ipvs` is made on first need (a config without Layer 4 services runs on a kernel
 /// without IPVS); its factory throws when the kernel has none.
+/// A pair's moving parts: keepalived (VRRP) and the authenticated channel to the peer lbd.
+public protocol PairEffector: AnyObject {
+    /// Before anything changes: keepalived is installed, the peer secret can be read.
+    func check(_ pair: HighAvailability) throws
+    /// Starts keepalived with `keepalivedConfig` and opens the peer channel; `events` may be called on any thread.
+    func start(_ pair: HighAvailability, node: String, keepalivedConfig: String, standby: Bool,
+               events: @escaping @Sendable (PairEvent) -> Void) throws
+    /// A changed keepalived configuration (VIP set or pair section).
+    func reload(keepalivedConfig: String) throws
+    func setStandby(_ on: Bool) throws
+    func send(_ message: PeerMessage)
+    func stop()
+    /// Where keepalived's files are (its configuration is written there).
+    var keepalivedFiles: KeepalivedConfig.Files { get }
+}
+
 public struct Effectors {
     public var ipvs: () throws -> IPVSKernel
     public var sysctl: SysctlAccess
@@ -94,9 +111,12 @@ public struct Effectors {
     public var firewall: FirewallEffector
     public var proxy: ProxyEffector
     public var health: HealthChecking
+    /// keepalived and the peer channel, for a config with high_availability; nil: this lbd cannot run in a pair.
+    public var pair: PairEffector?
 
     public init(ipvs: @escaping () throws -> IPVSKernel, sysctl: SysctlAccess, addresses: AddressKernel,
-                firewall: FirewallEffector, proxy: ProxyEffector, health: HealthChecking) {
+                firewall: FirewallEffector, proxy: ProxyEffector, health: HealthChecking, pair: PairEffector? = nil) {
+        self.pair = pair
         self.ipvs = ipvs
         self.sysctl = sysctl
         self.addresses = addresses

@@ -1,6 +1,7 @@
 import Foundation
 import LBConfig
 import LBHealth
+import LBHighAvailability
 import LBIPVS
 import LBLinks
 import LBNetfilter
@@ -116,3 +117,5 @@ public struct SysctlError: Error, CustomStringConvertible {
     public let reason: String
     public var description: String { "cannot set \(path) to \(value): \(reason)" }
 }
+
+extension KeepalivedPair: PairEffector {}

@@ -19,11 +19,14 @@ public struct ControlRequest: Codable, Equatable, Sendable {
         case status, drain, halt, online, reload, mode
         /// The audit trail, answered by lbd itself (STATE_DIR/audit.log), not by the agent.
         case audit
+        /// A pair: hand the master role to the peer and keep out of it (maintenance), and undo that.
+        case haStandby = "ha-standby"
+        case haResume = "ha-resume"
 
         /// The commands that change something; each is recorded in the audit trail.
         public var isOperatorAction: Bool {
             switch self {
-            case .drain, .halt, .online, .reload, .mode: return true
+            case .drain, .halt, .online, .reload, .mode, .haStandby, .haResume: return true
             case .status, .audit: return false
             }
         }
@@ -54,8 +57,12 @@ public struct ControlResponse: Codable, Equatable, Sendable {
     public var status: [ServiceStatus]?
     /// audit: the entries asked for, oldest first.
     public var audit: [AuditEntry]?
+    /// status, on a node of a pair: its role, the peer, the last transition.
+    public var pair: PairReport?
 
-    public init(ok: Bool, message: String? = nil, status: [ServiceStatus]? = nil, audit: [AuditEntry]? = nil) {
+    public init(ok: Bool, message: String? = nil, status: [ServiceStatus]? = nil, audit: [AuditEntry]? = nil,
+                pair: PairReport? = nil) {
+        self.pair = pair
         self.ok = ok
         self.message = message
         self.status = status
@@ -142,5 +149,45 @@ public struct ServerStatus: Codable, Equatable, Sendable {
         self.weight = weight
         self.activeConnections = activeConnections
         self.totalConnections = totalConnections
+    }
+}
+
+/// A node of a pair as `lbctl status` shows it.
+public struct PairReport: Codable, Equatable, Sendable {
+    public var node: String
+    /// master, backup, fault, stopped or starting (keepalived's view).
+    public var role: String
+    /// `lbctl ha standby` is in force.
+    public var standby: Bool
+    public var peer: String
+    public var peerAddress: String
+    public var peerReachable: Bool
+    /// The peer's role as it last said, if heard.
+    public var peerRole: String?
+    /// Seconds since the peer was last heard.
+    public var peerLastHeardSecondsAgo: Double?
+    /// nil until the peer was heard.
+    public var configsMatch: Bool?
+    public var lastTransition: String?
+    public var lastTransitionTime: String?
+    public var transitions: Int
+    public var refusedPeerMessages: Int
+
+    public init(node: String, role: String, standby: Bool, peer: String, peerAddress: String, peerReachable: Bool,
+                peerRole: String?, peerLastHeardSecondsAgo: Double?, configsMatch: Bool?, lastTransition: String?,
+                lastTransitionTime: String?, transitions: Int, refusedPeerMessages: Int) {
+        self.node = node
+        self.role = role
+        self.standby = standby
+        self.peer = peer
+        self.peerAddress = peerAddress
+        self.peerReachable = peerReachable
+        self.peerRole = peerRole
+        self.peerLastHeardSecondsAgo = peerLastHeardSecondsAgo
+        self.configsMatch = configsMatch
+        self.lastTransition = lastTransition
+        self.lastTransitionTime = lastTransitionTime
+        self.transitions = transitions
+        self.refusedPeerMessages = refusedPeerMessages
     }
 }

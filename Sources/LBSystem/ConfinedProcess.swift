@@ -45,9 +45,10 @@ public enum ConfinedProcess {
     }
 
     /// Starts `program` (an absolute path) with `arguments` and exactly `environment`. `user` is switched to when
-    /// lbd runs as root; otherwise the program runs as lbd's own (unprivileged) user.
+    /// lbd runs as root; otherwise the program runs as lbd's own (unprivileged) user. `dieWithParent`: SIGTERM
+    /// when the calling thread ends (PR_SET_PDEATHSIG), for children that must not outlive lbd (keepalived).
     public static func start(_ program: String, _ arguments: [String], environment: [String: String],
-                             user: String?) throws(SpawnError) -> Started {
+                             user: String?, dieWithParent: Bool = false) throws(SpawnError) -> Started {
         var target: (uid: uid_t, gid: gid_t)?
         if let user, geteuid() == 0 { target = try identity(ofUser: user) }
         var ends: [Int32] = [0, 0]
@@ -59,7 +60,8 @@ public enum ConfinedProcess {
         let lines = environment.map { "\($0.key)=\($0.value)" }.sorted()
         let envp: [UnsafeMutablePointer<CChar>?] = lines.map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
-        let pid = lb_spawn_confined(program, argv, envp, ends[1], target?.uid ?? uid_t.max, target?.gid ?? gid_t.max)
+        let pid = lb_spawn_confined(program, argv, envp, ends[1], target?.uid ?? uid_t.max, target?.gid ?? gid_t.max,
+                                    dieWithParent ? 1 : 0)
         close(ends[1])
         guard pid > 0 else {
             close(ends[0])

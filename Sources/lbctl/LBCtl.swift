@@ -11,13 +11,14 @@ struct LBCtl: ParsableCommand {
         abstract: "Operate the lb load balancer: inspect configs and, through lbd, its virtual services.",
         discussion: """
             The config commands work on a file directly and need neither root nor a running lbd. \
-            status, drain, halt, online, reload, mode and audit talk to a running lbd over its control socket (root, or a member of \
+            status, drain, halt, online, reload, mode, audit and ha talk to a running lbd over its control socket (root, or a member of \
             lbd's --control-group). \
             Exit status: 0 success; 1 the config is invalid, or lbd refused the request; 2 the config file cannot \
             be read, or lbd cannot be reached; 64 bad usage.
             """,
         version: LBVersion.current,
-        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self, Reload.self, Mode.self, Audit.self]
+        subcommands: [ConfigCommand.self, Status.self, Drain.self, Halt.self, Online.self, Reload.self, Mode.self, Audit.self,
+                      HA.self]
     )
 
     // Also accepted before the command name (`lbctl --socket PATH status`).
@@ -71,6 +72,7 @@ struct Status: ParsableCommand {
             printToStandardError("lbctl: no virtual service named \"\(service)\"")
             throw ExitCode(1)
         }
+        if let pair = response.pair { print(Self.pairLines(pair) + "\n") }
         var rows = [["SERVICE / SERVER", "MODE / ADDRESS", "PORTS", "STATE", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "TOTAL",
                      "SESSIONS", "CHECK", "SINCE", "REASON"]]
         for entry in services {
@@ -89,6 +91,48 @@ struct Status: ParsableCommand {
             while line.hasSuffix(" ") { line.removeLast() }
             print(line)
         }
+    }
+}
+
+extension Status {
+    /// The pair's part of `lbctl status`: role, peer, last transition, whether the configs match.
+    static func pairLines(_ pair: PairReport) -> String {
+        var lines = ["pair: this node \(pair.node) is \(pair.role.uppercased())" + (pair.standby ? " (standby: lbctl ha resume to undo)" : "")]
+        let heard = pair.peerLastHeardSecondsAgo.map { String(format: "last heard %.1f s ago", $0) } ?? "never heard"
+        lines.append("  peer \(pair.peer) (\(pair.peerAddress)): " + (pair.peerReachable ? "reachable, \(pair.peerRole ?? "?")" : "UNREACHABLE") + ", \(heard)")
+        lines.append("  last transition: " + (pair.lastTransition.map { "\($0) at \(pair.lastTransitionTime ?? "?")" } ?? "none yet")
+                     + " (\(pair.transitions) in all)")
+        switch pair.configsMatch {
+        case true?: lines.append("  configs: the same virtual services on both nodes")
+        case false?: lines.append("  WARNING: the peer runs other virtual services than this node; copy lb.yaml to both and reload")
+        case nil: lines.append("  configs: not compared yet (peer not heard)")
+        }
+        if pair.refusedPeerMessages > 0 { lines.append("  refused peer messages: \(pair.refusedPeerMessages) (see lbd's log)") }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// `lbctl ha standby` and `lbctl ha resume`.
+struct HA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ha",
+        abstract: "Hand a pair's master role to the peer for maintenance of this node, and undo it.",
+        subcommands: [Standby.self, Resume.self])
+
+    struct Standby: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "This node gives up the master role at once (the peer takes every VIP) and keeps out of it.",
+            discussion: "Kept across lbd restarts until `lbctl ha resume`. IPVS, listeners and health checks stay up, so the node is ready to take over again.")
+        @OptionGroup var socket: SocketOption
+        func run() throws { print(try ask(ControlRequest(command: .haStandby), socket).message ?? "done") }
+    }
+
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Lift the standby: this node is backup again, ready to take over if the peer fails.",
+            discussion: "It does not take the master role back by itself unless high_availability.preempt is true.")
+        @OptionGroup var socket: SocketOption
+        func run() throws { print(try ask(ControlRequest(command: .haResume), socket).message ?? "done") }
     }
 }
 

@@ -4,6 +4,7 @@ import LBAgent
 import LBConfig
 import LBConfigFiles
 import LBHealth
+import LBHighAvailability
 import LBIPVS
 import LBProxy
 import Logging
@@ -88,6 +89,9 @@ struct LBD: AsyncParsableCommand {
     /// The numeric id of --control-group (checked in validate()).
     var controlGroupID: gid_t? { controlGroup.flatMap { getgrnam($0)?.pointee.gr_gid } }
 
+    @Option(help: "This node's name in the config's high_availability.nodes; default the host name.")
+    var node: String = ProcessInfo.processInfo.hostName
+
     @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create, the operators' overrides, and the audit trail (audit.log).")
     var stateDir: String = "/var/lib/lb"
 
@@ -166,11 +170,13 @@ struct LBD: AsyncParsableCommand {
         }) { transition in
             relay.agent?.healthChanged(transition)
         }
+        // A pair: keepalived's files in the state directory, its FIFO and pid files beside the control socket (/run/lb).
+        let pair = KeepalivedPair(directory: stateDir, runtimeDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
         let effectors = Effectors(
             ipvs: { try IPVSClient() }, sysctl: ProcSysctl(), addresses: HostLinks(),
-            firewall: HostNetfilter(logger: logger), proxy: ProxyEngineEffector(engine: engine), health: health)
+            firewall: HostNetfilter(logger: logger), proxy: ProxyEngineEffector(engine: engine), health: health, pair: pair)
         let agent = Agent(configuration: configuration, configText: try? String(contentsOfFile: config, encoding: .utf8),
-                          configPath: config, effectors: effectors, state: state, logger: logger)
+                          configPath: config, effectors: effectors, state: state, logger: logger, node: node)
         relay.agent = agent
         do {
             try await agent.start()

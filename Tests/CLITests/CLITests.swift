@@ -266,7 +266,7 @@ struct CLITests {
         var listening = false
         for _ in 0..<100 where !listening {
             Thread.sleep(forTimeInterval: 0.05)
-            listening = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8))?
+            listening = (FileHandle(forReadingAtPath: "/proc/net/tcp")?.readDataToEndOfFile()).map { String(decoding: $0, as: UTF8.self) }?
                 .contains(String(format: ":%04X 00000000:0000 0A", port)) ?? false
         }
         #expect(listening, "lbd listens on 127.0.0.1:\(port)")

@@ -316,7 +316,8 @@ struct FreeBindTests {
         await single.shutdown(drainTimeout: .seconds(1))
         let standby = ProxyEngine(threads: 1, logger: testLogger)
         try await standby.start([service], freeBind: true)
-        let listening = try String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)
+        // Read to the end: a String(contentsOfFile:) of a /proc file can stop at its first page.
+        let listening = String(decoding: FileHandle(forReadingAtPath: "/proc/net/tcp")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
         // 192.0.2.77 little-endian hex, as /proc/net/tcp prints local addresses; state 0A = LISTEN.
         let local = String(format: "4D0200C0:%04X 00000000:0000 0A", port)
         #expect(listening.contains(local), "no listening socket on 192.0.2.77:\(port)")

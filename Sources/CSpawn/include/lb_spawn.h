@@ -8,7 +8,9 @@
 /// stderr both `output_fd`, no other descriptor, and, when `uid` is not (uid_t)-1, the user `uid` and group `gid`
 /// with no supplementary groups. `argv` and `envp` are NULL-terminated and used as given (no PATH search, no
 /// inherited environment). A failure between fork and exec is reported as -errno, not as a child exiting.
+/// With `die_with_parent` the child gets SIGTERM when the calling thread ends (PR_SET_PDEATHSIG): call it from a
+/// thread that lives as long as the child should.
 pid_t lb_spawn_confined(const char *path, char *const argv[], char *const envp[], int output_fd,
-                        uid_t uid, gid_t gid);
+                        uid_t uid, gid_t gid, int die_with_parent);
 
 #endif

@@ -1,0 +1,91 @@
+import Foundation
+import LBTLS
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The lbd-to-lbd channel of a pair: UDP datagrams on `peer_port`, each sealed with HMAC-SHA-256 under the shared
+/// secret. Whatever fails verification is refused and logged, and changes nothing.
+public final class PeerChannel: Sendable {
+    private let channel: Channel
+    private let peer: SocketAddress
+    private let secret: [UInt8]
+    private let logger: Logger
+
+    public enum SetupError: Error, CustomStringConvertible {
+        case secret(String, String)
+        case bind(String, Error)
+        public var description: String {
+            switch self {
+            case .secret(let path, let why): return "peer_secret_file \(path): \(why)"
+            case .bind(let address, let error): return "cannot listen for the peer on \(address): \(error)"
+            }
+        }
+    }
+
+    /// The secret: the file's bytes less surrounding white space, at least 16 of them.
+    public static func readSecret(_ path: String) throws(SetupError) -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .secret(path, "cannot be read (create it on both nodes with the same content, e.g. `openssl rand -hex 32 > \(path); chmod 600 \(path)`)")
+        }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.utf8.count >= 16 else { throw .secret(path, "holds \(text.utf8.count) bytes; use at least 16 (e.g. `openssl rand -hex 32`)") }
+        return Array(text.utf8)
+    }
+
+    /// Listens on `local`:`port` and delivers each verified message from `peer` to `onMessage`, each refusal (with
+    /// the sender's address) to `onRefusal`.
+    public init(local: String, peer: String, port: Int, secret: [UInt8], peerName: String, group: EventLoopGroup, logger: Logger,
+                onMessage: @escaping @Sendable (PeerMessage) -> Void,
+                onRefusal: @escaping @Sendable (PeerVerifier.Refusal, String) -> Void) throws(SetupError) {
+        let verifier = NIOLockedValueBox(PeerVerifier(secret: secret, peer: peerName))
+        let bootstrap = DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Receiver { datagram, sender in
+                        let now = Int64(Date().timeIntervalSince1970 * 1000)
+                        let result = verifier.withLockedValue { verifier -> Result<PeerMessage, PeerVerifier.Refusal> in
+                            do throws(PeerVerifier.Refusal) { return .success(try verifier.open(datagram, now: now)) } catch { return .failure(error) }
+                        }
+                        switch result {
+                        case .success(let message): onMessage(message)
+                        case .failure(let refusal): onRefusal(refusal, sender)
+                        }
+                    })
+                }
+            }
+        do {
+            self.channel = try bootstrap.bind(host: local, port: port).wait()
+            self.peer = try SocketAddress(ipAddress: peer, port: port)
+        } catch {
+            throw .bind("\(local):\(port)", error)
+        }
+        self.secret = secret
+        self.logger = logger
+    }
+
+    public func send(_ message: PeerMessage) {
+        let bytes = message.sealed(secret: secret)
+        let envelope = AddressedEnvelope(remoteAddress: peer, data: channel.allocator.buffer(bytes: bytes))
+        channel.writeAndFlush(envelope, promise: nil)
+    }
+
+    public func close() {
+        try? channel.close().wait()
+    }
+
+    private final class Receiver: ChannelInboundHandler {
+        typealias InboundIn = AddressedEnvelope<ByteBuffer>
+        let deliver: (([UInt8], String) -> Void)
+        init(_ deliver: @escaping ([UInt8], String) -> Void) { self.deliver = deliver }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var envelope = unwrapInboundIn(data)
+            let bytes = envelope.data.readBytes(length: envelope.data.readableBytes) ?? []
+            deliver(bytes, "\(envelope.remoteAddress)")
+        }
+        // A peer that is down answers with ICMP port unreachable: not an error of this channel.
+        func errorCaught(context: ChannelHandlerContext, error: Error) {}
+    }
+}
