@@ -8,7 +8,12 @@ import NIOPosix
 /// The lbd-to-lbd channel of a pair: UDP datagrams on `peer_port`, each sealed with HMAC-SHA-256 under the shared
 /// secret. Whatever fails verification is refused and logged, and changes nothing.
 public final class PeerChannel: Sendable {
-    private let channel: Channel
+    /// The socket; replaced when the kernel closed it (a link that went down makes sends fail, and NIO closes a
+    /// datagram channel on such errors).
+    private let channel: NIOLockedValueBox<Channel>
+    private let open: @Sendable () throws -> Channel
+    private let local: String
+    private let port: Int
     private let peer: SocketAddress
     private let secret: [UInt8]
     private let logger: Logger
@@ -40,40 +45,56 @@ public final class PeerChannel: Sendable {
                 onMessage: @escaping @Sendable (PeerMessage) -> Void,
                 onRefusal: @escaping @Sendable (PeerVerifier.Refusal, String) -> Void) throws(SetupError) {
         let verifier = NIOLockedValueBox(PeerVerifier(secret: secret, peer: peerName))
-        let bootstrap = DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Receiver { datagram, sender in
-                        let now = Int64(Date().timeIntervalSince1970 * 1000)
-                        let result = verifier.withLockedValue { verifier -> Result<PeerMessage, PeerVerifier.Refusal> in
-                            do throws(PeerVerifier.Refusal) { return .success(try verifier.open(datagram, now: now)) } catch { return .failure(error) }
-                        }
-                        switch result {
-                        case .success(let message): onMessage(message)
-                        case .failure(let refusal): onRefusal(refusal, sender)
-                        }
-                    })
+        let open: @Sendable () throws -> Channel = {
+            try DatagramBootstrap(group: group)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(Receiver { datagram, sender in
+                            let now = Int64(Date().timeIntervalSince1970 * 1000)
+                            let result = verifier.withLockedValue { verifier -> Result<PeerMessage, PeerVerifier.Refusal> in
+                                do throws(PeerVerifier.Refusal) { return .success(try verifier.open(datagram, now: now)) } catch { return .failure(error) }
+                            }
+                            switch result {
+                            case .success(let message): onMessage(message)
+                            case .failure(let refusal): onRefusal(refusal, sender)
+                            }
+                        })
+                    }
                 }
-            }
+                .bind(host: local, port: port).wait()
+        }
         do {
-            self.channel = try bootstrap.bind(host: local, port: port).wait()
+            self.channel = NIOLockedValueBox(try open())
             self.peer = try SocketAddress(ipAddress: peer, port: port)
         } catch {
             throw .bind("\(local):\(port)", error)
         }
+        self.open = open
+        self.local = local
+        self.port = port
         self.secret = secret
         self.logger = logger
     }
 
+    /// Sends one message; a socket the kernel closed is opened again first (called from the agent's queue).
     public func send(_ message: PeerMessage) {
+        var current = channel.withLockedValue { $0 }
+        if !current.isActive {
+            do {
+                current = try open()
+                channel.withLockedValue { $0 = current }
+                logger.notice("peer channel opened again", metadata: ["address": "\(local):\(port)"])
+            } catch {
+                return  // the link is still down: the next heartbeat tries again
+            }
+        }
         let bytes = message.sealed(secret: secret)
-        let envelope = AddressedEnvelope(remoteAddress: peer, data: channel.allocator.buffer(bytes: bytes))
-        channel.writeAndFlush(envelope, promise: nil)
+        current.writeAndFlush(AddressedEnvelope(remoteAddress: peer, data: current.allocator.buffer(bytes: bytes)), promise: nil)
     }
 
     public func close() {
-        try? channel.close().wait()
+        try? channel.withLockedValue { $0 }.close().wait()
     }
 
     private final class Receiver: ChannelInboundHandler {
