@@ -218,6 +218,7 @@ let package = Package(
             name: "LBAgentTests",
             dependencies: [
                 "LBAgent", "LBRuntime", "LBProxy", "LBHealth", "LBIPVS", "LBControl", "LBLinks", "LBNetfilter", "LBTestSupport",
+                "LBHighAvailability",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -89,6 +89,11 @@ public final class Agent: @unchecked Sendable {
         await onQueue { self.status(only: nil) }
     }
 
+    /// This node's place in a pair (nil on a single node), for metrics and the status page.
+    public func pairStatus() async -> PairReport? {
+        await onQueue { self.pairReport() }
+    }
+
     /// IPVS totals per kernel service ("10.0.0.40:104/tcp").
     public func ipvsCounters() async -> [(String, IPVSCounters)] {
         await onQueue { self.kernel?.serviceCounters(self.desiredIPVSTable()) ?? [] }

@@ -33,7 +33,29 @@ final class PrometheusMetrics: @unchecked Sendable {
     func render() async -> [UInt8] {
         let status = await agent.statusReport()
         let ipvs = await agent.ipvsCounters()
+        let pair = await agent.pairStatus()
         let checks = lock.withLock { self.checks }
+        if let pair {
+            // One series per role, 1 for the one this node is in.
+            for role in ["starting", "master", "backup", "fault", "stopped"] {
+                registry.makeGauge(name: "lb_ha_role", labels: [("node", pair.node), ("role", role)],
+                                   help: "1 for this node's role in the pair (keepalived's VRRP state)")
+                    .set(to: pair.role == role ? 1.0 : 0.0)
+            }
+            registry.makeGauge(name: "lb_ha_standby", labels: [("node", pair.node)], help: "1 while lbctl ha standby is in force")
+                .set(to: pair.standby ? 1.0 : 0.0)
+            registry.makeGauge(name: "lb_ha_transitions", labels: [("node", pair.node)], help: "role transitions since lbd started")
+                .set(Double(pair.transitions))
+            registry.makeGauge(name: "lb_ha_peer_reachable", labels: [("peer", pair.peer)],
+                               help: "1 if a valid message from the peer arrived in the last 3 seconds")
+                .set(to: pair.peerReachable ? 1.0 : 0.0)
+            registry.makeGauge(name: "lb_ha_configs_match", labels: [("peer", pair.peer)],
+                               help: "0 if the peer runs other virtual services than this node (1 while they match or before the peer is heard)")
+                .set(to: pair.configsMatch == false ? 0.0 : 1.0)
+            registry.makeGauge(name: "lb_ha_peer_messages_refused", labels: [("peer", pair.peer)],
+                               help: "peer messages refused (bad MAC, replayed, stale, wrong sender) since lbd started")
+                .set(Double(pair.refusedPeerMessages))
+        }
         for service in status {
             let serviceLabels = [("service", service.name), ("mode", service.mode)]
             registry.makeGauge(name: "lb_virtual_service_up", labels: serviceLabels,

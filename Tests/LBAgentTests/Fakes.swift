@@ -1,6 +1,7 @@
 import Foundation
 import LBConfig
 import LBHealth
+import LBHighAvailability
 import LBIPVS
 import LBLinks
 import LBNetfilter
@@ -142,4 +143,27 @@ final class FakeHealth: HealthChecking {
 struct FakeError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// keepalived and the peer channel as what the agent asked of them.
+final class FakePair: PairEffector, @unchecked Sendable {
+    var keepalivedFiles = KeepalivedConfig.Files(directory: "/var/lib/lb", runtimeDirectory: "/run/lb")
+    var started: String?
+    var reloads: [String] = []
+    var standby: [Bool] = []
+    var sent: [PeerMessage] = []
+    var stopped = false
+    var events: (@Sendable (PairEvent) -> Void)?
+    var failCheck: String?
+    func check(_ pair: HighAvailability) throws { if let failCheck { throw FakeError(failCheck) } }
+    func start(_ pair: HighAvailability, node: String, keepalivedConfig: String, standby: Bool,
+               events: @escaping @Sendable (PairEvent) -> Void) throws {
+        started = keepalivedConfig
+        self.standby.append(standby)
+        self.events = events
+    }
+    func reload(keepalivedConfig: String) throws { reloads.append(keepalivedConfig) }
+    func setStandby(_ on: Bool) throws { standby.append(on) }
+    func send(_ message: PeerMessage) { sent.append(message) }
+    func stop() { stopped = true }
 }
