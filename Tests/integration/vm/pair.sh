@@ -184,6 +184,10 @@ for run in $(seq $runs); do
     touch "$dir/loop-stop-http$run"; wait $loop
     wait $garp
     ns $b ip link show eth0 | awk '/link\/ether/ { print "mac", $2 }' >> "$dir/garp$run.out"
+    if [ $run = 1 ]; then
+        # A change made while the other node is down: it must catch up when it returns (the newest change wins).
+        lbctl $b drain Viewer rs2
+    fi
     # The old master returns: it must stay backup (preempt: false).
     if [ $kind = kill ]; then
         # A killed keepalived leaves its addresses behind, like a crashed host whose links are still up; a
@@ -194,6 +198,11 @@ for run in $(seq $runs); do
     fi
     wait_for 30 eval '[ "$(role $m)" = backup ] && holds_none $m' && echo "run $run: $m is back as backup and holds nothing"
     holds_all $b && echo "run $run: $b still holds the VIPs"
+    if [ $run = 1 ]; then
+        wait_for 10 eval 'lbctl $m status Viewer | has -E "^  rs2 .* drain "' && echo "run 1: $m caught up with the drain made while it was down"
+        lbctl $m online Viewer rs2
+        wait_for 10 eval 'lbctl $b status Viewer | has -E "^  rs2 .* online "' && echo "run 1: the online on $m reached $b"
+    fi
 done
 touch "$dir/stream-stop"; wait $stream
 cat "$dir/stream.out"
@@ -221,6 +230,28 @@ lbctl $m ha resume
 wait_for 20 eval '[ "$(role $m)" = backup ]' && holds_none $m && echo "resume on $m: backup, holds nothing"
 lbctl $m online Echo-NAT rs2
 wait_for 10 eval 'ns $b ipvsadm -Ln -t 10.0.0.40:7 | has -E -- "-> 10.0.1.12:7007 +Masq +100 "' && echo "online on $m followed by $b"
+
+echo "== reload"
+# A new VIP in the same file on both nodes: keepalived is given it, and only the master holds it.
+m=$(master); b=$(other $m)
+python3 - "$dir/pair.yaml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+extra = """  - name: HL7
+    vip: 10.0.0.42
+    ports: [2575]
+    mode: l4-nat
+    health_check: {type: none}
+    real_servers:
+      - {name: rs1, address: 10.0.1.11, port: 7007}
+high_availability:"""
+open(path, "w").write(text.replace("high_availability:", extra, 1))
+PY
+lbctl lb-1 reload; lbctl lb-2 reload
+wait_for 20 eval 'holds $m 10.0.0.42' && ! holds $b 10.0.0.42 && echo "after the reload $m holds the new VIP and $b does not"
+[ "$(role $m)" = master ] && echo "$m is still master after the reload"
+lbctl $m status | has "configs: the same virtual services on both nodes" && echo "configs match after the reload"
 
 echo "== stop"
 for n in lb-1 lb-2; do kill -TERM ${pid[$n]} 2>/dev/null; done
