@@ -135,6 +135,7 @@ let package = Package(
                 "LBControl",
                 "LBProxy",
                 "LBHighAvailability",
+                "LBTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

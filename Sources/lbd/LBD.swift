@@ -7,6 +7,7 @@ import LBHealth
 import LBHighAvailability
 import LBIPVS
 import LBProxy
+import LBTLS
 import Logging
 
 @main
@@ -40,6 +41,12 @@ struct LBD: AsyncParsableCommand {
             reload is appended to STATE_DIR/audit.log as one JSON line (time, uid, user, command, targets, \
             result, error) and fsynced before the answer; an action that cannot be recorded is refused \
             (lbctl audit shows the trail). \
+            With a high_availability section lbd is one node of a pair (--node names it): it runs keepalived \
+            --vrrp --dont-fork as a supervised child (configuration in STATE_DIR/keepalived.conf, its FIFO and pid \
+            files beside the control socket), leaves the VIP addresses to it, listens on every VIP with \
+            IP_FREEBIND, runs the IPVS sync daemons in both roles, and exchanges its role and the operator \
+            overrides with the peer lbd (UDP, HMAC-SHA-256). SIGTERM stops keepalived, which hands the VIPs to \
+            the peer at once. \
             Exit status: 0 success; 1 the config is invalid or the host cannot take it (nothing applied); \
             2 the config file cannot be read; 64 bad usage.
             """,
@@ -155,7 +162,14 @@ struct LBD: AsyncParsableCommand {
         // The agent owns the runtime state and is the only one that acts on the machine, through these effectors.
         let cookieKey: [UInt8]
         do {
-            cookieKey = try state.cookieKey()
+            if let pair = configuration.highAvailability {
+                // Both nodes of a pair must name the real servers alike in persistence cookies, or a take-over
+                // would re-pin every browser: the key comes from the shared peer secret.
+                cookieKey = KeyedHash.hmacSHA256(key: try PeerChannel.readSecret(pair.peerSecretFile),
+                                                 data: Array("lb persistence cookie key".utf8))
+            } else {
+                cookieKey = try state.cookieKey()
+            }
         } catch {
             logger.critical("\(error); nothing started")
             throw ExitCode(1)

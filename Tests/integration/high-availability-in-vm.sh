@@ -41,6 +41,11 @@ section "status $b" | holds "^pair: this node $b is BACKUP" || { show; fail "lbc
 section "status $b" | holds "^  peer $m (10.0.0.[23]): reachable, master" || { show; fail "lbctl status on $b does not show the peer"; }
 section "status $b" | holds "configs: the same virtual services on both nodes" || { show; fail "lbctl status: configs not compared"; }
 
+pinned=$(sed -nE 's/^cookie from lb-[12] pins to (rs[12])$/\1/p' <<<"$out")
+[ -n "$pinned" ] || { show; fail "no persistence cookie from the master"; }
+holds -E "^run 1: the cookie from lb-[12] is served by $pinned on lb-[12]$" <<<"$out" \
+    || { show; fail "the persistence cookie did not survive the take-over (pinned to $pinned)"; }
+echo "persistence cookie: pinned to $pinned by the master, the same server after the take-over"
 drain=$(section drain)
 followed=$(grep -o "followed by $b in [0-9]* ms" <<<"$drain" | grep -o "[0-9]* ms" || true)
 [ -n "$followed" ] || { show; fail "the drain on $m did not reach $b"; }

@@ -59,6 +59,7 @@ virtual_services:
     vip: 10.0.0.41
     ports: [80]
     mode: l7-http
+    persistence: {type: http-cookie}
     health_check: {type: http-get, path: /, interval: 1s, timeout: 800ms, rise: 1, fall: 2}
     real_servers:
       - {name: rs1, address: 10.0.1.11, port: 8080}
@@ -115,6 +116,8 @@ echo "== ipvs $m"; ns $m ipvsadm -Ln
 echo "== daemons $b"; ns $b ipvsadm -L --daemon
 echo "== status $m"; lbctl $m status
 echo "== status $b"; lbctl $b status
+pinned=$(ns client curl -s -c "$dir/cookies" http://10.0.0.41/ | awk '{ print $1 }')
+echo "cookie from $m pins to ${pinned:-nothing}"
 
 echo "== drain"
 lbctl $m drain Echo-NAT rs2
@@ -178,6 +181,11 @@ for run in $(seq $runs); do
     t1=$(date -d "$added" +%s%3N 2>/dev/null || now)
     echo "takeover run $run ($kind): $(( t1 - t0 )) ms, $b holds the VIPs, killed at $t0 (VIP added at ${added:-?})"
     sleep 3   # requests after the take-over
+    if [ $run = 1 ]; then
+        # The persistence cookie that the old master set still pins to the same server on the new one.
+        served=$(for _ in 1 2 3; do ns client curl -s -b "$dir/cookies" http://10.0.0.41/ | awk '{ print $1 }'; done | sort -u | tr '\n' ' ')
+        echo "run 1: the cookie from $m is served by ${served:-nothing}on $b"
+    fi
     if [ $run = 1 ]; then
         wait $store; echo "storescu exit $?"; ns client tc qdisc del dev eth0 root
     fi
