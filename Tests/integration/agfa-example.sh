@@ -68,10 +68,7 @@ done
 for i in 0 1 2 3; do
     for _ in $(seq 100); do grep -q ready "$work/${names[$i]}.log" 2>/dev/null && break; sleep 0.05; done
 done
-python3 Tests/integration/make-study.py "$work/bmp" 2 256
-img2dcm -i BMP "$work/bmp/image00.bmp" "$work/study/image00.dcm" && \
-    img2dcm -i BMP --study-from "$work/study/image00.dcm" --series-from "$work/study/image00.dcm" "$work/bmp/image01.bmp" "$work/study/image01.dcm" \
-    || fail "cannot make the test study"
+make_study "$work/study" 2 256
 
 # --- lbd with the bundled file
 "$bin/lbctl" config check "$work/agfa-enterprise-imaging.yaml" || fail "the example does not check"

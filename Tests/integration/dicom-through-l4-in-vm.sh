@@ -5,12 +5,8 @@
 # must arrive byte-identical, the NAT study spread over both servers.
 source "$(dirname "$0")/lib.sh"
 dir="$PWD/.ipvs-vm-cache/dicom-l4"
-rm -rf "$dir"; mkdir -p "$dir/bmp" "$dir/study"
-python3 Tests/integration/make-study.py "$dir/bmp" 6 512
-img2dcm -i BMP "$dir/bmp/image00.bmp" "$dir/study/image00.dcm"
-for bmp in "$dir"/bmp/image0[1-5].bmp; do
-    img2dcm -i BMP --study-from "$dir/study/image00.dcm" --series-from "$dir/study/image00.dcm" "$bmp" "$dir/study/$(basename "$bmp" .bmp).dcm"
-done
+rm -rf "$dir"; mkdir -p "$dir"
+make_study "$dir/study" 6 512
 cp Tests/integration/vm/dicom-l4.sh Tests/integration/vm/topology.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=300 scripts/ipvs-vm bash "$dir/dicom-l4.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"

@@ -9,13 +9,7 @@ vip=$base; scp1=$((base + 1000)); scp2=$((base + 1001))
 
 # A study of 8 images (768x768 RGB, ~1.7 MB each), one study and series UID.
 mkdir -p "$work/bmp" "$work/study" "$work/rs1" "$work/rs2"
-python3 Tests/integration/make-study.py "$work/bmp" 8 768
-img2dcm -i BMP "$work/bmp/image00.bmp" "$work/study/image00.dcm"
-for bmp in "$work"/bmp/image0[1-7].bmp; do
-    name=$(basename "$bmp" .bmp)
-    img2dcm -i BMP --study-from "$work/study/image00.dcm" --series-from "$work/study/image00.dcm" \
-        "$bmp" "$work/study/$name.dcm"
-done
+make_study "$work/study" 8 768
 
 # Two real servers; --filename-extension keeps names predictable, -uf names files by SOP instance UID.
 storescp --aetitle ANY-SCP -od "$work/rs1" -uf "$scp1" & pids+=($!)

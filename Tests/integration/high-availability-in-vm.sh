@@ -15,12 +15,8 @@
 #   reaches keepalived without moving the role; lbd's SIGTERM releases every address and stops keepalived.
 source "$(dirname "$0")/lib.sh"
 dir="$PWD/.ipvs-vm-cache/pair"
-rm -rf "$dir"; mkdir -p "$dir/bmp" "$dir/study"
-python3 Tests/integration/make-study.py "$dir/bmp" 4 1024
-img2dcm -i BMP "$dir/bmp/image00.bmp" "$dir/study/image00.dcm"
-for bmp in "$dir"/bmp/image0[1-3].bmp; do
-    img2dcm -i BMP --study-from "$dir/study/image00.dcm" --series-from "$dir/study/image00.dcm" "$bmp" "$dir/study/$(basename "$bmp" .bmp).dcm"
-done
+rm -rf "$dir"; mkdir -p "$dir"
+make_study "$dir/study" 4 1024
 cp Tests/integration/vm/{pair.sh,echo-server.py,stream.py,loop.py,peer-datagram.py,announcements.py,whoami-server.py} "$dir/"
 runs=${HA_RUNS:-5}
 out=$(IPVS_VM_TIMEOUT=900 IPVS_VM_MEMORY=1536 scripts/ipvs-vm bash "$dir/pair.sh" "$bin" "$dir" "$runs" 2>&1) || true

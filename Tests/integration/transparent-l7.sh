@@ -24,11 +24,7 @@ mkdir -p "$work/received" "$work/bmp" "$work/study"
 ip netns exec $sv python3 Tests/integration/vm/whoami-server.py pacs 8080 & pids+=($!)
 ip netns exec $sv storescp --debug --disable-host-lookup --aetitle ANY-SCP -od "$work/received" -uf 11112 \
     > "$work/storescp.log" 2>&1 & pids+=($!)
-python3 Tests/integration/make-study.py "$work/bmp" 3 512
-img2dcm -i BMP "$work/bmp/image00.bmp" "$work/study/image00.dcm"
-for bmp in "$work"/bmp/image0[12].bmp; do
-    img2dcm -i BMP --study-from "$work/study/image00.dcm" --series-from "$work/study/image00.dcm" "$bmp" "$work/study/$(basename "$bmp" .bmp).dcm"
-done
+make_study "$work/study" 3 512
 cat > "$work/lb.yaml" <<YAML
 virtual_services:
   - name: Viewer-T
