@@ -184,7 +184,14 @@ let package = Package(
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
         .testTarget(name: "LBLinksTests", dependencies: ["LBLinks"]),
         .testTarget(name: "LBRuntimeTests", dependencies: ["LBRuntime"]),
-        .testTarget(name: "LBHighAvailabilityTests", dependencies: ["LBHighAvailability"]),
+        .testTarget(
+            name: "LBHighAvailabilityTests",
+            dependencies: [
+                "LBHighAvailability", "LBTestSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // Loopback backends, a raw client and config helpers shared by the test targets.
         .target(
             name: "LBTestSupport",

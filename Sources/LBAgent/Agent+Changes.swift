@@ -26,6 +26,9 @@ extension Agent {
     private func startNow() throws {
         let services = state.configuration.virtualServices
         let saved = try store.load()
+        // With their times: a node of a pair compares them with the peer's (newest wins), and a single node keeps
+        // them so that it can become one.
+        state.restoreOverrideChanges(saved.overrideChanges)
         for (key, admin) in state.restoreOverrides(saved.overrides).sorted(by: { $0.key < $1.key }) {
             logger.notice("operator override restored", metadata: ["service": "\(key.service)", "server": "\(key.server)", "state": "\(admin.rawValue)"])
         }
@@ -155,6 +158,9 @@ extension Agent {
         guard next != previous else { return ControlResponse(ok: true, message: "\(what): nothing changed") }
 
         // 1. Checks that change nothing.
+        if let reason = Self.pairChangeNeedingRestart(from: previous, to: next) {
+            return ControlResponse(ok: false, message: "\(what): \(reason); nothing changed")
+        }
         do {
             try addresses.preflight(next.virtualServices)
             try checkPair(next)

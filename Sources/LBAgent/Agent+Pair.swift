@@ -25,6 +25,23 @@ extension Agent {
             .map { String(format: "%02x", $0) }.joined()
     }
 
+    /// A reload may change what keepalived's file holds (VIPs, router id, interval, priorities, floating addresses);
+    /// adding or removing the pair, or changing who the nodes are or how they talk, needs lbd to restart (keepalived
+    /// and the peer channel are set up once). The reason, or nil.
+    static func pairChangeNeedingRestart(from previous: Configuration, to next: Configuration) -> String? {
+        switch (previous.highAvailability, next.highAvailability) {
+        case (nil, nil): return nil
+        case (nil, _?): return "adding high_availability needs lbd to restart (systemctl restart lbd)"
+        case (_?, nil): return "removing high_availability needs lbd to restart (systemctl restart lbd)"
+        case (let old?, let new?):
+            let channel: (HighAvailability) -> [String] = { ha in
+                ha.nodes.map { "\($0.name) \($0.address)" } + ["\(ha.peerPort)", ha.peerSecretFile]
+            }
+            return channel(old) == channel(new) ? nil
+                : "changing the nodes' names or addresses, peer_port or peer_secret_file needs lbd to restart (systemctl restart lbd)"
+        }
+    }
+
     /// Before anything changes: this node is in the pair, keepalived and the secret are there.
     func checkPair(_ configuration: Configuration) throws {
         guard let ha = configuration.highAvailability else { return }
@@ -43,13 +60,12 @@ extension Agent {
         guard let ha = state.configuration.highAvailability, let pair = effectors.pair, let peer = ha.peer(of: node) else { return }
         let text = try KeepalivedConfig.render(state.configuration, node: node, files: pair.keepalivedFiles)
         let saved = try store.load()
-        state.restoreOverrideChanges(saved.overrideChanges)
         var status = PairStatus(node: node, peer: peer.name, configDigest: Self.configDigest(state.configuration))
         status.standby = saved.pairStandby
-        state.pair = status
         try pair.start(ha, node: node, keepalivedConfig: text, standby: saved.pairStandby) { [weak self] event in
             self?.pairEvent(event)
         }
+        state.pair = status
         logger.notice("pair started", metadata: ["node": "\(node)", "peer": "\(peer.name) \(peer.address)",
                                                  "standby": "\(saved.pairStandby)"])
         startHeartbeat()
@@ -120,15 +136,12 @@ extension Agent {
                 logger.error("pair role → stopped", metadata: ["cause": "\(reason)"])
             }
             state.pair = pair
-        case .refused(let refusal, let sender):
-            pair.refusedMessages += 1
+        case .refused(let refusal, let sender, let count):
+            // The channel reports at most once a second: a flood of forged datagrams floods neither queue nor log.
+            pair.refusedMessages += count
             state.pair = pair
-            // At most one line a second: a flood of forged datagrams must not flood the log.
-            if now - lastRefusalLogged >= 1000 {
-                lastRefusalLogged = now
-                logger.warning("peer message refused", metadata: ["from": "\(sender)", "reason": "\(refusal)",
-                                                                   "refused_total": "\(pair.refusedMessages)"])
-            }
+            logger.warning("peer message refused", metadata: ["from": "\(sender)", "reason": "\(refusal)",
+                                                               "refused": "\(count)", "refused_total": "\(pair.refusedMessages)"])
         case .peerMessage(let message):
             if !peerWasReachable { logger.notice("peer reachable", metadata: ["peer": "\(pair.peer)", "role": "\(message.role.rawValue)"]) }
             peerWasReachable = true
@@ -147,22 +160,25 @@ extension Agent {
 
     /// The peer's overrides that are newer than this node's become this node's (then applied and saved).
     private func mergePeerOverrides(_ entries: [PeerMessage.Entry]) {
-        var changed: [String] = []
+        var merged = false
         for entry in entries {
             let key = ServerKey(service: entry.service, server: entry.server)
+            let before = state.admin(key), beforeChange = state.overrideChanges[key]
             guard state.mergeOverride(key, entry.change) else { continue }
-            changed.append(entry.service)
+            do {
+                try publish(service: entry.service)
+            } catch {
+                // Not half-applied: the state goes back, so the peer's next message (about a second) tries again.
+                state.restoreAdmin(key, before, change: beforeChange)
+                try? publish(service: entry.service)
+                logger.error("the peer's override could not be applied: \(error)", metadata: ["service": "\(entry.service)", "server": "\(entry.server)"])
+                continue
+            }
+            merged = true
             logger.notice("real server \(entry.change.admin.rawValue) (from the peer)",
                           metadata: ["service": "\(entry.service)", "server": "\(entry.server)", "by": "\(entry.change.node)"])
         }
-        guard !changed.isEmpty else { return }
-        for service in Set(changed).sorted() {
-            do {
-                try publish(service: service)
-            } catch {
-                logger.error("the peer's override could not be applied: \(error)", metadata: ["service": "\(service)"])
-            }
-        }
+        guard merged else { return }
         do {
             try saveOverrides()
         } catch {
@@ -196,19 +212,7 @@ extension Agent {
 
     /// A reload or mode switch changed the config: keepalived gets its new file when it differs.
     func reconfigurePair(from previous: Configuration) {
-        guard let effector = effectors.pair else { return }
-        if state.configuration.highAvailability == nil {
-            if state.pair != nil { stopPairNow() }
-            return
-        }
-        if state.pair == nil || previous.highAvailability == nil {
-            do {
-                try startPairNow()
-            } catch {
-                logger.error("the pair could not be started: \(error)")
-            }
-            return
-        }
+        guard let effector = effectors.pair, state.pair != nil, state.configuration.highAvailability != nil else { return }
         if var pair = state.pair {
             pair.configDigest = Self.configDigest(state.configuration)
             state.pair = pair

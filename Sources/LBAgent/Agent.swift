@@ -30,10 +30,9 @@ public final class Agent: @unchecked Sendable {
     let node: String
     var heartbeatTimer: DispatchSourceTimer?
     var peerWasReachable = false
-    var lastRefusalLogged: Int64 = 0
 
     public init(configuration: Configuration, configText: String?, configPath: String, effectors: Effectors,
-                state store: StateStore, logger: Logger, node: String = ProcessInfo.processInfo.hostName) {
+                state store: StateStore, logger: Logger, node: String = "") {
         self.node = node
         self.state = RuntimeState(configuration: configuration)
         self.loadedConfigText = configText
@@ -204,7 +203,9 @@ public final class Agent: @unchecked Sendable {
         for target in targets {
             let key = ServerKey(service: target.name, server: server)
             let before = state.admin(key), beforeChange = state.overrideChanges[key]
-            state.setAdmin(key, change: OverrideChange(admin: admin, at: Self.nowMilliseconds(), node: node))
+            // Later than the change it replaces even if this clock lags the peer's (which may have made that one).
+            let at = max(Self.nowMilliseconds(), (beforeChange?.at ?? 0) + 1)
+            state.setAdmin(key, change: OverrideChange(admin: admin, at: at, node: node))
             do {
                 try publish(service: target.name)
             } catch {

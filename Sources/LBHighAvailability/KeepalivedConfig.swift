@@ -92,6 +92,8 @@ public enum KeepalivedConfig {
         if !ha.preempt { text.append("    nopreempt") }
         text += [
             "    unicast_src_ip \(node.address)",
+            // Adverts from the peer's address only (VRRPv3 has no authentication of its own).
+            "    check_unicast_src",
             "    unicast_peer {",
             "        \(peer.address)",
             "    }",

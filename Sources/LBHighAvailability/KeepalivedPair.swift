@@ -8,7 +8,8 @@ public enum PairEvent: Sendable {
     case vrrp(VRRPNotification.State)
     case keepalivedStopped(String)
     case peerMessage(PeerMessage)
-    case refused(PeerVerifier.Refusal, from: String)
+    /// The last refusal, its sender, and how many there were since the last report (at most one report a second).
+    case refused(PeerVerifier.Refusal, from: String, count: Int)
 }
 
 /// The real moving parts of a pair: keepalived supervised, and the peer channel on a thread of its own.
@@ -37,11 +38,17 @@ public final class KeepalivedPair: @unchecked Sendable {
         let secret = try PeerChannel.readSecret(pair.peerSecretFile)
         channel = try PeerChannel(local: me.address.description, peer: peer.address.description, port: Int(pair.peerPort),
                                   secret: secret, peerName: peer.name, group: group, logger: logger,
-                                  onMessage: { events(.peerMessage($0)) }, onRefusal: { events(.refused($0, from: $1)) })
-        let supervisor = try KeepalivedSupervisor(files: keepalivedFiles, logger: logger,
-                                                  onState: { events(.vrrp($0)) }, onStopped: { events(.keepalivedStopped($0)) })
-        try supervisor.start(configuration: keepalivedConfig, standby: standby)
-        self.supervisor = supervisor
+                                  onMessage: { events(.peerMessage($0)) }, onRefusal: { events(.refused($0, from: $1, count: $2)) })
+        do {
+            let supervisor = try KeepalivedSupervisor(files: keepalivedFiles, logger: logger,
+                                                      onState: { events(.vrrp($0)) }, onStopped: { events(.keepalivedStopped($0)) })
+            try supervisor.start(configuration: keepalivedConfig, standby: standby)
+            self.supervisor = supervisor
+        } catch {
+            channel?.close()
+            channel = nil
+            throw error
+        }
     }
 
     public func reload(keepalivedConfig: String) throws {

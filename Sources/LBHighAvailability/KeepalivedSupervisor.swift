@@ -132,7 +132,10 @@ public final class KeepalivedSupervisor: @unchecked Sendable {
             }
             condition.lock()
             pid = started.pid
+            let stopRequested = stopping
             condition.unlock()
+            // stop() may have come between the check above and the spawn: it saw no pid, so this side ends it.
+            if stopRequested { ConfinedProcess.signalGroup(started.pid, SIGTERM) }
             logger.notice("keepalived started", metadata: ["pid": "\(started.pid)", "config": "\(files.config)"])
             forwardOutput(started.output)
             var status: Int32 = 0
@@ -182,9 +185,10 @@ public final class KeepalivedSupervisor: @unchecked Sendable {
         close(descriptor)
     }
 
-    /// The FIFO is opened read-write, so it never reports end of file between keepalived's restarts.
+    /// The FIFO is opened read-write, so it never reports end of file between keepalived's restarts. Polled with a
+    /// timeout, so the thread ends once stop() was called.
     private func readNotifications() {
-        let descriptor = open(files.notifyFIFO, O_RDWR | O_CLOEXEC)
+        let descriptor = open(files.notifyFIFO, O_RDWR | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else {
             logger.error("cannot open keepalived's notify FIFO \(files.notifyFIFO): \(String(cString: strerror(errno)))")
             return
@@ -193,8 +197,14 @@ public final class KeepalivedSupervisor: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 1024)
         var pending: [UInt8] = []
         while true {
+            condition.lock()
+            let stopped = stopping
+            condition.unlock()
+            if stopped { return }
+            var ready = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 500) > 0 else { continue }
             let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
             guard count > 0 else { return }
             pending += buffer.prefix(count)
             while let newline = pending.firstIndex(of: 10) {

@@ -39,15 +39,22 @@ public final class PeerChannel: Sendable {
         return Array(text.utf8)
     }
 
-    /// Listens on `local`:`port` and delivers each verified message from `peer` to `onMessage`, each refusal (with
-    /// the sender's address) to `onRefusal`.
+    /// The largest UDP payload over IPv4.
+    public static let largestMessage = 65_507
+
+    /// Listens on `local`:`port` and delivers each verified message from `peer` to `onMessage`. Refusals are
+    /// counted here and reported at most once a second (the last one, its sender, how many since the last report),
+    /// so a flood of forged datagrams costs the agent nothing.
     public init(local: String, peer: String, port: Int, secret: [UInt8], peerName: String, group: EventLoopGroup, logger: Logger,
                 onMessage: @escaping @Sendable (PeerMessage) -> Void,
-                onRefusal: @escaping @Sendable (PeerVerifier.Refusal, String) -> Void) throws(SetupError) {
+                onRefusal: @escaping @Sendable (PeerVerifier.Refusal, String, Int) -> Void) throws(SetupError) {
         let verifier = NIOLockedValueBox(PeerVerifier(secret: secret, peer: peerName))
+        let refusals = NIOLockedValueBox((count: 0, reported: Int64(0)))
         let open: @Sendable () throws -> Channel = {
+            // No SO_REUSEADDR: on Linux it would let any local user bind the same UDP port and take the messages.
+            // Messages carry every override: the whole datagram is read (NIO's default buffer holds 2 KiB).
             try DatagramBootstrap(group: group)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: PeerChannel.largestMessage))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(Receiver { datagram, sender in
@@ -57,7 +64,14 @@ public final class PeerChannel: Sendable {
                             }
                             switch result {
                             case .success(let message): onMessage(message)
-                            case .failure(let refusal): onRefusal(refusal, sender)
+                            case .failure(let refusal):
+                                let due = refusals.withLockedValue { tally -> Int? in
+                                    tally.count += 1
+                                    guard now - tally.reported >= 1000 else { return nil }
+                                    defer { tally = (0, now) }
+                                    return tally.count
+                                }
+                                if let due { onRefusal(refusal, sender, due) }
                             }
                         })
                     }
@@ -78,6 +92,7 @@ public final class PeerChannel: Sendable {
     }
 
     /// Sends one message; a socket the kernel closed is opened again first (called from the agent's queue).
+    /// A message too large for one datagram is not sent (logged): the peer then sees this node as silent.
     public func send(_ message: PeerMessage) {
         var current = channel.withLockedValue { $0 }
         if !current.isActive {
@@ -90,6 +105,10 @@ public final class PeerChannel: Sendable {
             }
         }
         let bytes = message.sealed(secret: secret)
+        guard bytes.count <= Self.largestMessage else {
+            logger.error("peer message of \(bytes.count) bytes is larger than a datagram; not sent (too many overrides to replicate)")
+            return
+        }
         current.writeAndFlush(AddressedEnvelope(remoteAddress: peer, data: current.allocator.buffer(bytes: bytes)), promise: nil)
     }
 

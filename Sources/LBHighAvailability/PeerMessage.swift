@@ -57,6 +57,7 @@ public struct PeerVerifier: Sendable {
         case wrongSender(String)
         case stale(skewMilliseconds: Int64)
         case replayed(nonce: String)
+        case older(byMilliseconds: Int64)
 
         public var description: String {
             switch self {
@@ -66,6 +67,7 @@ public struct PeerVerifier: Sendable {
             case .wrongSender(let node): return "it names \"\(node)\" as its sender, which is not the peer"
             case .stale(let skew): return "its time is \(skew) ms away from this node's (a replay, or the clocks differ: use NTP)"
             case .replayed(let nonce): return "its nonce \(nonce) was seen before (a replay)"
+            case .older(let age): return "it was sent \(age) ms before the newest message accepted (a replay, or late)"
             }
         }
     }
@@ -73,8 +75,12 @@ public struct PeerVerifier: Sendable {
     public static let window: Int64 = 30_000
     public let secret: [UInt8]
     public let peer: String
-    /// Nonces seen within the window, with their send times.
+    /// Nonces seen within the window, with their send times (only authentic messages are remembered, so a flood of
+    /// forged datagrams cannot grow it).
     private var seen: [String: Int64] = [:]
+    /// The send time of the newest message accepted: an older one is a replay or arrived late (each message carries
+    /// the whole state, so dropping a late one loses nothing).
+    private var newest: Int64 = 0
 
     public init(secret: [UInt8], peer: String) {
         self.secret = secret
@@ -94,7 +100,9 @@ public struct PeerVerifier: Sendable {
         guard abs(skew) <= Self.window else { throw .stale(skewMilliseconds: skew) }
         seen = seen.filter { now - $0.value <= Self.window }
         guard seen[message.nonce] == nil else { throw .replayed(nonce: message.nonce) }
+        guard message.sentAt > newest else { throw .older(byMilliseconds: newest - message.sentAt) }
         seen[message.nonce] = message.sentAt
+        newest = message.sentAt
         return message
     }
 }

@@ -96,8 +96,15 @@ struct LBD: AsyncParsableCommand {
     /// The numeric id of --control-group (checked in validate()).
     var controlGroupID: gid_t? { controlGroup.flatMap { getgrnam($0)?.pointee.gr_gid } }
 
-    @Option(help: "This node's name in the config's high_availability.nodes; default the host name.")
-    var node: String = ProcessInfo.processInfo.hostName
+    @Option(help: "This node's name in the config's high_availability.nodes; default the host name (as `hostname` prints it).")
+    var node: String?
+
+    /// gethostname(2): Foundation's host name may come from a reverse DNS lookup of an address.
+    static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 
     @Option(help: "Where lbd records the kernel objects it created (VIP addresses, IPVS services), so it never removes what it did not create, the operators' overrides, and the audit trail (audit.log).")
     var stateDir: String = "/var/lib/lb"
@@ -190,7 +197,7 @@ struct LBD: AsyncParsableCommand {
             ipvs: { try IPVSClient() }, sysctl: ProcSysctl(), addresses: HostLinks(),
             firewall: HostNetfilter(logger: logger), proxy: ProxyEngineEffector(engine: engine), health: health, pair: pair)
         let agent = Agent(configuration: configuration, configText: try? String(contentsOfFile: config, encoding: .utf8),
-                          configPath: config, effectors: effectors, state: state, logger: logger, node: node)
+                          configPath: config, effectors: effectors, state: state, logger: logger, node: node ?? Self.hostName)
         relay.agent = agent
         do {
             try await agent.start()

@@ -145,25 +145,32 @@ struct FakeError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// keepalived and the peer channel as what the agent asked of them.
+/// keepalived and the peer channel as what the agent asked of them. Locked: the agent's heartbeat sends from its
+/// queue while a test reads.
 final class FakePair: PairEffector, @unchecked Sendable {
-    var keepalivedFiles = KeepalivedConfig.Files(directory: "/var/lib/lb", runtimeDirectory: "/run/lb")
-    var started: String?
-    var reloads: [String] = []
-    var standby: [Bool] = []
-    var sent: [PeerMessage] = []
-    var stopped = false
-    var events: (@Sendable (PairEvent) -> Void)?
-    var failCheck: String?
-    func check(_ pair: HighAvailability) throws { if let failCheck { throw FakeError(failCheck) } }
+    private let lock = NIOLock()
+    private var _started: String?, _reloads: [String] = [], _standby: [Bool] = [], _sent: [PeerMessage] = []
+    private var _stopped = false
+    let keepalivedFiles = KeepalivedConfig.Files(directory: "/var/lib/lb", runtimeDirectory: "/run/lb")
+    /// What IPVS held when keepalived was started (it must start last, once every VIP is served).
+    var ipvsAtStart: IPVSTable?
+    var ipvs: FakeIPVS?
+    var started: String? { lock.withLock { _started } }
+    var reloads: [String] { lock.withLock { _reloads } }
+    var standby: [Bool] { lock.withLock { _standby } }
+    var sent: [PeerMessage] { lock.withLock { _sent } }
+    var stopped: Bool { lock.withLock { _stopped } }
+    func check(_ pair: HighAvailability) throws {}
     func start(_ pair: HighAvailability, node: String, keepalivedConfig: String, standby: Bool,
                events: @escaping @Sendable (PairEvent) -> Void) throws {
-        started = keepalivedConfig
-        self.standby.append(standby)
-        self.events = events
+        ipvsAtStart = ipvs?.current
+        lock.withLock {
+            _started = keepalivedConfig
+            _standby.append(standby)
+        }
     }
-    func reload(keepalivedConfig: String) throws { reloads.append(keepalivedConfig) }
-    func setStandby(_ on: Bool) throws { standby.append(on) }
-    func send(_ message: PeerMessage) { sent.append(message) }
-    func stop() { stopped = true }
+    func reload(keepalivedConfig: String) throws { lock.withLock { _reloads.append(keepalivedConfig) } }
+    func setStandby(_ on: Bool) throws { lock.withLock { _standby.append(on) } }
+    func send(_ message: PeerMessage) { lock.withLock { _sent.append(message) } }
+    func stop() { lock.withLock { _stopped = true } }
 }

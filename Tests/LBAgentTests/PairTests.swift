@@ -56,6 +56,7 @@ struct PairTests {
         init(name: String = "lb-1", yaml: String = PairTests.yaml()) async throws {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try yaml.write(toFile: directory + "/lb.yaml", atomically: true, encoding: .utf8)
+            pair.ipvs = ipvs
             try await start(name: name, yaml: yaml)
         }
 
@@ -79,6 +80,7 @@ struct PairTests {
         #expect(config.contains("priority 250") && config.contains("unicast_peer {\n        10.0.0.3"))
         #expect(node.links.addresses.isEmpty, "keepalived owns the VIP addresses in a pair")
         #expect(node.proxy.freeBind, "the standby's listeners bind VIPs it does not hold yet")
+        #expect(node.pair.ipvsAtStart?.services.count == 1, "keepalived starts once IPVS serves the VIP")
     }
 
     @Test func anUnknownNodeNameChangesNothing() async throws {
@@ -134,6 +136,29 @@ struct PairTests {
         #expect(saved.overrideChanges["PACS"]?["core-2"]?.at == drainedAt + 1)
         let report = try #require(await node.agent.pairStatus())
         #expect(report.configsMatch == false, "the peer's digest differs from this node's")
+        // After a restart the recorded time still decides: the peer's older change loses again.
+        await node.agent.stop(cleanUp: false)
+        try await node.start(name: "lb-1", yaml: PairTests.yaml())
+        await node.agent.pairEventHandled(.peerMessage(message(.online, at: drainedAt)))
+        #expect(await node.agent.snapshot().admin(ServerKey(service: "PACS", server: "core-2")) == .halt)
+        // A local change after a newer one from the peer (whose clock may run ahead) is still the newest.
+        await node.agent.pairEventHandled(.peerMessage(message(.drain, at: drainedAt + 60_000)))
+        #expect(await node.agent.handle(ControlRequest(command: .online, service: "PACS", server: "core-2")).ok)
+        let online = try #require(node.pair.sent.last?.overrides.first?.change)
+        #expect(online.admin == .online && online.at > drainedAt + 60_000)
+    }
+
+    @Test func aReloadThatAddsOrRemovesThePairIsRefused() async throws {
+        let node = try await Node()
+        let single = PairTests.yaml().components(separatedBy: "high_availability:")[0]
+        try single.write(toFile: node.directory + "/lb.yaml", atomically: true, encoding: .utf8)
+        let answer = await node.agent.handle(ControlRequest(command: .reload))
+        #expect(!answer.ok && answer.message?.contains("removing high_availability needs lbd to restart") == true, "\(answer.message ?? "")")
+        let moved = PairTests.yaml().replacingOccurrences(of: "peer_secret_file: /etc/lb/peer.key", with: "peer_secret_file: /etc/lb/other.key")
+        try moved.write(toFile: node.directory + "/lb.yaml", atomically: true, encoding: .utf8)
+        let second = await node.agent.handle(ControlRequest(command: .reload))
+        #expect(!second.ok && second.message?.contains("needs lbd to restart") == true)
+        #expect(!node.pair.stopped && node.pair.reloads.isEmpty, "nothing changed")
     }
 
     @Test func standbyIsKeptAcrossARestart() async throws {

@@ -35,7 +35,7 @@ struct KeepalivedConfigTests {
 
     @Test func oneInstanceMovesEveryVIPAndFloatingAddress() throws {
         let text = try KeepalivedConfig.render(try pairConfiguration(), node: "lb-2", files: files)
-        for line in ["router_id lb-2", "vrrp_version 3", "notify_fifo /run/lb/keepalived.fifo", "state BACKUP",
+        for line in ["router_id lb-2", "vrrp_version 3", "check_unicast_src", "notify_fifo /run/lb/keepalived.fifo", "state BACKUP",
                      "interface eth0", "virtual_router_id 51", "priority 100", "advert_int 0.5", "nopreempt",
                      "unicast_src_ip 10.20.0.3", "file /var/lib/lb/ha-standby", "lb_standby weight 0"] {
             #expect(text.contains(line), "missing \(line):\n\(text)")
@@ -140,6 +140,15 @@ struct PeerMessageTests {
         #expect(throws: PeerVerifier.Refusal.wrongSender("lb-2")) {
             try verifier.open(message(at: 1_000_000, nonce: "ee", node: "lb-2").sealed(secret: secret), now: 1_000_000)
         }
+    }
+
+    @Test func aMessageOlderThanTheNewestAcceptedIsRefused() throws {
+        var verifier = PeerVerifier(secret: secret, peer: "lb-1")
+        _ = try verifier.open(message(at: 1_000_500, nonce: "a").sealed(secret: secret), now: 1_000_600)
+        #expect(throws: PeerVerifier.Refusal.older(byMilliseconds: 500)) {
+            try verifier.open(message(at: 1_000_000, nonce: "b").sealed(secret: secret), now: 1_000_600)
+        }
+        _ = try verifier.open(message(at: 1_000_700, nonce: "c").sealed(secret: secret), now: 1_000_700)
     }
 
     @Test func newestChangeWins() {

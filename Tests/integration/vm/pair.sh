@@ -128,10 +128,11 @@ fi
 lbctl $b status Echo-NAT | grep -E '^  rs2 '
 
 echo "== refusals"
-ns client python3 "$dir/peer-datagram.py" forge 10.0.0.3 9977 lb-1
+# The forged message would put the drained rs2 back online if it were believed.
+ns client python3 "$dir/peer-datagram.py" forge 10.0.0.3 9977 lb-1 Echo-NAT rs2
 refused() { grep 'peer message refused' "$dir/lb-2.log" | grep "$1" > /dev/null; }
 wait_for 10 refused 'MAC does not match' && echo "forged message refused and logged"
-ns lb-2 python3 "$dir/peer-datagram.py" capture eth0 9977 "$dir/captured.bin" &
+ns lb-2 python3 "$dir/peer-datagram.py" capture eth0 9977 10.0.0.2 "$dir/captured.bin" &
 wait_for 10 test -s "$dir/captured.bin"
 sleep 1.1   # the refusal log is rate-limited to a line a second; this waits out the previous line
 for _ in 1 2 3; do
