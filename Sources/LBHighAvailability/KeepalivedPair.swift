@@ -28,7 +28,7 @@ public final class KeepalivedPair: @unchecked Sendable {
     }
 
     public func check(_ pair: HighAvailability) throws {
-        _ = try KeepalivedSupervisor(files: keepalivedFiles, logger: logger, onState: { _ in }, onStopped: { _ in })
+        _ = try KeepalivedSupervisor.program()
         _ = try PeerChannel.readSecret(pair.peerSecretFile)
     }
 

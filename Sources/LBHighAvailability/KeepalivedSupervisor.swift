@@ -34,11 +34,7 @@ public final class KeepalivedSupervisor: @unchecked Sendable {
 
     public init(files: KeepalivedConfig.Files, logger: Logger, onState: @escaping @Sendable (VRRPNotification.State) -> Void,
                 onStopped: @escaping @Sendable (String) -> Void) throws(SetupError) {
-        let candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
-            + ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-        guard let found = candidates.map({ $0 + "/keepalived" }).first(where: { FileManager.default.isExecutableFile(atPath: $0) })
-        else { throw .notInstalled }
-        self.program = found
+        self.program = try Self.program()
         self.files = files
         self.logger = logger
         self.onState = onState
@@ -46,6 +42,15 @@ public final class KeepalivedSupervisor: @unchecked Sendable {
     }
 
     /// Writes the configuration and the standby flag, then starts keepalived and the FIFO reader.
+    /// keepalived's path: on PATH, or in the sbin directories a root shell would search.
+    public static func program() throws(SetupError) -> String {
+        let candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+            + ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+        guard let found = candidates.map({ $0 + "/keepalived" }).first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else { throw .notInstalled }
+        return found
+    }
+
     public func start(configuration text: String, standby: Bool) throws(SetupError) {
         try write(text, to: files.config)
         try setStandby(standby)
