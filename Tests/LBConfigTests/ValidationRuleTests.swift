@@ -409,4 +409,28 @@ struct FuzzRegressionTests {
         #expect(!report.isValid)
         #expect(report.diagnostics.allSatisfy { (1...lines).contains($0.location.line) }, "\(report.diagnostics)")
     }
+
+    /// scripts/fuzz config (a CI run): a lone carriage return inside a comment made libyaml count one line more than
+    /// the file has; every later line number was off by one.
+    @Test func lineBreaksThatEditorsDoNotShowAreRefusedWhereTheyAre() throws {
+        let base64 = "IyBBIHNtYWxuIGNvbmZgZyBvbiBsb29wYmFjayBmb3IgdHJ5aW5nIGxiIG9uIG9uZSBtYWNoaW5lIChubyByb290LCBubyByZWFydmljZXM6CiAgIyBXZWI6IA1IVFRQMQ=="
+        let fuzzed = String(decoding: try #require(Data(base64Encoded: base64)), as: UTF8.self)
+        let report = ConfigurationLoader.check(yaml: fuzzed, file: "fuzz.yaml")
+        #expect(!report.isValid)
+        #expect(report.diagnostics.map(\.location.line) == [2], "\(report.diagnostics)")
+        #expect(report.diagnostics.first?.message.contains("carriage return") == true)
+
+        let valid = document(service())
+        for (separator, name) in [("\r", "carriage return"), ("\u{2028}", "U+2028"), ("\u{85}", "U+0085")] {
+            let text = valid.replacingOccurrences(of: "real_servers:", with: "real_servers: # a\(separator)b")
+            let diagnostic = try #require(check(text).diagnostics.first)
+            #expect(diagnostic.message.contains(name))
+            let expected = try #require(position(of: "# a", in: text))
+            #expect(diagnostic.location.line == expected.line)
+            #expect(diagnostic.location.column == expected.column + 3)
+        }
+        // Windows line ends are ordinary line ends.
+        let windows = valid.replacingOccurrences(of: "\n", with: "\r\n")
+        #expect(check(windows).isValid, "\(check(windows).diagnostics)")
+    }
 }

@@ -32,6 +32,9 @@ public enum ConfigurationLoader {
     /// Validates YAML text; `file` is only used in diagnostics.
     /// `files` also checks the files the config names (certificates, keys, CA files) where they will be read.
     public static func check(yaml: String, file: String, files: ConfigurationFileChecker? = nil) -> ConfigurationReport {
+        if let diagnostic = ambiguousLineBreak(in: yaml, file: file) {
+            return ConfigurationReport(file: file, configuration: nil, diagnostics: [diagnostic], sourceMap: SourceMap(file: file))
+        }
         var reader = DocumentReader(file: file)
         let root: Node?
         do {
@@ -67,6 +70,33 @@ public enum ConfigurationLoader {
             throw ConfigurationError(diagnostics: report.diagnostics)
         }
         return (configuration, report.diagnostics.warnings)
+    }
+
+    /// YAML also ends a line at a lone carriage return, NEL, U+2028 and U+2029; most editors do not, so every line
+    /// number after one would point at the wrong line (found by scripts/fuzz config). Refused before parsing, at the
+    /// place an editor shows. A Windows line end (CR LF) is one line end everywhere and is accepted.
+    private static func ambiguousLineBreak(in text: String, file: String) -> Diagnostic? {
+        var line = 1, column = 1
+        var scalars = text.unicodeScalars.makeIterator()
+        var current = scalars.next()
+        while let scalar = current {
+            let next = scalars.next()
+            let name: String? = switch scalar {
+            case "\r" where next != "\n": "a carriage return (CR) that no line feed follows"
+            case "\u{85}": "a NEL character (U+0085)"
+            case "\u{2028}": "a line separator (U+2028)"
+            case "\u{2029}": "a paragraph separator (U+2029)"
+            default: nil
+            }
+            if let name {
+                return Diagnostic(.error, at: SourceLocation(file: file, line: line, column: column),
+                                  "\(name): YAML ends a line there, most editors do not, so line numbers would disagree",
+                                  hint: "save the file with Unix (LF) or Windows (CR LF) line ends and remove the character")
+            }
+            if scalar == "\n" { line += 1; column = 1 } else if scalar != "\r" { column += 1 }
+            current = next
+        }
+        return nil
     }
 
     private static func syntaxDiagnostic(_ error: Error, file: String, text: String) -> Diagnostic {
