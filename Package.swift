@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "lbd", targets: ["lbd"]),
         .executable(name: "lbctl", targets: ["lbctl"]),
         .library(name: "LBConfig", targets: ["LBConfig"]),
+        // For Benchmarks/ (a package of its own): the in-process l7-http path.
+        .library(name: "LBProxy", targets: ["LBProxy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
@@ -88,6 +90,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -49,6 +49,39 @@ let hopByHopHeaders: Set<String> = [
     "proxy-authenticate", "proxy-authorization",
 ]
 
+/// Whether `name` is one of `hopByHopHeaders`, compared without case and without allocating.
+func isHopByHopName(_ name: String) -> Bool {
+    switch name.utf8.count {
+    case 2: name.equalsIgnoringASCIICase("te")
+    case 7: name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade")
+    case 10: name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
+    case 16: name.equalsIgnoringASCIICase("proxy-connection")
+    case 17: name.equalsIgnoringASCIICase("transfer-encoding")
+    case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
+    case 19: name.equalsIgnoringASCIICase("proxy-authorization")
+    default: false
+    }
+}
+
+extension String {
+    /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
+    func equalsIgnoringASCIICase(_ lowercase: String) -> Bool {
+        var mine = self, theirs = lowercase
+        return mine.withUTF8 { a in
+            theirs.withUTF8 { b in
+                guard a.count == b.count else { return false }
+                for index in 0..<a.count {
+                    let byte = a[index], lower = b[index]
+                    if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) {
+                        return false
+                    }
+                }
+                return true
+            }
+        }
+    }
+}
+
 /// Headers a `Connection` list may not remove: the message's framing and routing, and what lb reads or writes itself.
 /// A client naming them in `Connection` would otherwise strip them between lb's view of the request and the server's.
 let protectedHeaders: Set<String> = [
@@ -60,6 +93,17 @@ extension HTTPHeaders {
     /// The framing of this message's body from its Content-Length and Transfer-Encoding fields. Only a lone
     /// `chunked` coding is accepted (case-insensitive, as the parser matched it); lb forwards it as exactly `chunked`.
     package func bodyFraming() throws(MessageRefusal) -> BodyFraming {
+        // The common cases without building value lists: no framing field, or one plain Content-Length.
+        if !contains(name: "transfer-encoding") {
+            var lengthFields = 0
+            var onlyLength = ""
+            for (name, value) in self where name.equalsIgnoringASCIICase("content-length") {
+                lengthFields += 1
+                onlyLength = value
+            }
+            if lengthFields == 0 { return .unframed }
+            if lengthFields == 1, let length = Self.plainLength(onlyLength) { return .contentLength(length) }
+        }
         let codings = self[canonicalForm: "transfer-encoding"]
         let lengths = self[canonicalForm: "content-length"]
         if !codings.isEmpty {
@@ -69,21 +113,44 @@ extension HTTPHeaders {
             }
             return .chunked
         }
-        guard let first = lengths.first else { return .unframed }
-        let digits = first.utf8
-        guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
-              lengths.allSatisfy({ $0 == first }), let length = Int(first) else {
+        // A Content-Length field with no value is as wrong as a bad one.
+        guard let first = lengths.first else { throw .invalidContentLength("") }
+        guard lengths.allSatisfy({ $0 == first }), let length = Self.plainLength(first) else {
             throw .invalidContentLength(self["content-length"].joined(separator: ", "))
         }
         return .contentLength(length)
     }
 
+    /// 1 to 18 decimal digits and nothing else (no sign, no space), or nil.
+    private static func plainLength<Text: StringProtocol>(_ text: Text) -> Int? {
+        let digits = text.utf8
+        guard !digits.isEmpty, digits.count <= 18,
+              digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return Int(text)
+    }
+
     /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
+    /// One pass finds what is there to remove (usually only `Connection`), so a message pays one removal per
+    /// field it carries rather than one scan per name lb knows.
     package mutating func removeHopByHop() {
-        let named = self[canonicalForm: "connection"].map { $0.lowercased() }.filter { !protectedHeaders.contains($0) }
-        for name in hopByHopHeaders.union(named) {
-            remove(name: name)
+        var doomed: [String] = []
+        var listsOthers = false
+        for (name, _) in self where isHopByHopName(name) {
+            doomed.append(name)
+            if name.equalsIgnoringASCIICase("connection") { listsOthers = true }
         }
+        if listsOthers {
+            for (name, value) in self where name.equalsIgnoringASCIICase("connection") {
+                for token in value.utf8.split(separator: UInt8(ascii: ",")) {
+                    let trimmed = token.drop { $0 == 0x20 || $0 == 0x09 }.reversed().drop { $0 == 0x20 || $0 == 0x09 }.reversed()
+                    // `keep-alive` and `close`, nearly every list, name nothing beyond the hop-by-hop fields.
+                    let lowered = String(decoding: trimmed, as: UTF8.self).lowercased()
+                    if lowered.isEmpty || lowered == "close" || isHopByHopName(lowered) || protectedHeaders.contains(lowered) { continue }
+                    doomed.append(lowered)
+                }
+            }
+        }
+        for name in doomed { remove(name: name) }
     }
 
     /// Writes lb's own framing for a message forwarded with `framing`.
@@ -157,6 +224,8 @@ extension HTTPRequestHead {
 
 /// The scheme and authority of an absolute-form request target (`http://host:port/path`), or nil for origin form.
 private func absoluteURIAuthority(_ uri: String) -> (scheme: String, host: String)? {
+    // Origin form ("/path"), nearly every request: no search for "://".
+    if uri.utf8.first == UInt8(ascii: "/") || uri == "*" { return nil }
     guard let separator = uri.range(of: "://") else { return nil }
     let scheme = uri[..<separator.lowerBound].lowercased()
     guard scheme == "http" || scheme == "https" else { return nil }

@@ -1,0 +1,81 @@
+import LBConfig
+import Logging
+import NIOCore
+import NIOEmbedded
+
+/// The l7-http path of one client connection without sockets: the client's pipeline exactly as a listener builds
+/// it, one kept-alive real-server connection with its own pipeline, both on one embedded event loop. Each
+/// `exchange` pushes a request's bytes in at the client side, takes what lb sends the real server, answers with a
+/// response's bytes and takes what reaches the client.
+///
+/// It exists to count the work lb does per request (allocations, retains) with nothing else in the measurement:
+/// `Benchmarks/` runs it under ordo-one/benchmark, and `InProcessExchangeTests` checks that it forwards correctly.
+public final class InProcessExchange {
+    public enum Failure: Error, CustomStringConvertible {
+        case setup(String)
+        case noRequestAtServer
+        case noResponseAtClient
+        public var description: String {
+            switch self {
+            case .setup(let reason): "in-process exchange set-up: \(reason)"
+            case .noRequestAtServer: "lb sent the real server nothing for the request"
+            case .noResponseAtClient: "lb sent the client nothing for the response"
+            }
+        }
+    }
+
+    private let loop = EmbeddedEventLoop()
+    private let client: EmbeddedChannel
+    private let server: EmbeddedChannel
+    private let runtime: ServiceRuntime
+    private let request: ByteBuffer
+    private let response: ByteBuffer
+    /// What the last exchange delivered, for checks (the benchmark does not read them).
+    public private(set) var lastRequestAtServer = ByteBuffer()
+    public private(set) var lastResponseAtClient = ByteBuffer()
+
+    /// `service` must be an l7-http service with one real server; `request` and `response` are complete messages.
+    public init(service: VirtualService, request: String, response: String) throws {
+        guard service.mode == .l7HTTP, service.realServers.count == 1 else {
+            throw Failure.setup("an l7-http service with one real server is needed")
+        }
+        var logger = Logger(label: "lb.bench")
+        logger.logLevel = .critical
+        runtime = ServiceRuntime(service: service, tls: nil, cookieKey: Array(repeating: 7, count: 32), logger: logger)
+        self.request = ByteBuffer(string: request)
+        self.response = ByteBuffer(string: response)
+
+        server = EmbeddedChannel(loop: loop)
+        try BackendHandler.addClientCodec(to: server.pipeline.syncOperations)
+        try server.connect(to: SocketAddress(ipAddress: "192.0.2.20", port: 80)).wait()
+        let backend = try server.pipeline.syncOperations.handler(type: BackendHandler.self)
+        guard let selection = runtime.pool.select(client: nil, port: 80) else { throw Failure.setup("no server selected") }
+        IdleConnections.forLoop(loop, pool: runtime.pool).put(backend, selection: selection, pool: runtime.pool)
+
+        client = EmbeddedChannel(loop: loop)
+        try HTTPProxy(runtime: runtime, slot: ServiceSlot(runtime)).initialize(client: client).wait()
+        try client.connect(to: SocketAddress(ipAddress: "192.0.2.10", port: 80)).wait()
+        // Set after the connect, which would make the VIP the peer.
+        client.remoteAddress = try SocketAddress(ipAddress: "198.51.100.7", port: 40000)
+        client.localAddress = try SocketAddress(ipAddress: "192.0.2.10", port: 80)
+    }
+
+    /// One request and its response through lb.
+    public func exchange() throws {
+        try client.writeInbound(request)
+        guard var toServer = try server.readOutbound(as: ByteBuffer.self) else { throw Failure.noRequestAtServer }
+        while var more = try server.readOutbound(as: ByteBuffer.self) { toServer.writeBuffer(&more) }
+        lastRequestAtServer = toServer
+        try server.writeInbound(response)
+        guard var toClient = try client.readOutbound(as: ByteBuffer.self) else { throw Failure.noResponseAtClient }
+        while var more = try client.readOutbound(as: ByteBuffer.self) { toClient.writeBuffer(&more) }
+        lastResponseAtClient = toClient
+    }
+
+    /// Closes both ends; the loop runs what the closes scheduled.
+    public func finish() {
+        _ = try? client.finish()
+        _ = try? server.finish()
+        loop.run()
+    }
+}

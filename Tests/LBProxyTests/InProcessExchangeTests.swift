@@ -1,0 +1,47 @@
+import LBConfig
+import LBStrictHTTP
+import LBTestSupport
+@testable import LBProxy
+import NIOCore
+import Testing
+
+/// The harness that Benchmarks/ measures must forward as the real proxy does, or its figures describe nothing.
+@Suite("In-process l7-http exchange")
+struct InProcessExchangeTests {
+    static let viewerService = """
+          - name: viewer
+            vip: 192.0.2.10
+            ports: [80]
+            mode: l7-http
+            forwarded_for: true
+            persistence: {type: http-cookie, cookie: LBSRV}
+            real_servers: [{name: web1, address: 192.0.2.20}]
+        """
+
+    @Test func requestsReachTheServerRewrittenAndResponsesReachTheClient() throws {
+        let exchange = try InProcessExchange(
+            service: try makeService(Self.viewerService),
+            request: "GET /study/1 HTTP/1.1\r\nHost: viewer\r\nConnection: keep-alive\r\nUser-Agent: t\r\n\r\n",
+            response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok")
+        defer { exchange.finish() }
+        for round in 1...3 {
+            try exchange.exchange()
+            let bytes = Array(exchange.lastRequestAtServer.readableBytesView)
+            guard case .request(let request, let consumed) = strictParseRequest(bytes) else {
+                Issue.record("round \(round): the server could not read \(String(decoding: bytes, as: UTF8.self).debugDescription)")
+                return
+            }
+            #expect(consumed == bytes.count)
+            #expect(request.method == "GET" && request.target == "/study/1")
+            #expect(request.values("x-forwarded-for") == ["198.51.100.7"])
+            #expect(request.values("x-forwarded-proto") == ["http"])
+            #expect(request.values("connection").isEmpty)
+            let response = String(buffer: exchange.lastResponseAtClient)
+            #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(response)")
+            #expect(response.hasSuffix("\r\n\r\nok"))
+            #expect(!response.lowercased().contains("keep-alive: timeout"))
+            // The client sent no cookie, so every response pins it (round 1 and after).
+            #expect(response.contains("Set-Cookie: LBSRV="), "\(response)")
+        }
+    }
+}
