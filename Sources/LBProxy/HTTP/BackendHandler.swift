@@ -43,12 +43,12 @@ final class BackendHandler: ChannelDuplexHandler {
 
     /// The HTTP/1.1 client codec for a real-server connection. lb writes each request's framing itself (NIO's
     /// encoder would otherwise frame some methods only on an exact `chunked` value and drop others' length), and
-    /// interim 1xx responses are passed up so they can reach the client.
+    /// interim 1xx responses are passed up so they can reach the client. No outbound header validator: what lb
+    /// writes was read by llhttp under the same rules, or is lb's own (see `HTTPProxy`).
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
         try pipeline.addHandler(makeRealServerRequestEncoder())
         try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
                                                                          informationalResponseStrategy: .forward)))
-        try pipeline.addHandler(NIOHTTPRequestHeadersValidator())
         try pipeline.addHandler(BackendHandler())
     }
 

@@ -53,10 +53,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The real server's response ends by its own framing, so its connection can carry another exchange.
     private var backendResponseDelimited = true
 
-    private let rawWriter: RawResponseWriter
-
-    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, rawWriter: RawResponseWriter) {
-        self.rawWriter = rawWriter
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String) {
         self.runtime = runtime
         self.slot = slot
         self.scheme = scheme
@@ -92,14 +89,42 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         self.context = nil
     }
 
-    /// NIO's error handler has already answered a malformed request with 400; the connection must not carry on.
+    /// A request the parser refused (or a failure of the connection): the client gets a 400 if no response has
+    /// begun, and the connection does not carry on.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is HTTPParserError {
-            logger.info("malformed request refused: \(error)", metadata: ["client": "\(context.channel.remoteAddress?.description ?? "?")"])
+        guard error is HTTPParserError else {
+            disarmTimer()
+            closeNow()
+            return
         }
-        disarmTimer()
+        logger.info("malformed request refused: \(error)", metadata: ["client": "\(peer.text)"])
+        switch state {
+        case .closing:
+            break
+        case .forwarding where responseStarted && heldHead == nil:
+            // Part of a response is on its way: it cannot be followed by a 400.
+            closeNow()
+        case .idle, .connecting, .forwarding:
+            sendError(.badRequest, "Bad Request\n", waitForWrite: false)
+        }
+    }
+
+    /// Ends the exchange at once: the real-server side is released, the client connection closed.
+    private func closeNow() {
+        if case .forwarding(let backend, _) = state { backend.close() }
+        finishSelection()
+        heldHead = nil
         state = .closing
-        context.channel.close(promise: nil)
+        context?.close(promise: nil)
+    }
+
+    /// The idle timeout (no traffic either way for `timeouts.idle`).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            closeNow()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -160,9 +185,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         logger.info("closing slow client: \(reason)", metadata: ["client": "\(context?.channel.remoteAddress?.description ?? "?")"])
         switch state {
         case .idle:
-            // No complete head yet, so no request is open in NIO's HTTP handlers: answer beneath them.
-            state = .closing
-            rawWriter.sendAndClose("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            // No complete head yet. The close does not wait for the write: a TLS handshake that stalled halfway
+            // would hold it forever, and the point is to free the socket.
+            sendError(.requestTimeout, "Request Timeout\n", waitForWrite: false)
         case .connecting:
             sendError(.requestTimeout, "Request Timeout\n")
         case .forwarding(let backend, let requestEnded):
@@ -547,8 +572,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     // MARK: Errors
 
-    /// Sends a small error response and closes the connection.
-    private func sendError(_ status: HTTPResponseStatus, _ text: String) {
+    /// Sends a small error response and closes the connection: once it is written, or at once (`waitForWrite`
+    /// false: the bytes are handed to the socket by the flush, before the close, on a connection that can take them).
+    private func sendError(_ status: HTTPResponseStatus, _ text: String, waitForWrite: Bool = true) {
         disarmTimer()
         heldHead = nil
         guard let context else { return }
@@ -561,28 +587,14 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         headers.add(name: "Connection", value: "close")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+        guard waitForWrite else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.close(promise: nil)
+            return
+        }
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in
             channel.close(promise: nil)
         }
-    }
-}
-
-/// Sits first in the pipeline, below the HTTP codec, to answer a client that never completed a request head
-/// (NIO's HTTP handlers only allow a response to an open request).
-final class RawResponseWriter: ChannelOutboundHandler {
-    typealias OutboundIn = NIOAny
-    private var context: ChannelHandlerContext?
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-    /// Writes `text` and closes at once, without waiting for the write to complete: a write can wait forever
-    /// (a TLS handshake that stalled halfway holds it until the handshake ends), and the point is to free the socket.
-    /// On an open connection the bytes are handed to the socket by the flush, before the close.
-    func sendAndClose(_ text: String) {
-        guard let context else { return }
-        context.writeAndFlush(NIOAny(ByteBuffer(string: text)), promise: nil)
-        context.close(promise: nil)
     }
 }
 

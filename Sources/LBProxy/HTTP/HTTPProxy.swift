@@ -5,9 +5,15 @@ import NIOCore
 import NIOHTTP1
 
 /// l7-http: sets up a client connection's pipeline. NIO's HTTP/1 parser reads the framing and refuses malformed
-/// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers) with a
-/// 400 and a close; `HTTPFrontHandler` refuses what the parser lets through but lb will not forward (see
+/// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers);
+/// `HTTPFrontHandler` answers those with 400, refuses what the parser lets through but lb will not forward (see
 /// `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
+///
+/// Every handler costs each request part a hop (and its reference counting), so the pipeline holds only what does
+/// work: [TLS], the idle timer, NIO's encoder and decoder, and `HTTPFrontHandler`, which also answers parse errors
+/// and closes idle connections. NIO's outbound header validators are left out: every field lb writes was read by
+/// llhttp, whose rules for names and values are the validators' (tokens; no CR, LF, NUL or other controls but
+/// HTAB), or is lb's own (X-Forwarded-*, the cookie whose name the config loader checks as a token, framing).
 struct HTTPProxy: Sendable {
     let runtime: ServiceRuntime
     let slot: ServiceSlot
@@ -20,22 +26,18 @@ struct HTTPProxy: Sendable {
             limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
             limits.maxHeaderFieldCount = service.limits.maxHeaders
             let sync = channel.pipeline.syncOperations
-            // TLS sits nearest the socket, so everything above it, even the raw 408, is encrypted.
+            // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
             if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
-            let rawWriter = RawResponseWriter()
-            try sync.addHandler(rawWriter)
             try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
-            try sync.addHandler(IdleCloser())
             // Pipelined requests are queued by HTTPFrontHandler itself; NIO's pipelining helper would pause and
             // resume reading around every request, which costs a system call each time.
             // lb writes every response's framing itself (see BodyFraming): NIO's encoder must not add or drop any.
             var encoder = HTTPResponseEncoder.Configuration()
             encoder.automaticallySetFramingHeaders = false
             try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: false, withErrorHandling: true,
+                withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
                 withEncoderConfiguration: encoder, withDecoderLimitConfiguration: limits)
-            try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot,
-                                                 scheme: service.tls == nil ? "http" : "https", rawWriter: rawWriter))
+            try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https"))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
