@@ -238,6 +238,37 @@ struct RequestSafetyTests {
         await fixture.stop()
     }
 
+    /// lb's own idle check (no IdleStateHandler in the pipeline): traffic keeps a connection open past the idle
+    /// timeout; silence closes it after between 1 and 1.25 idle periods.
+    @Test func silentConnectionIsClosedAfterTheIdleTimeoutAndABusyOneIsNot() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {header: 30s, idle: 1s}"])
+        let client = try RawClient(port: fixture.vipPort)
+        let opened = ContinuousClock.now
+        var answered = 0
+        var silentFrom = ContinuousClock.now
+        while ContinuousClock.now - opened < .milliseconds(2_500) {
+            client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            let response = client.readResponse()
+            silentFrom = ContinuousClock.now
+            guard statusLine(response) == "HTTP/1.1 200 OK" else {
+                Issue.record("request \(answered + 1) on the connection: \(response.debugDescription)")
+                break
+            }
+            answered += 1
+            // A blocking pause, not Task.sleep: under the parallel test runner a sleeping task can wake late
+            // (other tests block the few cooperative threads in socket reads) and the pause would not be 300 ms.
+            usleep(300_000)
+        }
+        #expect(answered >= 6, "requests every 300 ms for 2.5 s on one connection with idle 1s: \(answered) answered")
+        let rest = client.readAll(timeout: 4)
+        let silence = ContinuousClock.now - silentFrom
+        #expect(rest.isEmpty)
+        #expect(client.lastReadEnd == "end of stream", "closed by lb, not by the read timeout")
+        // 1 to 1.25 s by design; the upper bound leaves room for a loaded machine.
+        #expect(silence >= .milliseconds(950) && silence < .seconds(3), "closed after \(silence) of silence")
+        await fixture.stop()
+    }
+
     @Test func stalledBodyIsCutOff() async throws {
         let fixture = try await HTTPFixture(extra: ["timeouts: {body: 300ms, idle: 60s}"])
         let slow = try RawClient(port: fixture.vipPort)

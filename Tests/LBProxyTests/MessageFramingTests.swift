@@ -6,6 +6,11 @@ import Testing
 @Suite("Message framing fast paths")
 struct MessageFramingTests {
     @Test func hopByHopNamesAreRecognisedInAnyCaseAndNothingElseIs() {
+        #expect(Set(hopByHopNames) == hopByHopHeaders && hopByHopNames.count == hopByHopHeaders.count)
+        for (index, name) in hopByHopNames.enumerated() { #expect(hopByHopIndex(name.uppercased()) == index) }
+        var tokens: [String] = []
+        forEachListToken(" a ,,\tKeep-Alive\t, b c ,") { tokens.append(String($0)) }
+        #expect(tokens == ["a", "Keep-Alive", "b c"])
         for name in hopByHopHeaders {
             #expect(isHopByHopName(name))
             #expect(isHopByHopName(name.uppercased()))
@@ -20,6 +25,7 @@ struct MessageFramingTests {
     @Test func removalTakesHopByHopFieldsAndWhatConnectionNamesButNotProtectedOnes() {
         var headers = HTTPHeaders([
             ("Host", "a"), ("Connection", "keep-alive, X-Private, Host, content-length"), ("Keep-Alive", "timeout=5"),
+            ("x-private", "2"), ("connection", "close"),
             ("X-Private", "1"), ("TE", "trailers"), ("Content-Length", "3"), ("Proxy-Authorization", "x"), ("Accept", "*/*"),
         ])
         headers.removeHopByHop()

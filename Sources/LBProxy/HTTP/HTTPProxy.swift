@@ -10,8 +10,8 @@ import NIOHTTP1
 /// `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
 ///
 /// Every handler costs each request part a hop (and its reference counting), so the pipeline holds only what does
-/// work: [TLS], the idle timer, NIO's encoder and decoder, and `HTTPFrontHandler`, which also answers parse errors
-/// and closes idle connections. NIO's outbound header validators are left out: every field lb writes was read by
+/// work: [TLS], NIO's encoder and decoder, and `HTTPFrontHandler`, which also answers parse errors and closes idle
+/// connections. NIO's outbound header validators are left out: every field lb writes was read by
 /// llhttp, whose rules for names and values are the validators' (tokens; no CR, LF, NUL or other controls but
 /// HTAB), or is lb's own (X-Forwarded-*, the cookie whose name the config loader checks as a token, framing).
 struct HTTPProxy: Sendable {
@@ -28,7 +28,6 @@ struct HTTPProxy: Sendable {
             let sync = channel.pipeline.syncOperations
             // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
             if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
-            try sync.addHandler(IdleStateHandler(allTimeout: TimeAmount(service.timeouts.idle)))
             // Pipelined requests are queued by HTTPFrontHandler itself; NIO's pipelining helper would pause and
             // resume reading around every request, which costs a system call each time.
             // lb writes every response's framing itself (see BodyFraming): NIO's encoder must not add or drop any.

@@ -50,35 +50,55 @@ let hopByHopHeaders: Set<String> = [
 ]
 
 /// Whether `name` is one of `hopByHopHeaders`, compared without case and without allocating.
-func isHopByHopName(_ name: String) -> Bool {
+func isHopByHopName<Name: StringProtocol>(_ name: Name) -> Bool { hopByHopIndex(name) != nil }
+
+/// The hop-by-hop field names, in the order `hopByHopIndex` numbers them.
+let hopByHopNames = ["te", "trailer", "upgrade", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                     "proxy-authenticate", "proxy-authorization"]
+
+/// The position of `name` in `hopByHopNames` (compared without case), or nil.
+func hopByHopIndex<Name: StringProtocol>(_ name: Name) -> Int? {
     switch name.utf8.count {
-    case 2: name.equalsIgnoringASCIICase("te")
-    case 7: name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade")
-    case 10: name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive")
-    case 16: name.equalsIgnoringASCIICase("proxy-connection")
-    case 17: name.equalsIgnoringASCIICase("transfer-encoding")
-    case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
-    case 19: name.equalsIgnoringASCIICase("proxy-authorization")
-    default: false
+    case 2: name.equalsIgnoringASCIICase("te") ? 0 : nil
+    case 7: name.equalsIgnoringASCIICase("trailer") ? 1 : name.equalsIgnoringASCIICase("upgrade") ? 2 : nil
+    case 10: name.equalsIgnoringASCIICase("connection") ? 3 : name.equalsIgnoringASCIICase("keep-alive") ? 4 : nil
+    case 16: name.equalsIgnoringASCIICase("proxy-connection") ? 5 : nil
+    case 17: name.equalsIgnoringASCIICase("transfer-encoding") ? 6 : nil
+    case 18: name.equalsIgnoringASCIICase("proxy-authenticate") ? 7 : nil
+    case 19: name.equalsIgnoringASCIICase("proxy-authorization") ? 8 : nil
+    default: nil
     }
 }
 
-extension String {
+extension StringProtocol {
     /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
-    func equalsIgnoringASCIICase(_ lowercase: String) -> Bool {
-        var mine = self, theirs = lowercase
-        return mine.withUTF8 { a in
-            theirs.withUTF8 { b in
-                guard a.count == b.count else { return false }
-                for index in 0..<a.count {
-                    let byte = a[index], lower = b[index]
-                    if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) {
-                        return false
-                    }
-                }
-                return true
-            }
+    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
+        let theirs = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        let mine = utf8
+        guard mine.count == theirs.count else { return false }
+        var index = 0
+        for byte in mine {
+            let lower = theirs[index]
+            if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) { return false }
+            index += 1
         }
+        return true
+    }
+}
+
+/// Calls `body` with each non-empty element of a comma-separated field value, without spaces or tabs around it.
+func forEachListToken(_ value: String, _ body: (Substring) -> Void) {
+    let bytes = value.utf8
+    var start = bytes.startIndex
+    while start < bytes.endIndex {
+        let end = bytes[start...].firstIndex(of: UInt8(ascii: ",")) ?? bytes.endIndex
+        var first = start, last = end
+        while first < last, bytes[first] == 0x20 || bytes[first] == 0x09 { first = bytes.index(after: first) }
+        while last > first, bytes[bytes.index(before: last)] == 0x20 || bytes[bytes.index(before: last)] == 0x09 {
+            last = bytes.index(before: last)
+        }
+        if first < last { body(value[first..<last]) }
+        start = end < bytes.endIndex ? bytes.index(after: end) : end
     }
 }
 
@@ -131,26 +151,24 @@ extension HTTPHeaders {
 
     /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
     /// One pass finds what is there to remove (usually only `Connection`), so a message pays one removal per
-    /// field it carries rather than one scan per name lb knows.
+    /// field it carries rather than one scan per name lb knows, and nothing is allocated for the usual
+    /// `Connection: keep-alive` or `close`.
     package mutating func removeHopByHop() {
-        var doomed: [String] = []
-        var listsOthers = false
-        for (name, _) in self where isHopByHopName(name) {
-            doomed.append(name)
-            if name.equalsIgnoringASCIICase("connection") { listsOthers = true }
-        }
-        if listsOthers {
-            for (name, value) in self where name.equalsIgnoringASCIICase("connection") {
-                for token in value.utf8.split(separator: UInt8(ascii: ",")) {
-                    let trimmed = token.drop { $0 == 0x20 || $0 == 0x09 }.reversed().drop { $0 == 0x20 || $0 == 0x09 }.reversed()
-                    // `keep-alive` and `close`, nearly every list, name nothing beyond the hop-by-hop fields.
-                    let lowered = String(decoding: trimmed, as: UTF8.self).lowercased()
-                    if lowered.isEmpty || lowered == "close" || isHopByHopName(lowered) || protectedHeaders.contains(lowered) { continue }
-                    doomed.append(lowered)
-                }
+        var present: UInt16 = 0
+        var others: [String] = []
+        for (name, value) in self {
+            guard let index = hopByHopIndex(name) else { continue }
+            present |= 1 << index
+            guard index == 3 else { continue }  // Connection: the fields its list names go too
+            forEachListToken(value) { token in
+                // `close` and hop-by-hop names are gone anyway; protected fields are never removed by a client.
+                if token.equalsIgnoringASCIICase("close") || isHopByHopName(token) { return }
+                let lowered = token.lowercased()
+                if !protectedHeaders.contains(lowered), !others.contains(lowered) { others.append(lowered) }
             }
         }
-        for name in doomed { remove(name: name) }
+        for (index, name) in hopByHopNames.enumerated() where present & (1 << index) != 0 { remove(name: name) }
+        for name in others { remove(name: name) }
     }
 
     /// Writes lb's own framing for a message forwarded with `framing`.

@@ -47,6 +47,8 @@ public final class RealServerPool: Sendable {
         var scheduler: SchedulerState
         var sticky: [IPAddress: (index: Int, expires: NIODeadline)] = [:]
         var lastStickySweep = NIODeadline.now()
+        /// Reused by every choice, so a request allocates no candidate list.
+        var candidateScratch: [Candidate] = []
     }
 
     private let state: NIOLockedValueBox<State>
@@ -118,11 +120,13 @@ public final class RealServerPool: Sendable {
                 }
             }
             // 3. The scheduler, over the usable servers.
-            let candidates = state.members.indices.filter(usable).map {
-                Candidate(index: $0, weight: state.members[$0].membership.weight, activeConnections: state.members[$0].tally.counts.active)
+            state.candidateScratch.removeAll(keepingCapacity: true)
+            for index in state.members.indices where usable(index) {
+                state.candidateScratch.append(Candidate(index: index, weight: state.members[index].membership.weight,
+                                                        activeConnections: state.members[index].tally.counts.active))
             }
-            let key = client.map(\.bytes) ?? []
-            if let chosen = state.scheduler.choose(from: candidates, clientKey: key) {
+            let candidates = state.candidateScratch
+            if let chosen = state.scheduler.choose(from: candidates, clientKey: client.map(\.bytes) ?? []) {
                 if let timeout, let client { state.sticky[client] = (chosen.index, now + TimeAmount(timeout)) }
                 return take(chosen.index, .scheduled)
             }

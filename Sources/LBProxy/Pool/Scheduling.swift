@@ -26,7 +26,8 @@ public struct SchedulerState: Sendable {
 
     /// Picks one of `candidates` (already limited to servers that may take traffic, weight > 0).
     /// `clientKey` is the client's address bytes for source-hash.
-    public mutating func choose(from candidates: [Candidate], clientKey: [UInt8]) -> Candidate? {
+    /// (An autoclosure: only the hashing schedulers pay for the bytes.)
+    public mutating func choose(from candidates: [Candidate], clientKey: @autoclosure () -> [UInt8]) -> Candidate? {
         guard !candidates.isEmpty else { return nil }
         switch algorithm {
         case .roundRobin:
@@ -57,6 +58,7 @@ public struct SchedulerState: Sendable {
             }
         case .sourceHash, .maglev:
             // Rendezvous hashing: removing a server only moves the clients that were on it.
+            let clientKey = clientKey()
             return candidates.max { a, b in
                 let ha = Self.score(clientKey, a), hb = Self.score(clientKey, b)
                 return ha != hb ? ha < hb : a.index > b.index
