@@ -30,6 +30,9 @@ struct MessageFramingTests {
         ])
         headers.removeHopByHop()
         #expect(headers.map(\.name) == ["Host", "Content-Length", "Accept"])
+        var closing = HTTPHeaders([("Host", "a"), ("Connection", "close"), ("Close", "x"), ("Accept", "*/*")])
+        closing.removeHopByHop()
+        #expect(closing.map(\.name) == ["Host", "Accept"])
         var plain = HTTPHeaders([("Host", "a"), ("Accept", "*/*")])
         plain.removeHopByHop()
         #expect(plain.map(\.name) == ["Host", "Accept"])
@@ -49,5 +52,8 @@ struct MessageFramingTests {
             try HTTPHeaders([("Content-Length", "1"), ("Transfer-Encoding", "chunked")]).bodyFraming()
         }
         #expect(throws: MessageRefusal.self) { try HTTPHeaders([("Content-Length", "1"), ("Content-Length", "2")]).bodyFraming() }
+        #expect(throws: MessageRefusal.unsupportedTransferEncoding("")) { try HTTPHeaders([("Transfer-Encoding", "")]).bodyFraming() }
+        #expect(throws: MessageRefusal.unsupportedTransferEncoding(" , ")) { try HTTPHeaders([("Transfer-Encoding", " , ")]).bodyFraming() }
+        #expect(throws: MessageRefusal.invalidContentLength("")) { try HTTPHeaders([("Content-Length", "")]).bodyFraming() }
     }
 }

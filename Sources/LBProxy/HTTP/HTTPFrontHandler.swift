@@ -93,6 +93,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var activity = 0
     private var activityAtLastCheck = -1
     private var silentChecks = 0
+    private var queuedAtLastCheck = 0
     private var idleCheck: Scheduled<Void>?
     /// The connection is checked four times per idle period and closed after four silent checks in a row: after
     /// between 1 and 1.25 times `timeouts.idle` of silence in both directions.
@@ -107,8 +108,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     private func checkIdle() {
         idleCheck = nil
-        guard context != nil else { return }
-        if activity != activityAtLastCheck {
+        guard let context else { return }
+        // Bytes still queued for the client that it has since taken count too (a slow download whose queue drains
+        // while lb has nothing new to write): NIO's IdleStateHandler counted completed writes the same way.
+        let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        let drained = queued < queuedAtLastCheck
+        queuedAtLastCheck = queued
+        if activity != activityAtLastCheck || drained {
             activityAtLastCheck = activity
             silentChecks = 0
         } else {

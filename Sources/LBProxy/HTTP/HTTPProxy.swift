@@ -14,6 +14,9 @@ import NIOHTTP1
 /// connections. NIO's outbound header validators are left out: every field lb writes was read by
 /// llhttp, whose rules for names and values are the validators' (tokens; no CR, LF, NUL or other controls but
 /// HTAB), or is lb's own (X-Forwarded-*, the cookie whose name the config loader checks as a token, framing).
+/// The request target is forwarded as llhttp accepted it (no space, control or non-ASCII byte, so it cannot split
+/// the request line); characters such as `{` or `|` that the real-server validator used to refuse (a 502 counted
+/// against a healthy server) reach the server, as through nginx.
 struct HTTPProxy: Sendable {
     let runtime: ServiceRuntime
     let slot: ServiceSlot

@@ -73,16 +73,17 @@ func hopByHopIndex<Name: StringProtocol>(_ name: Name) -> Int? {
 extension StringProtocol {
     /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
     func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
-        let theirs = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        let mine = utf8
-        guard mine.count == theirs.count else { return false }
-        var index = 0
-        for byte in mine {
-            let lower = theirs[index]
-            if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) { return false }
-            index += 1
+        lowercase.withUTF8Buffer { theirs in
+            let mine = utf8
+            guard mine.count == theirs.count else { return false }
+            var index = 0
+            for byte in mine {
+                let lower = theirs[index]
+                if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) { return false }
+                index += 1
+            }
+            return true
         }
-        return true
     }
 }
 
@@ -133,8 +134,12 @@ extension HTTPHeaders {
             }
             return .chunked
         }
-        // A Content-Length field with no value is as wrong as a bad one.
-        guard let first = lengths.first else { throw .invalidContentLength("") }
+        guard let first = lengths.first else {
+            // A framing field with no value is as wrong as a bad one.
+            if contains(name: "transfer-encoding") { throw .unsupportedTransferEncoding("") }
+            if contains(name: "content-length") { throw .invalidContentLength("") }
+            return .unframed
+        }
         guard lengths.allSatisfy({ $0 == first }), let length = Self.plainLength(first) else {
             throw .invalidContentLength(self["content-length"].joined(separator: ", "))
         }
@@ -156,19 +161,27 @@ extension HTTPHeaders {
     package mutating func removeHopByHop() {
         var present: UInt16 = 0
         var others: [String] = []
+        // `Connection: close` names a field called "close" too (RFC 9112 §9.6 reserves the name); without
+        // allocating for every `close` list, it is removed only when such a field is there.
+        var closeListed = false, closeFieldPresent = false
         for (name, value) in self {
-            guard let index = hopByHopIndex(name) else { continue }
+            guard let index = hopByHopIndex(name) else {
+                if name.equalsIgnoringASCIICase("close") { closeFieldPresent = true }
+                continue
+            }
             present |= 1 << index
             guard index == 3 else { continue }  // Connection: the fields its list names go too
             forEachListToken(value) { token in
-                // `close` and hop-by-hop names are gone anyway; protected fields are never removed by a client.
-                if token.equalsIgnoringASCIICase("close") || isHopByHopName(token) { return }
+                // Hop-by-hop names are gone anyway; protected fields are never removed by a client.
+                if token.equalsIgnoringASCIICase("close") { closeListed = true; return }
+                if isHopByHopName(token) { return }
                 let lowered = token.lowercased()
                 if !protectedHeaders.contains(lowered), !others.contains(lowered) { others.append(lowered) }
             }
         }
         for (index, name) in hopByHopNames.enumerated() where present & (1 << index) != 0 { remove(name: name) }
         for name in others { remove(name: name) }
+        if closeListed, closeFieldPresent { remove(name: "close") }
     }
 
     /// Writes lb's own framing for a message forwarded with `framing`.
