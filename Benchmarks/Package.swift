@@ -14,25 +14,31 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // The request, response and service both executables push through lb.
+        .target(
+            name: "HTTPPathWorkload",
+            dependencies: [.product(name: "LBConfig", package: "lb")],
+            path: "Sources/HTTPPathWorkload"
+        ),
         // One l7-http request and response through lb's client and real-server pipelines, in process.
         .executableTarget(
             name: "HTTPPath",
             dependencies: [
+                "HTTPPathWorkload",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "LBProxy", package: "lb"),
-                .product(name: "LBConfig", package: "lb"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Benchmarks/HTTPPath",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
-        // The same exchange in a plain loop, for profilers (`perf record`, `valgrind --tool=callgrind`):
+        // The same exchange in a plain loop, for profilers (`perf record -e cpu-clock -g`):
         // `http-path-loop COUNT [viewer]`.
         .executableTarget(
             name: "http-path-loop",
             dependencies: [
+                "HTTPPathWorkload",
                 .product(name: "LBProxy", package: "lb"),
-                .product(name: "LBConfig", package: "lb"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Sources/HTTPPathLoop"

@@ -1,0 +1,58 @@
+import LBConfig
+
+/// What the benchmark and the profiling loop push through lb: a viewer's request as browsers send it and a small
+/// response, so lb's per-request HTTP work dominates, as it does for the small keep-alive requests of
+/// `scripts/bench/l7`.
+public enum HTTPPathWorkload {
+    /// The request; `cookie` is put in front of the browser's own cookie (e.g. "LBSRV=…; ").
+    public static func request(cookie: String = "") -> String { """
+        GET /viewer/studies/1.2.840.113619/series?limit=50 HTTP/1.1\r
+        Host: viewer.hospital.example\r
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36\r
+        Accept: application/json, text/plain, */*\r
+        Accept-Encoding: gzip, deflate, br\r
+        Accept-Language: en-GB,en;q=0.9\r
+        Connection: keep-alive\r
+        Cookie: \(cookie)session=0123456789abcdef\r
+        \r
+
+        """ }
+
+    public static let response =
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+
+    /// Service options: none, or the viewer's (cookie persistence and X-Forwarded-For).
+    public enum Options: String, CaseIterable, Sendable {
+        case plain
+        case viewer = "viewer: cookie persistence and X-Forwarded-For"
+
+        var yaml: String {
+            switch self {
+            case .plain: ""
+            case .viewer: "    forwarded_for: true\n    persistence: {type: http-cookie, cookie: LBSRV}\n"
+            }
+        }
+    }
+
+    /// The l7-http service with one real server, through lb's own loader.
+    public static func service(_ options: Options) throws -> VirtualService {
+        let yaml = """
+            virtual_services:
+              - name: viewer
+                vip: 192.0.2.10
+                ports: [80]
+                mode: l7-http
+            \(options.yaml)    real_servers: [{name: web1, address: 192.0.2.20}]
+            """
+        let report = ConfigurationLoader.check(yaml: yaml, file: "bench.yaml")
+        guard let service = report.configuration?.virtualServices.first else {
+            throw WorkloadError(description: "the benchmark's config was rejected: \(report.diagnostics)")
+        }
+        return service
+    }
+
+    public struct WorkloadError: Error, CustomStringConvertible {
+        public let description: String
+        public init(description: String) { self.description = description }
+    }
+}
