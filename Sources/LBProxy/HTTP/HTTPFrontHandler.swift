@@ -154,11 +154,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// Ends the exchange at once: the real-server side is released, the client connection closed.
     private func closeNow() {
+        abandonExchange()
+        context?.close(promise: nil)
+    }
+
+    /// The exchange in progress ends here: its real-server connection is closed and released, nothing held is sent.
+    private func abandonExchange() {
         if case .forwarding(let backend, _) = state { backend.close() }
         finishSelection()
         heldHead = nil
         state = .closing
-        context?.close(promise: nil)
     }
 
 
@@ -619,9 +624,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         disarmTimer()
         heldHead = nil
         guard let context else { return }
-        if case .forwarding(let backend, _) = state { backend.close() }
-        finishSelection()
-        state = .closing
+        abandonExchange()
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(text.utf8.count)")

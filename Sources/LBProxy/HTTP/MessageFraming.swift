@@ -44,10 +44,7 @@ package func makeRealServerRequestEncoder() -> HTTPRequestEncoder {
 }
 
 /// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
-let hopByHopHeaders: Set<String> = [
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization",
-]
+let hopByHopHeaders = Set(hopByHopNames)
 
 /// Whether `name` is one of `hopByHopHeaders`, compared without case and without allocating.
 func isHopByHopName<Name: StringProtocol>(_ name: Name) -> Bool { hopByHopIndex(name) != nil }
