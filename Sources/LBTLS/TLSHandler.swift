@@ -31,6 +31,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Plaintext written before the handshake finished.
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var pendingFlush = false
+    /// Small plaintext writes since the last flush (an HTTP response's head, body and end are three), encrypted
+    /// together at the flush: one TLS record and one socket write instead of one per write. Writes that would make
+    /// it larger than a record are encrypted at once, in order.
+    private var unflushed: ByteBuffer?
+    private var unflushedPromises: [EventLoopPromise<Void>] = []
+    private static let recordSize = 16 * 1024
 
     /// A client verifying its peer checks this address against the certificate when no `serverName` is given.
     private let verifyAddress: String?
@@ -135,9 +141,20 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let ssl else { return }
         while state == .open {
-            var buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
+            // The plaintext is no longer than the ciphertext waiting in the read BIO (plus what OpenSSL decrypted
+            // earlier): a buffer of that size, not of a whole record, for the small requests of a keep-alive
+            // connection. With nothing waiting there is nothing to read.
+            // (SSL_has_pending also counts a record OpenSSL holds in part; reading it needs more ciphertext.)
+            guard let readBIO else { return }
+            let available = lb_BIO_pending(readBIO) + Int(max(SSL_pending(ssl), 0))
+            guard available > 0 || SSL_has_pending(ssl) == 1 else {
+                sendCiphertext(context: context, promise: nil)  // e.g. TLS 1.3 key updates answered by OpenSSL
+                return
+            }
+            let capacity = min(max(available, 512), Self.recordSize)
+            var buffer = context.channel.allocator.buffer(capacity: capacity)
             var result: Int32 = 0
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { pointer in
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { pointer in
                 ERR_clear_error()
                 result = SSL_read(ssl, pointer.baseAddress, Int32(pointer.count))
                 return max(Int(result), 0)
@@ -170,7 +187,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .handshaking:
             pendingWrites.append((plaintext, promise))
         case .open:
-            encrypt(plaintext, context: context, promise: promise)
+            bufferUntilFlush(plaintext, context: context, promise: promise)
         case .closed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
@@ -180,12 +197,46 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if state == .handshaking {
             pendingFlush = true
         } else {
+            encryptUnflushed(context: context)
             context.flush()
         }
     }
 
+    private func bufferUntilFlush(_ plaintext: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        if let buffered = unflushed, buffered.readableBytes + plaintext.readableBytes > Self.recordSize {
+            encryptUnflushed(context: context)
+        }
+        if plaintext.readableBytes >= Self.recordSize {
+            encrypt(plaintext, context: context, promise: promise)
+            return
+        }
+        if var buffered = unflushed {
+            unflushed = nil  // so the append below does not copy the buffer
+            buffered.writeImmutableBuffer(plaintext)
+            unflushed = buffered
+        } else {
+            unflushed = plaintext
+        }
+        if let promise { unflushedPromises.append(promise) }
+    }
+
+    /// Encrypts the plaintext held since the last flush, its writes' promises completed with that write.
+    private func encryptUnflushed(context: ChannelHandlerContext) {
+        guard let plaintext = unflushed else { return }
+        unflushed = nil
+        var promise: EventLoopPromise<Void>?
+        if let first = unflushedPromises.first {
+            for other in unflushedPromises.dropFirst() { first.futureResult.cascade(to: other) }
+            promise = first
+            unflushedPromises.removeAll(keepingCapacity: true)
+        }
+        encrypt(plaintext, context: context, promise: promise)
+    }
+
     /// Sends close_notify, then closes the connection.
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // What was written before the close goes before close_notify, as an unbuffered write would have.
+        if state == .open { encryptUnflushed(context: context) }
         if mode == .all, state == .open, let ssl {
             state = .closed
             ERR_clear_error()
@@ -254,6 +305,10 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let writes = pendingWrites
         pendingWrites = []
         for (_, promise) in writes { promise?.fail(error) }
+        let promises = unflushedPromises
+        unflushed = nil
+        unflushedPromises = []
+        for promise in promises { promise.fail(error) }
     }
 
     private func freeSession() {

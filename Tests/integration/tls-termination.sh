@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 
 base=$((27000 + $$ % 400 * 2))
-vip=$base; rs1=$((base + 1000)); rs2=$((base + 1001)); tlsrs=$((base + 1002))
+vip=$base; rs1=$((base + 1000)); rs2=$((base + 1001)); tlsrs=$((base + 1002)); rawrs=$((base + 1003))
 
 # A private CA and a server certificate for "ei.example" and 127.0.0.1.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=lb test CA" \
@@ -24,6 +24,7 @@ openssl x509 -req -in "$work/viewer.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 python3 scripts/demo-backend.py http web-1 "$rs1" & pids+=($!)
 python3 scripts/demo-backend.py http web-2 "$rs2" & pids+=($!)
 # A real server that itself speaks HTTPS, for the https-get check.
+python3 Tests/integration/tls-records.py backend "$rawrs" & pids+=($!)
 openssl s_server -quiet -accept "$tlsrs" -cert "$work/server.pem" -key "$work/server.key" -www >/dev/null 2>&1 & pids+=($!)
 
 cat > "$work/lb.yaml" <<YAML
@@ -50,6 +51,13 @@ virtual_services:
     real_servers:
       - {name: tls-up, address: 127.0.0.1, port: $tlsrs}
       - {name: plain-http, address: 127.0.0.1, port: $rs1}
+  - name: records
+    vip: 127.0.0.1
+    ports: [$((vip + 4))]
+    mode: l7-http
+    tls: {certificate: $work/server.pem, key: $work/server.key}
+    health_check: {type: connect, interval: 500ms}
+    real_servers: [{name: raw, address: 127.0.0.1, port: $rawrs}]
 YAML
 # Real servers first, so lbd's first checks find them serving.
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$rs1/" >/dev/null && curl -sfk "https://127.0.0.1:$tlsrs/" >/dev/null && break; sleep 0.1; done
@@ -82,6 +90,11 @@ grep -q "ALPN protocol: http/1.1" <<<"$s_client" || fail "ALPN did not choose ht
 grep -q "Verify return code: 0 (ok)" <<<"$s_client" || fail "s_client could not verify the chain"
 if echo | openssl s_client -connect "127.0.0.1:$vip" -tls1_1 >/dev/null 2>&1; then fail "TLS 1.1 was accepted"; fi
 echo "openssl s_client: ALPN http/1.1, chain verified, TLS 1.1 refused"
+
+# Record by record: a response the server wrote at once leaves lb as one TLS record (lb encrypts what it writes
+# between two flushes together), pipelined requests in one record are both answered, a 1 MiB upload arrives intact.
+for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$((vip + 4))/" >/dev/null && break; sleep 0.1; done
+python3 Tests/integration/tls-records.py client "$((vip + 4))" "$work/ca.pem" || fail "TLS records check failed"
 
 # close_notify: the server's shutdown is clean (s_client sees no unexpected EOF on a Connection: close request).
 printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' \
