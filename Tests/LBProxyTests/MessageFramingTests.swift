@@ -56,4 +56,45 @@ struct MessageFramingTests {
         #expect(throws: MessageRefusal.unsupportedTransferEncoding(" , ")) { try HTTPHeaders([("Transfer-Encoding", " , ")]).bodyFraming() }
         #expect(throws: MessageRefusal.invalidContentLength("")) { try HTTPHeaders([("Content-Length", "")]).bodyFraming() }
     }
+
+    @Test func framingAlreadyInLbsFormIsKeptAndAnyOtherFormIsRewritten() {
+        func framed(_ fields: [(String, String)], _ framing: BodyFraming) -> [String] {
+            var headers = HTTPHeaders(fields)
+            headers.setFraming(framing)
+            return headers.map { "\($0.name): \($0.value)" }
+        }
+        #expect(framed([("Host", "a"), ("Content-Length", "12")], .contentLength(12)) == ["Host: a", "Content-Length: 12"])
+        #expect(framed([("content-length", "0")], .contentLength(0)) == ["content-length: 0"])
+        #expect(framed([("Transfer-Encoding", "chunked")], .chunked) == ["Transfer-Encoding: chunked"])
+        #expect(framed([("Host", "a")], .unframed) == ["Host: a"])
+        // Leading zeros, a list, a second field, a coding in another case, or another framing: rewritten.
+        #expect(framed([("Content-Length", "012")], .contentLength(12)) == ["Content-Length: 12"])
+        #expect(framed([("Content-Length", "12, 12")], .contentLength(12)) == ["Content-Length: 12"])
+        #expect(framed([("Content-Length", "12"), ("Content-Length", "12")], .contentLength(12)) == ["Content-Length: 12"])
+        #expect(framed([("Transfer-Encoding", "Chunked")], .chunked) == ["Transfer-Encoding: chunked"])
+        #expect(framed([("Content-Length", "12")], .chunked) == ["Transfer-Encoding: chunked"])
+        #expect(framed([("Transfer-Encoding", "chunked")], .unframed) == [])
+        #expect(framed([("Content-Length", "12")], .contentLength(13)) == ["Content-Length: 13"])
+    }
+
+    @Test func thePersistenceCookieIsFoundAmongOthersWhateverTheSpacing() {
+        func cookie(_ values: [String], _ name: String = "LBSRV") -> String? {
+            HTTPHeaders(values.map { ("Cookie", $0) }).cookie(named: name)
+        }
+        #expect(cookie(["LBSRV=abc"]) == "abc")
+        #expect(cookie(["a=1; LBSRV=abc; b=2"]) == "abc")
+        #expect(cookie(["a=1;LBSRV=abc"]) == "abc")
+        #expect(cookie(["a=1 ;  LBSRV = \"abc\" ; b"]) == "abc")
+        #expect(cookie(["a=1", "LBSRV=second-field"]) == "second-field")
+        #expect(HTTPHeaders([("cOOKIE", "LBSRV=x")]).cookie(named: "LBSRV") == "x")
+        #expect(cookie(["LBSRV=a=b"]) == "a=b")
+        #expect(cookie(["LBSRV=; LBSRV=later"]) == "later")
+        #expect(cookie(["XLBSRV=abc; LBSRVX=def"]) == nil)
+        #expect(cookie(["lbsrv=abc"]) == nil)  // cookie names are case-sensitive
+        #expect(cookie(["LBSRV"]) == nil)
+        #expect(cookie([""]) == nil)
+        #expect(cookie([";;;"]) == nil)
+        #expect(HTTPHeaders([("Host", "a")]).cookie(named: "LBSRV") == nil)
+        #expect(cookie(["LBSRV=\u{e9}t\u{e9}"]) == "\u{e9}t\u{e9}")
+    }
 }

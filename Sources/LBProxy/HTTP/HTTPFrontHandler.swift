@@ -308,7 +308,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
         }
-        state = .connecting(buffered: [.head(outbound)], requestEnded: false)
+        var buffered: [HTTPClientRequestPart] = []
+        buffered.reserveCapacity(2)  // the head and, for a request without a body, its end: one allocation
+        buffered.append(.head(outbound))
+        state = .connecting(buffered: buffered, requestEnded: false)
 
         let port = peer.vipPort
         requestOrigin = (client, port, head.uri)
@@ -385,6 +388,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         if case .end = part { ended = true } else { ended = false }
         switch state {
         case .connecting(var buffered, let requestEnded):
+            state = .closing  // so `buffered` is the array's only reference and grows in place
             buffered.append(part)
             state = .connecting(buffered: buffered, requestEnded: requestEnded || ended)
         case .forwarding(let backend, let requestEnded):
@@ -465,6 +469,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             return
         }
         var outbound = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
+        // The one copy of the fields, with room for what lb adds (framing, Connection, Set-Cookie).
+        outbound.headers.reserveCapacity(head.headers.count + 3)
         outbound.headers.removeHopByHop()
         if (100..<200).contains(code) {
             // Interim (100 Continue, 103 Early Hints): an HTTP/1.0 client would take it for the final answer.

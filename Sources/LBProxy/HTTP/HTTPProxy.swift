@@ -48,25 +48,40 @@ struct HTTPProxy: Sendable {
 }
 
 extension HTTPHeaders {
-    /// The value of one cookie from the Cookie header(s).
+    /// The value of one cookie from the Cookie header(s): the first pair whose name is `name` (spaces around the
+    /// name and value, and quotes around the value, dropped). Read in place: nothing is allocated but the value.
     func cookie(named name: String) -> String? {
-        for header in self["cookie"] {
-            for pair in header.split(separator: ";") {
-                let parts = pair.split(separator: "=", maxSplits: 1)
-                if parts.count == 2, parts[0].trimmingCharacters(in: " ") == name {
-                    return String(parts[1].trimmingCharacters(in: " \""))
-                }
+        for (field, value) in self where field.equalsIgnoringASCIICase("cookie") {
+            var value = value
+            value.makeContiguousUTF8()  // a no-op for the native strings the parser makes
+            if let found = value.utf8.withContiguousStorageIfAvailable({ Self.cookie(named: name, in: $0) }) ?? nil {
+                return found
             }
         }
         return nil
     }
-}
 
-extension Substring {
-    func trimmingCharacters(in set: String) -> Substring {
-        var slice = self
-        while let first = slice.first, set.contains(first) { slice = slice.dropFirst() }
-        while let last = slice.last, set.contains(last) { slice = slice.dropLast() }
-        return slice
+    private static func cookie(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        func isTrimmed(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var pairStart = 0
+        while pairStart <= bytes.count {
+            var pairEnd = pairStart
+            while pairEnd < bytes.count, bytes[pairEnd] != UInt8(ascii: ";") { pairEnd += 1 }
+            if let equals = bytes[pairStart..<pairEnd].firstIndex(of: UInt8(ascii: "=")) {
+                var nameStart = pairStart, nameEnd = equals
+                while nameStart < nameEnd, isTrimmed(bytes[nameStart]) { nameStart += 1 }
+                while nameEnd > nameStart, isTrimmed(bytes[nameEnd - 1]) { nameEnd -= 1 }
+                if name.utf8.elementsEqual(bytes[nameStart..<nameEnd]) {
+                    var valueStart = equals + 1, valueEnd = pairEnd
+                    func isDropped(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\"") }
+                    while valueStart < valueEnd, isDropped(bytes[valueStart]) { valueStart += 1 }
+                    while valueEnd > valueStart, isDropped(bytes[valueEnd - 1]) { valueEnd -= 1 }
+                    // An empty value names no server: a later pair of the same name may.
+                    if valueStart < valueEnd { return String(decoding: UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self) }
+                }
+            }
+            pairStart = pairEnd + 1
+        }
+        return nil
     }
 }

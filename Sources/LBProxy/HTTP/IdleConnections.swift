@@ -7,7 +7,9 @@ import NIOCore
 /// connection is only ever reused by the pool that opened it: after a reload, a new pool starts with none, and the
 /// retired pool's idle connections are closed.
 final class IdleConnections {
-    private var idle: [Int: [(handler: BackendHandler, selection: Selection)]] = [:]
+    /// By server index (a pool's servers are numbered from 0). An array, not a dictionary: a dictionary's in-place
+    /// update allocates each time, and this is done twice per request.
+    private var idle: [[(handler: BackendHandler, selection: Selection)]] = []
     /// Set when the pool is retired: returned connections are closed instead of kept.
     private var retired = false
 
@@ -47,16 +49,15 @@ final class IdleConnections {
 
     private func closeAll() {
         retired = true
-        let all = idle.values.flatMap { $0 }
-        idle = [:]
+        let all = idle.flatMap { $0 }
+        idle = []
         for entry in all { entry.handler.close() }
     }
 
     /// An open idle connection to the chosen server, if there is one.
     func take(for selection: Selection) -> BackendHandler? {
-        guard let index = selection.serverIndex else { return nil }
-        while var list = idle[index], let candidate = list.popLast() {
-            idle[index] = list
+        guard let index = selection.serverIndex, index < idle.count else { return nil }
+        while let candidate = idle[index].popLast() {
             if !candidate.handler.isClosed, candidate.handler.channel?.isActive == true { return candidate.handler }
         }
         return nil
@@ -65,10 +66,12 @@ final class IdleConnections {
     /// Keeps a connection whose response has completed. The pool's active count is released now: idle is not busy.
     func put(_ handler: BackendHandler, selection: Selection, pool: RealServerPool) {
         pool.release(selection)
-        guard !retired, let index = selection.serverIndex, (idle[index]?.count ?? 0) < maximumPerServer else {
+        guard !retired, let index = selection.serverIndex, index >= 0,
+              index >= idle.count || idle[index].count < maximumPerServer else {
             handler.close()
             return
         }
-        idle[index, default: []].append((handler, selection))
+        while idle.count <= index { idle.append([]) }
+        idle[index].append((handler, selection))
     }
 }

@@ -183,6 +183,8 @@ extension HTTPHeaders {
 
     /// Writes lb's own framing for a message forwarded with `framing`.
     package mutating func setFraming(_ framing: BodyFraming) {
+        // Usually the message already says exactly this (one plain Content-Length of that value, or nothing).
+        if framing == currentFraming { return }
         remove(name: "content-length")
         remove(name: "transfer-encoding")
         switch framing {
@@ -190,6 +192,24 @@ extension HTTPHeaders {
         case .contentLength(let length): add(name: "Content-Length", value: String(length))
         case .chunked: add(name: "Transfer-Encoding", value: "chunked")
         }
+    }
+
+    /// The framing these fields state when they state it in lb's own form — none, one plain Content-Length, or a
+    /// lone `Transfer-Encoding: chunked` — else nil (another form, to be rewritten).
+    private var currentFraming: BodyFraming? {
+        var framing = BodyFraming.unframed
+        for (name, value) in self {
+            if name.equalsIgnoringASCIICase("content-length") {
+                // Leading zeros are valid but rewritten: the server gets the plain number.
+                guard framing == .unframed, value == "0" || value.utf8.first != UInt8(ascii: "0"),
+                      let length = Self.plainLength(value) else { return nil }
+                framing = .contentLength(length)
+            } else if name.equalsIgnoringASCIICase("transfer-encoding") {
+                guard framing == .unframed, value == "chunked" else { return nil }
+                framing = .chunked
+            }
+        }
+        return framing
     }
 
     /// Trailer fields worth forwarding: none that could frame, route or hop.
@@ -204,15 +224,18 @@ extension HTTPRequestHead {
     /// Checks what lb needs to forward this request unambiguously (RFC 9112 §3.2, §6) and returns its body's framing.
     package func checkedForForwarding() throws(MessageRefusal) -> BodyFraming {
         if method == .CONNECT { throw .unsupportedMethod("CONNECT") }
-        let hosts = headers["host"]
-        if hosts.count > 1 { throw .duplicateHost }
-        if let host = hosts.first {
+        var host: String?
+        for (name, value) in headers where name.equalsIgnoringASCIICase("host") {
+            if host != nil { throw .duplicateHost }
+            host = value
+        }
+        if let host {
             guard !host.isEmpty || version.minor == 0,
                   !host.utf8.contains(where: { $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t")
                       || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") }) else { throw .invalidHost(host) }
         }
         if let authority = absoluteURIAuthority(uri) {
-            if let host = hosts.first, normalizedAuthority(host, scheme: authority.scheme) != normalizedAuthority(authority.host, scheme: authority.scheme) {
+            if let host, normalizedAuthority(host, scheme: authority.scheme) != normalizedAuthority(authority.host, scheme: authority.scheme) {
                 throw .hostContradictsURI(host: host, uri: uri)
             }
         }
@@ -224,6 +247,9 @@ extension HTTPRequestHead {
     /// HTTP/1.1, hop-by-hop headers removed, lb's own framing. (X-Forwarded-For and -Proto are added by the caller.)
     package func forwarded(framing: BodyFraming) -> HTTPRequestHead {
         var outbound = HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+        // The one copy of the fields, with room for X-Forwarded-For and -Proto and the framing: removing and
+        // adding below then works in place.
+        outbound.headers.reserveCapacity(headers.count + 3)
         outbound.headers.removeHopByHop()
         // An empty body of a method that normally has one is stated: some servers refuse such a request without a
         // length (411).
