@@ -1,4 +1,5 @@
 @testable import LBProxy
+import NIOCore
 import NIOHTTP1
 import Testing
 
@@ -96,5 +97,29 @@ struct MessageFramingTests {
         #expect(cookie([";;;"]) == nil)
         #expect(HTTPHeaders([("Host", "a")]).cookie(named: "LBSRV") == nil)
         #expect(cookie(["LBSRV=\u{e9}t\u{e9}"]) == "\u{e9}t\u{e9}")
+    }
+}
+
+@Suite("Response bytes")
+struct ResponseBytesTests {
+    @Test func headsChunkFramingAndTrailersAreWrittenExactly() {
+        let allocator = ByteBufferAllocator()
+        let headers = HTTPHeaders([("Server", "nginx"), ("Content-Length", "2"), ("Set-Cookie", "LBSRV=0a; Path=/; HttpOnly")])
+        var head = ResponseBytes.head(HTTPResponseHead(version: .http1_0, status: .ok, headers: headers), extra: 2, allocator: allocator)
+        let capacity = head.capacity
+        #expect(String(buffer: head) == "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nSet-Cookie: LBSRV=0a; Path=/; HttpOnly\r\n\r\n")
+        head.writeStaticString("{}")
+        #expect(head.capacity == capacity)  // the body fitted in the room asked for
+        let custom = HTTPResponseHead(version: .http1_1, status: .init(statusCode: 299), headers: [:])
+        #expect(String(buffer: ResponseBytes.head(custom, allocator: allocator)) == "HTTP/1.1 299 \r\n\r\n")
+        let interim = HTTPResponseHead(version: .http1_1, status: .continue, headers: [:])
+        #expect(String(buffer: ResponseBytes.head(interim, allocator: allocator)) == "HTTP/1.1 100 Continue\r\n\r\n")
+        var chunk = allocator.buffer(capacity: 0)
+        ResponseBytes.writeChunkSize(0x1a2b, to: &chunk)
+        #expect(String(buffer: chunk) == "1a2b\r\n")
+        #expect(String(buffer: ResponseBytes.lastChunk(trailers: nil, allocator: allocator)) == "0\r\n\r\n")
+        #expect(String(buffer: ResponseBytes.lastChunk(trailers: [:], allocator: allocator)) == "0\r\n\r\n")
+        #expect(String(buffer: ResponseBytes.lastChunk(trailers: ["Digest": "x", "Expires": "0"], allocator: allocator))
+                == "0\r\nDigest: x\r\nExpires: 0\r\n\r\n")
     }
 }

@@ -12,8 +12,9 @@ import NIOHTTP1
 /// Both directions respect backpressure: a side is read only while the other can take the bytes.
 final class HTTPFrontHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    /// Nothing above this handler writes; it writes the responses' bytes itself (see `ResponseBytes`).
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private enum State {
         /// Between requests; the header timer runs.
@@ -303,7 +304,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
         // The body goes out exactly as lb's parser delimited it.
         var outbound = head.forwarded(framing: framing)
-        if service.forwardedFor, let client {
+        if service.forwardedFor, client != nil {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
@@ -477,10 +478,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             guard !clientIsHTTP10 else { return }
             outbound.headers.setFraming(.unframed)
             activity &+= 1
-            context.writeAndFlush(wrapOutboundOut(.head(outbound)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(ResponseBytes.head(outbound, allocator: context.channel.allocator)), promise: nil)
             return
         }
         responseStarted = true
+        responseChunked = false
         if requestMethod == .HEAD || code == 304 {
             // No body follows; a length states what a GET would return.
             if case .contentLength = framing { outbound.headers.setFraming(framing) } else { outbound.headers.setFraming(.unframed) }
@@ -498,6 +500,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
                     closeAfterResponse = true
                 } else {
                     outbound.headers.setFraming(.chunked)
+                    responseChunked = true
                 }
             }
         }
@@ -518,17 +521,48 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The final response head, held until the end of the server's read that carried it: if what follows in that
     /// read is malformed (a bad chunk size), the client can still get a 502 instead of a cut-off response.
     private var heldHead: HTTPResponseHead?
+    /// The response to the client is sent in chunked coding (lb frames each body part itself).
+    private var responseChunked = false
 
     private func writeHeldHead() {
         guard let head = heldHead, let context else { return }
         heldHead = nil
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(ResponseBytes.head(head, allocator: context.channel.allocator)), promise: nil)
     }
 
     func responseBody(_ body: ByteBuffer) {
-        writeHeldHead()
+        guard let context else { return }
         activity &+= 1
-        context?.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let size = body.readableBytes
+        // A response to HEAD has no body, whatever arrives (the real-server parser delivers none).
+        guard size > 0, requestMethod != .HEAD else { return }
+        let small = size <= ResponseBytes.copyLimit
+        // The head (if not yet sent), the chunk framing and a small body leave in one buffer.
+        var framing: ByteBuffer
+        if let head = heldHead {
+            heldHead = nil
+            framing = ResponseBytes.head(head, extra: small ? size + 12 : 12, allocator: context.channel.allocator)
+        } else if responseChunked {
+            framing = context.channel.allocator.buffer(capacity: small ? size + 12 : 12)
+        } else {
+            context.write(wrapOutboundOut(body), promise: nil)  // a delimited body goes as it came, uncopied
+            return
+        }
+        if responseChunked { ResponseBytes.writeChunkSize(size, to: &framing) }
+        if small {
+            var body = body
+            framing.writeBuffer(&body)
+            if responseChunked { framing.writeStaticString("\r\n") }
+            context.write(wrapOutboundOut(framing), promise: nil)
+            return
+        }
+        context.write(wrapOutboundOut(framing), promise: nil)
+        context.write(wrapOutboundOut(body), promise: nil)
+        if responseChunked {
+            var end = context.channel.allocator.buffer(capacity: 2)
+            end.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(end), promise: nil)
+        }
     }
 
     func responseFlush() {
@@ -560,7 +594,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         activity &+= 1
         let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
-        context.writeAndFlush(wrapOutboundOut(.end(trailers?.forwardableTrailers())), promise: promise)
+        if responseChunked {
+            responseChunked = false
+            let last = ResponseBytes.lastChunk(trailers: trailers?.forwardableTrailers(), allocator: context.channel.allocator)
+            context.writeAndFlush(wrapOutboundOut(last), promise: promise)
+        } else if let promise {
+            // Nothing ends a delimited body; an empty write completes the promise after what went before it.
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        } else {
+            context.flush()
+        }
         if let promise {
             state = .closing
             pipelined = []
@@ -631,18 +674,20 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         heldHead = nil
         guard let context else { return }
         abandonExchange()
+        responseChunked = false
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(text.utf8.count)")
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+        var response = ResponseBytes.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers),
+                                          extra: text.utf8.count, allocator: context.channel.allocator)
+        response.writeString(text)
         guard waitForWrite else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(response), promise: nil)
             context.close(promise: nil)
             return
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in
+        context.writeAndFlush(wrapOutboundOut(response)).whenComplete { [channel = context.channel] _ in
             channel.close(promise: nil)
         }
     }

@@ -10,8 +10,8 @@ import NIOHTTP1
 /// `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
 ///
 /// Every handler costs each request part a hop (and its reference counting), so the pipeline holds only what does
-/// work: [TLS], NIO's encoder and decoder, and `HTTPFrontHandler`, which also answers parse errors and closes idle
-/// connections. NIO's outbound header validators are left out: every field lb writes was read by
+/// work: [TLS], NIO's decoder, and `HTTPFrontHandler`, which also writes the responses' bytes (`ResponseBytes`),
+/// answers parse errors and closes idle connections. No outbound header validation: every field lb writes was read by
 /// llhttp, whose rules for names and values are the validators' (tokens; no CR, LF, NUL or other controls but
 /// HTAB), or is lb's own (X-Forwarded-*, the cookie whose name the config loader checks as a token, framing).
 /// The request target is forwarded as llhttp accepted it (no space, control or non-ASCII byte, so it cannot split
@@ -31,14 +31,12 @@ struct HTTPProxy: Sendable {
             let sync = channel.pipeline.syncOperations
             // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
             if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
-            // Pipelined requests are queued by HTTPFrontHandler itself; NIO's pipelining helper would pause and
-            // resume reading around every request, which costs a system call each time.
-            // lb writes every response's framing itself (see BodyFraming): NIO's encoder must not add or drop any.
-            var encoder = HTTPResponseEncoder.Configuration()
-            encoder.automaticallySetFramingHeaders = false
-            try sync.configureHTTPServerPipeline(
-                withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false,
-                withEncoderConfiguration: encoder, withDecoderLimitConfiguration: limits)
+            // Pipelined requests are queued by HTTPFrontHandler itself (NIO's pipelining helper would pause and
+            // resume reading around every request, a system call each time), and it writes the responses' bytes
+            // itself (`ResponseBytes`): NIO's decoder is the only other handler.
+            try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes,
+                                                                        informationalResponseStrategy: .drop,
+                                                                        limitConfiguration: limits)))
             try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https"))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {

@@ -1,0 +1,64 @@
+import NIOCore
+import NIOHTTP1
+
+/// The bytes of the responses lb sends to clients, written by `HTTPFrontHandler` itself instead of through NIO's
+/// response encoder: one handler fewer for every part of every response, the head written into a buffer of its
+/// exact size, and a small body sent in the same buffer as its head or its chunk framing.
+///
+/// Every field written here was read by llhttp from the real server (tokens; no CR, LF or NUL in values) or is
+/// lb's own, so nothing needs escaping; lb decides the framing (`BodyFraming`) and states it in the head.
+enum ResponseBytes {
+    /// A body up to this size is copied next to its head or chunk framing (one write instead of two or three);
+    /// a larger one is sent from its own buffer, uncopied.
+    static let copyLimit = 4096
+
+    /// The status line and fields of `head`, as HTTP/1.1, and room for `extra` more bytes.
+    static func head(_ head: HTTPResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let reason = head.status.reasonPhrase
+        var size = 9 + 3 + 1 + reason.utf8.count + 2 + 2  // "HTTP/1.1 " code " " reason CRLF ... CRLF
+        for (name, value) in head.headers { size += name.utf8.count + 2 + value.utf8.count + 2 }
+        var buffer = allocator.buffer(capacity: size + extra)
+        buffer.writeStaticString("HTTP/1.1 ")
+        let code = head.status.code
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 100 % 10))
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 10 % 10))
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code % 10))
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(reason)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in head.headers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+
+    /// The framing line of a chunk of `size` bytes ("1a2b\r\n"), appended to `buffer`.
+    static func writeChunkSize(_ size: Int, to buffer: inout ByteBuffer) {
+        let digits = String(size, radix: 16)
+        buffer.writeString(digits)
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The last chunk and the trailer section of a chunked body.
+    static func lastChunk(trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard let trailers, !trailers.isEmpty else {
+            var buffer = allocator.buffer(capacity: 5)
+            buffer.writeStaticString("0\r\n\r\n")
+            return buffer
+        }
+        var buffer = allocator.buffer(capacity: 256)
+        buffer.writeStaticString("0\r\n")
+        for (name, value) in trailers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+}
