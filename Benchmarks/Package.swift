@@ -17,7 +17,11 @@ let package = Package(
         // The request, response and service both executables push through lb.
         .target(
             name: "HTTPPathWorkload",
-            dependencies: [.product(name: "LBConfig", package: "lb")],
+            dependencies: [
+                .product(name: "LBConfig", package: "lb"),
+                .product(name: "LBProxy", package: "lb"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             path: "Sources/HTTPPathWorkload"
         ),
         // One l7-http request and response through lb's client and real-server pipelines, in process.

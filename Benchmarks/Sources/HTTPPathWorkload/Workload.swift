@@ -1,4 +1,6 @@
 import LBConfig
+import LBProxy
+import NIOCore
 
 /// What the benchmark and the profiling loop push through lb: a viewer's request as browsers send it and a small
 /// response, so lb's per-request HTTP work dominates, as it does for the small keep-alive requests of
@@ -49,6 +51,25 @@ public enum HTTPPathWorkload {
             throw WorkloadError(description: "the benchmark's config was rejected: \(report.diagnostics)")
         }
         return service
+    }
+
+    /// An exchange ready to be repeated: a returning browser (for the viewer's options it sends back the
+    /// persistence cookie lb set on its first visit), warmed once so the kept-alive real-server connection and
+    /// lazy state exist. Throws if lb does not recognise the cookie.
+    public static func returningBrowserExchange(_ options: Options) throws -> InProcessExchange {
+        let service = try service(options)
+        let first = try InProcessExchange(service: service, request: request(), response: response)
+        try first.exchange()
+        let setCookie = String(buffer: first.lastResponseAtClient).split(separator: "\r\n")
+            .first { $0.hasPrefix("Set-Cookie: ") }.map { String($0.dropFirst(12).prefix { $0 != ";" }) + "; " }
+        first.finish()
+        let exchange = try InProcessExchange(service: service, request: request(cookie: setCookie ?? ""), response: response)
+        try exchange.exchange()
+        if setCookie != nil, String(buffer: exchange.lastResponseAtClient).contains("Set-Cookie") {
+            exchange.finish()
+            throw WorkloadError(description: "the returning browser's cookie was not recognised")
+        }
+        return exchange
     }
 
     public struct WorkloadError: Error, CustomStringConvertible {
