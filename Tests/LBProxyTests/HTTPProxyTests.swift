@@ -238,6 +238,45 @@ struct RequestSafetyTests {
         await fixture.stop()
     }
 
+    /// A connection that sends nothing holds only `WaitingClientHandler`; it gets the same 408 at the header timeout,
+    /// counted from the connection: sending the first bytes late does not restart the clock.
+    @Test func silentClientGets408AndTheFirstByteDoesNotRestartTheHeaderClock() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {header: 1s, idle: 60s}"])
+        let silent = try RawClient(port: fixture.vipPort)
+        let connected = ContinuousClock.now
+        let answer = silent.readAllText()
+        let waited = ContinuousClock.now - connected
+        #expect(answer.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"), "\(answer.prefix(60))")
+        #expect(silent.lastReadEnd == "end of stream")
+        #expect(waited >= .milliseconds(950) && waited < .seconds(3), "answered after \(waited)")
+
+        let late = try RawClient(port: fixture.vipPort)
+        let opened = ContinuousClock.now
+        // The behaviour under test is a client that waits before its first byte, so this pause is the test's input.
+        usleep(700_000)
+        late.send("GET / HTTP/1.1\r\nHost: t\r\n")  // the head is never finished
+        let cutOff = late.readAllText()
+        let total = ContinuousClock.now - opened
+        #expect(cutOff.hasPrefix("HTTP/1.1 408"), "\(cutOff.prefix(60))")
+        // At the deadline set at connection (1 s), not 1 s after the first byte (1.7 s).
+        #expect(total < .milliseconds(1_550), "cut off \(total) after connecting")
+        #expect(statusLine(try get(fixture.vipPort)) == "HTTP/1.1 200 OK")
+        await fixture.stop()
+    }
+
+    /// An idle timeout shorter than the header timeout closes a connection that never sent anything, without answer.
+    @Test func silentClientIsClosedAtAShorterIdleTimeoutWithoutAnswer() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {header: 30s, idle: 1s}"])
+        let silent = try RawClient(port: fixture.vipPort)
+        let connected = ContinuousClock.now
+        let answer = silent.readAll(timeout: 5)
+        let waited = ContinuousClock.now - connected
+        #expect(answer.isEmpty)
+        #expect(silent.lastReadEnd == "end of stream", "closed by lb, not by the read timeout")
+        #expect(waited >= .milliseconds(950) && waited < .seconds(3), "closed after \(waited)")
+        await fixture.stop()
+    }
+
     /// lb's own idle check (no IdleStateHandler in the pipeline): traffic keeps a connection open past the idle
     /// timeout; silence closes it after between 1 and 1.25 idle periods.
     @Test func silentConnectionIsClosedAfterTheIdleTimeoutAndABusyOneIsNot() async throws {

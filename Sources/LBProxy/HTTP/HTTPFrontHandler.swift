@@ -54,11 +54,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The real server's response ends by its own framing, so its connection can carry another exchange.
     private var backendResponseDelimited = true
 
-    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String) {
+    /// `headerDeadline`: when the first head must have arrived (counted from the connection, by
+    /// `WaitingClientHandler`, which adds this handler once the client sends something).
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline) {
         self.runtime = runtime
         self.slot = slot
         self.scheme = scheme
+        self.firstHeaderDeadline = headerDeadline
     }
+
+    private let firstHeaderDeadline: NIODeadline
 
     /// Between requests: moves to the generation in force if a reload replaced this one (an l7-http generation
     /// only: after a switch to l7-tcp, an open HTTP connection finishes on the settings it started with).
@@ -83,7 +88,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         idleConnections = IdleConnections.forLoop(context.eventLoop, pool: runtime.pool)
-        armTimer(service.timeouts.header, reason: "request head not received in time")
+        armTimer(at: firstHeaderDeadline, reason: "request head not received in time")
         scheduleIdleCheck()
     }
 
@@ -190,7 +195,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var timerFiresAt: NIODeadline?
 
     private func armTimer(_ duration: Duration, reason: String) {
-        let deadline = NIODeadline.now() + TimeAmount(duration)
+        armTimer(at: NIODeadline.now() + TimeAmount(duration), reason: reason)
+    }
+
+    private func armTimer(at deadline: NIODeadline, reason: String) {
         self.deadline = deadline
         deadlineReason = reason
         // A later deadline waits for the scheduled timer; an earlier one (a body timeout shorter than the header
@@ -675,13 +683,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         guard let context else { return }
         abandonExchange()
         responseChunked = false
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-        headers.add(name: "Content-Length", value: "\(text.utf8.count)")
-        headers.add(name: "Connection", value: "close")
-        var response = ResponseBytes.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers),
-                                          extra: text.utf8.count, allocator: context.channel.allocator)
-        response.writeString(text)
+        let response = ResponseBytes.error(status, text, allocator: context.channel.allocator)
         guard waitForWrite else {
             context.writeAndFlush(wrapOutboundOut(response), promise: nil)
             context.close(promise: nil)

@@ -24,24 +24,34 @@ struct HTTPProxy: Sendable {
 
     func initialize(client channel: Channel) -> EventLoopFuture<Void> {
         do {
-            var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderListSize = service.limits.maxHeaderBytes
-            limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
-            limits.maxHeaderFieldCount = service.limits.maxHeaders
             let sync = channel.pipeline.syncOperations
             // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
             if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
-            // Pipelined requests are queued by HTTPFrontHandler itself (NIO's pipelining helper would pause and
-            // resume reading around every request, a system call each time), and it writes the responses' bytes
-            // itself (`ResponseBytes`): NIO's decoder is the only other handler.
-            try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes,
-                                                                        informationalResponseStrategy: .drop,
-                                                                        limitConfiguration: limits)))
-            try sync.addHandler(HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https"))
+            // Until the client sends something, only this: see `WaitingClientHandler`.
+            try sync.addHandler(WaitingClientHandler(proxy: self))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
+    }
+
+    /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.
+    func addHTTPHandlers(to sync: ChannelPipeline.SynchronousOperations, after waiting: WaitingClientHandler,
+                         headerDeadline: NIODeadline) throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = service.limits.maxHeaderBytes
+        limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
+        limits.maxHeaderFieldCount = service.limits.maxHeaders
+        // Pipelined requests are queued by HTTPFrontHandler itself (NIO's pipelining helper would pause and
+        // resume reading around every request, a system call each time), and it writes the responses' bytes
+        // itself (`ResponseBytes`): NIO's decoder is the only other handler.
+        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes,
+                                                              informationalResponseStrategy: .drop,
+                                                              limitConfiguration: limits))
+        let front = HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https",
+                                     headerDeadline: headerDeadline)
+        try sync.addHandler(decoder, position: .after(waiting))
+        try sync.addHandler(front, position: .after(decoder))
     }
 }
 

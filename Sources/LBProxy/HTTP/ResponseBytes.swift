@@ -36,6 +36,22 @@ enum ResponseBytes {
         return buffer
     }
 
+    /// lb's own small answers (400, 408, 502, 503, ...): a plain-text body, and the connection closes after it.
+    static func error(_ status: HTTPResponseStatus, _ text: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+        headers.add(name: "Connection", value: "close")
+        var response = head(HTTPResponseHead(version: .http1_1, status: status, headers: headers), extra: text.utf8.count,
+                            allocator: allocator)
+        response.writeString(text)
+        return response
+    }
+
+    static func requestTimeout(allocator: ByteBufferAllocator) -> ByteBuffer {
+        error(.requestTimeout, "Request Timeout\n", allocator: allocator)
+    }
+
     /// The framing line of a chunk of `size` bytes ("1a2b\r\n"), appended to `buffer`.
     static func writeChunkSize(_ size: Int, to buffer: inout ByteBuffer) {
         let digits = String(size, radix: 16)
