@@ -38,7 +38,6 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var state = State.idle
     private var context: ChannelHandlerContext?
     private var pendingRead = false
-    private var requestTimer: Scheduled<Void>?
     /// Per request.
     private var clientKeepAlive = true
     private var clientCookie: String?
@@ -88,8 +87,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         idleConnections = IdleConnections.forLoop(context.eventLoop, pool: runtime.pool)
+        nextIdleCheck = .now() + idleCheckPeriod
         armTimer(at: firstHeaderDeadline, reason: "request head not received in time")
-        scheduleIdleCheck()
     }
 
     // MARK: Idle timeout
@@ -100,21 +99,17 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var activityAtLastCheck = -1
     private var silentChecks = 0
     private var queuedAtLastCheck = 0
-    private var idleCheck: Scheduled<Void>?
+    private var nextIdleCheck = NIODeadline.now()
     /// The connection is checked four times per idle period and closed after four silent checks in a row: after
     /// between 1 and 1.25 times `timeouts.idle` of silence in both directions.
     private static let idleChecksPerPeriod = 4
-
-    private func scheduleIdleCheck() {
-        guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let period = TimeAmount.nanoseconds(TimeAmount(service.timeouts.idle).nanoseconds / Int64(Self.idleChecksPerPeriod))
-        idleCheck = context.eventLoop.scheduleTask(in: period) { loopBound.value.checkIdle() }
+    private var idleCheckPeriod: TimeAmount {
+        .nanoseconds(TimeAmount(service.timeouts.idle).nanoseconds / Int64(Self.idleChecksPerPeriod))
     }
 
-    private func checkIdle() {
-        idleCheck = nil
-        guard let context else { return }
+    /// Returns false if it closed the connection.
+    private func checkIdle() -> Bool {
+        guard let context else { return false }
         // Bytes still queued for the client that it has since taken count too (a slow download whose queue drains
         // while lb has nothing new to write): NIO's IdleStateHandler counted completed writes the same way.
         let queued = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
@@ -128,10 +123,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             if silentChecks >= Self.idleChecksPerPeriod {
                 logger.debug("closing idle client connection", metadata: ["client": "\(peer.text)"])
                 closeNow()
-                return
+                return false
             }
         }
-        scheduleIdleCheck()
+        return true
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -174,10 +169,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
 
     func channelInactive(context: ChannelHandlerContext) {
-        requestTimer?.cancel()
-        requestTimer = nil
-        idleCheck?.cancel()
-        idleCheck = nil
+        wakeTimer?.cancel()
+        wakeTimer = nil
         if case .forwarding(let backend, _) = state {
             // The client went away mid-exchange: the backend connection is in an unknown state.
             backend.close()
@@ -188,11 +181,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 
     /// The slowloris guard: a head (or the next body piece) must arrive before `deadline`.
-    /// One timer per connection, moved forward lazily: arming is a store, not a schedule-and-cancel per request.
     private var deadline: NIODeadline?
     private var deadlineReason = ""
 
-    private var timerFiresAt: NIODeadline?
+    /// One timer per connection serves both guards: it wakes at the earlier of the request deadline and the next
+    /// idle check, and is moved lazily: arming a later deadline is a store, not a schedule-and-cancel per request.
+    private var wakeTimer: Scheduled<Void>?
+    private var wakeAt: NIODeadline?
 
     private func armTimer(_ duration: Duration, reason: String) {
         armTimer(at: NIODeadline.now() + TimeAmount(duration), reason: reason)
@@ -201,35 +196,44 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private func armTimer(at deadline: NIODeadline, reason: String) {
         self.deadline = deadline
         deadlineReason = reason
-        // A later deadline waits for the scheduled timer; an earlier one (a body timeout shorter than the header
-        // timeout) needs the timer moved, or it would only be noticed at the old time.
-        if let scheduled = timerFiresAt, requestTimer != nil, scheduled <= deadline { return }
-        requestTimer?.cancel()
-        scheduleTimer(at: deadline)
+        scheduleWake()
     }
 
     private func disarmTimer() {
         deadline = nil
     }
 
-    private func scheduleTimer(at when: NIODeadline) {
+    /// Makes sure the timer wakes no later than the deadline and the next idle check. A timer already due sooner
+    /// stays (it reschedules when it fires); an earlier deadline (a body timeout shorter than the header timeout)
+    /// moves it, or it would only be noticed at the old time.
+    private func scheduleWake() {
         guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timerFiresAt = when
-        requestTimer = context.eventLoop.scheduleTask(deadline: when) {
-            loopBound.value.timerFired()
+        var when = nextIdleCheck
+        if let deadline, deadline < when { when = deadline }
+        if wakeTimer != nil, let wakeAt {
+            if wakeAt <= when { return }
+            wakeTimer?.cancel()
         }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        wakeAt = when
+        wakeTimer = context.eventLoop.scheduleTask(deadline: when) { loopBound.value.wake() }
     }
 
-    private func timerFired() {
-        requestTimer = nil
-        guard let deadline else { return }
-        if NIODeadline.now() >= deadline {
+    private func wake() {
+        wakeTimer = nil
+        wakeAt = nil
+        guard context != nil else { return }
+        let now = NIODeadline.now()
+        if let deadline, now >= deadline {
             self.deadline = nil
             requestTimedOut(deadlineReason)
-        } else {
-            scheduleTimer(at: deadline)
+            if case .closing = state { return }
         }
+        if now >= nextIdleCheck {
+            nextIdleCheck = now + idleCheckPeriod
+            guard checkIdle() else { return }
+        }
+        scheduleWake()
     }
 
     private func requestTimedOut(_ reason: String) {
