@@ -26,14 +26,19 @@ enum ResponseBytes {
         buffer.writeInteger(UInt8(ascii: " "))
         buffer.writeString(reason)
         buffer.writeStaticString("\r\n")
-        for (name, value) in head.headers {
+        writeFields(head.headers, to: &buffer)
+        return buffer
+    }
+
+    /// Each field on its line, then the empty line that ends the section.
+    private static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
+        for (name, value) in fields {
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
             buffer.writeStaticString("\r\n")
         }
         buffer.writeStaticString("\r\n")
-        return buffer
     }
 
     /// lb's own small answers (400, 408, 502, 503, ...): a plain-text body, and the connection closes after it.
@@ -68,13 +73,7 @@ enum ResponseBytes {
         }
         var buffer = allocator.buffer(capacity: 256)
         buffer.writeStaticString("0\r\n")
-        for (name, value) in trailers {
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
-        }
-        buffer.writeStaticString("\r\n")
+        writeFields(trailers, to: &buffer)
         return buffer
     }
 }
