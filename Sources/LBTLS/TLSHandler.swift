@@ -38,13 +38,18 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var unflushedPromises: [EventLoopPromise<Void>] = []
     private static let recordSize = 16 * 1024
 
+    /// How long a close waits for close_notify to be written (see `close`).
+    private let closeNotifyWait: TimeAmount
+
     /// A client verifying its peer checks this address against the certificate when no `serverName` is given.
     private let verifyAddress: String?
 
     /// `serverName` is sent as SNI by a client, and (with a verifying context) must be named by the certificate;
     /// without it, `verifyAddress` must be.
-    public init(context: TLSContext, serverName: String? = nil, verifyAddress: String? = nil) {
+    public init(context: TLSContext, serverName: String? = nil, verifyAddress: String? = nil,
+                closeNotifyWait: TimeAmount = .seconds(5)) {
         self.tlsContext = context
+        self.closeNotifyWait = closeNotifyWait
         self.serverName = serverName
         self.verifyAddress = verifyAddress
     }
@@ -241,8 +246,19 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             state = .closed
             ERR_clear_error()
             _ = SSL_shutdown(ssl)
-            sendCiphertext(context: context, promise: nil)
+            // The channel fails what is still queued when it closes, so close_notify (and anything before it) would
+            // be lost to a client that reads slowly: the close waits until it is written, or `closeNotifyWait`
+            // at most for a client that does not read at all.
+            let written = context.eventLoop.makePromise(of: Void.self)
+            sendCiphertext(context: context, promise: written)
             context.flush()
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let deadline = context.eventLoop.scheduleTask(in: closeNotifyWait) { written.fail(ChannelError.ioOnClosedChannel) }
+            written.futureResult.whenComplete { _ in
+                deadline.cancel()
+                bound.value.close(mode: mode, promise: promise)
+            }
+            return
         }
         context.close(mode: mode, promise: promise)
     }
@@ -275,7 +291,9 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let pending = lb_BIO_pending(writeBIO)
         guard pending > 0 else {
-            promise?.succeed(())
+            // Nothing to send (an empty write): its promise must still complete after the writes before it, which
+            // may be queued in the channel (a caller that closes on it would otherwise cut them off).
+            if let promise { context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise) }
             return
         }
         var buffer = context.channel.allocator.buffer(capacity: pending)

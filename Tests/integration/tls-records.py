@@ -2,9 +2,10 @@
 """What lb's TLS termination puts on the wire, seen record by record.
 
   tls-records.py backend PORT        a real server that answers each request with ONE socket write: a GET with
-                                     "hello", a POST with the SHA-256 of the body it received
+                                     "hello" (GET /big/N: N bytes), a POST with the SHA-256 of the body it received
   tls-records.py client PORT CAFILE  through lb (TLS): counts the TLS records carrying each response, sends two
-                                     pipelined GETs in one record and a 1 MiB POST; prints one line per check and
+                                     pipelined GETs in one record, a 1 MiB POST and a 4 MiB download that ends
+                                     with the connection, read slowly; prints one line per check and
                                      exits 1 on the first that fails
 """
 import hashlib
@@ -12,6 +13,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 
 def backend(port):
@@ -52,7 +54,13 @@ def serve(conn):
                 return
             data += chunk
         body, data = data[:length], data[length:]
-        answer = hashlib.sha256(body).hexdigest().encode() if head.startswith(b"POST") else b"hello"
+        target = head.split(b" ")[1]
+        if target.startswith(b"/big/"):
+            answer = b"x" * int(target[5:])
+        elif head.startswith(b"POST"):
+            answer = hashlib.sha256(body).hexdigest().encode()
+        else:
+            answer = b"hello"
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
 
 
@@ -89,6 +97,27 @@ class RecordClient:
     def send(self, plaintext):
         self.tls.write(plaintext)
         self.send_pending()
+
+    def read_to_end(self):
+        """Reads until the server closes: what plaintext came, and whether the TLS session ended with close_notify."""
+        plain = b""
+        self.incoming.write(self.raw)
+        self.raw = b""
+        while True:
+            try:
+                got = self.tls.read(65536)
+                if not got:  # close_notify: OpenSSL reports the clean end as an empty read
+                    return self.plain + plain, True
+                plain += got
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return self.plain + plain, True
+            data = self.sock.recv(65536)
+            if not data:
+                return self.plain + plain, False
+            self.incoming.write(data)
 
     def response(self, body_length):
         """Reads one response with a body of body_length bytes; returns it and the number of records that carried
@@ -138,6 +167,21 @@ def client(port, cafile):
     if not response.endswith(hashlib.sha256(body).hexdigest().encode()):
         raise SystemExit(f"FAIL: the 1 MiB upload reached the server changed: {response[-64:]!r}")
     print("1 MiB upload over TLS: the server received it byte for byte")
+
+    # The last response of a connection lb closes after it (Connection: close), to a client that reads slowly:
+    # lb's queue holds the end of the body when the response completes, and the close must wait for it.
+    c = RecordClient(port, cafile)
+    size = 4 * 1024 * 1024
+    c.send(b"GET /big/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+    time.sleep(1)  # the slow reader under test: lb fills the socket and queues the rest meanwhile
+    response, _ = c.response(size)
+    body = response.split(b"\r\n\r\n", 1)[1]
+    if len(body) != size or body.strip(b"x"):
+        raise SystemExit(f"FAIL: the last response before the close arrived cut: {len(body)} of {size} bytes")
+    rest, ended_cleanly = c.read_to_end()
+    if rest or not ended_cleanly:
+        raise SystemExit(f"FAIL: after the last response: {len(rest)} more bytes, close_notify {ended_cleanly}")
+    print("4 MiB response, then the close, to a slow reader: every byte, then close_notify")
 
 
 if __name__ == "__main__":

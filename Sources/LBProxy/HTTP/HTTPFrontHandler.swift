@@ -168,7 +168,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 
 
+    /// The connection is closed: the timer is cancelled and not set again.
+    private var isInactive = false
+
     func channelInactive(context: ChannelHandlerContext) {
+        isInactive = true
         wakeTimer?.cancel()
         wakeTimer = nil
         if case .forwarding(let backend, _) = state {
@@ -207,7 +211,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// stays (it reschedules when it fires); an earlier deadline (a body timeout shorter than the header timeout)
     /// moves it, or it would only be noticed at the old time.
     private func scheduleWake() {
-        guard let context else { return }
+        guard let context, !isInactive else { return }
         var when = nextIdleCheck
         if let deadline, deadline < when { when = deadline }
         if wakeTimer != nil, let wakeAt {
@@ -226,8 +230,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let now = NIODeadline.now()
         if let deadline, now >= deadline {
             self.deadline = nil
+            // The 408 may wait on a client that never reads: the idle check below keeps running until the
+            // connection is gone, and closes it then.
             requestTimedOut(deadlineReason)
-            if case .closing = state { return }
         }
         if now >= nextIdleCheck {
             nextIdleCheck = now + idleCheckPeriod
