@@ -55,11 +55,15 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// `headerDeadline`: when the first head must have arrived (counted from the connection, by
     /// `WaitingClientHandler`, which adds this handler once the client sends something).
-    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline) {
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline,
+         timer: (timer: Scheduled<Void>, at: NIODeadline)? = nil) {
         self.runtime = runtime
         self.slot = slot
         self.scheme = scheme
         self.firstHeaderDeadline = headerDeadline
+        // The waiting handler's timer, taken over: it calls `wake()` when it fires.
+        wakeTimer = timer?.timer
+        wakeAt = timer?.at
     }
 
     private let firstHeaderDeadline: NIODeadline
@@ -223,7 +227,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         wakeTimer = context.eventLoop.scheduleTask(deadline: when) { loopBound.value.wake() }
     }
 
-    private func wake() {
+    func wake() {
         wakeTimer = nil
         wakeAt = nil
         guard context != nil else { return }

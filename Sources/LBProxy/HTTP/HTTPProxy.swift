@@ -36,8 +36,10 @@ struct HTTPProxy: Sendable {
     }
 
     /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.
+    /// `timer`: the waiting handler's scheduled timer, which the front handler takes over (it then wakes it).
+    @discardableResult
     func addHTTPHandlers(to sync: ChannelPipeline.SynchronousOperations, after waiting: WaitingClientHandler,
-                         headerDeadline: NIODeadline) throws {
+                         headerDeadline: NIODeadline, timer: (timer: Scheduled<Void>, at: NIODeadline)?) throws -> HTTPFrontHandler {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = service.limits.maxHeaderBytes
         limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
@@ -49,9 +51,10 @@ struct HTTPProxy: Sendable {
                                                               informationalResponseStrategy: .drop,
                                                               limitConfiguration: limits))
         let front = HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https",
-                                     headerDeadline: headerDeadline)
+                                     headerDeadline: headerDeadline, timer: timer)
         try sync.addHandler(decoder, position: .after(waiting))
         try sync.addHandler(front, position: .after(decoder))
+        return front
     }
 }
 

@@ -15,8 +15,12 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
     private let proxy: HTTPProxy
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
+    private var timerDeadline = NIODeadline.now()
     private var headerDeadline = NIODeadline.now()
     private var waiting = true
+    /// The handler this one's timer was handed to with the first bytes: a new connection schedules one timer, not
+    /// one here and another there.
+    private weak var front: HTTPFrontHandler?
 
     init(proxy: HTTPProxy) {
         self.proxy = proxy
@@ -28,7 +32,8 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
         headerDeadline = .now() + TimeAmount(timeouts.header)
         let answer = timeouts.header <= timeouts.idle
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: TimeAmount(min(timeouts.header, timeouts.idle))) {
+        timerDeadline = .now() + TimeAmount(min(timeouts.header, timeouts.idle))
+        timer = context.eventLoop.scheduleTask(deadline: timerDeadline) {
             loopBound.value.expired(answer: answer)
         }
     }
@@ -39,6 +44,10 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
 
     private func expired(answer: Bool) {
         timer = nil
+        if let front {
+            front.wake()
+            return
+        }
         guard waiting, let context else { return }
         waiting = false
         if answer {
@@ -58,11 +67,13 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
             return
         }
         waiting = false
-        timer?.cancel()
+        let handedOver = timer.map { (timer: $0, at: timerDeadline) }
         timer = nil
         do {
-            try proxy.addHTTPHandlers(to: context.pipeline.syncOperations, after: self, headerDeadline: headerDeadline)
+            front = try proxy.addHTTPHandlers(to: context.pipeline.syncOperations, after: self,
+                                              headerDeadline: headerDeadline, timer: handedOver)
         } catch {
+            handedOver?.timer.cancel()
             proxy.runtime.logger.error("cannot set up an HTTP connection: \(error)")
             context.close(promise: nil)
             return
