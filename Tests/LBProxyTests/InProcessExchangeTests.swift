@@ -24,8 +24,12 @@ struct InProcessExchangeTests {
             request: "GET /study/1 HTTP/1.1\r\nHost: viewer\r\nConnection: keep-alive\r\nUser-Agent: t\r\n\r\n",
             response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok")
         defer { exchange.finish() }
+        // Until its first bytes, the client connection holds only the waiting handler; with them, the HTTP
+        // handlers take its place and it leaves (requests then pay no hop for it).
+        #expect(exchange.clientIsWaiting && !exchange.clientHasFrontHandler)
         for round in 1...3 {
             try exchange.exchange()
+            #expect(!exchange.clientIsWaiting && exchange.clientHasFrontHandler)
             let bytes = Array(exchange.lastRequestAtServer.readableBytesView)
             guard case .request(let request, let consumed) = strictParseRequest(bytes) else {
                 Issue.record("round \(round): the server could not read \(String(decoding: bytes, as: UTF8.self).debugDescription)")

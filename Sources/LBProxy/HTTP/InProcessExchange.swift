@@ -34,6 +34,10 @@ public final class InProcessExchange {
     public private(set) var lastRequestAtServer = ByteBuffer()
     public private(set) var lastResponseAtClient = ByteBuffer()
 
+    /// Whether the client connection still holds `WaitingClientHandler` / `HTTPFrontHandler` (for tests).
+    var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
+    var clientHasFrontHandler: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self)) != nil }
+
     /// `service` must be an l7-http service with one real server; `request` and `response` are complete messages.
     public init(service: VirtualService, request: String, response: String) throws {
         guard service.mode == .l7HTTP, service.realServers.count == 1 else {
