@@ -94,6 +94,7 @@ echo "openssl s_client: ALPN http/1.1, chain verified, TLS 1.1 refused"
 # Record by record: a response the server wrote at once leaves lb as one TLS record (lb encrypts what it writes
 # between two flushes together), pipelined requests in one record are both answered, a 1 MiB upload arrives intact.
 for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$((vip + 4))/" >/dev/null && break; sleep 0.1; done
+curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$((vip + 4))/" >/dev/null || fail "the records service is not serving"
 python3 Tests/integration/tls-records.py client "$((vip + 4))" "$work/ca.pem" || fail "TLS records check failed"
 
 # close_notify: the server's shutdown is clean (s_client sees no unexpected EOF on a Connection: close request).

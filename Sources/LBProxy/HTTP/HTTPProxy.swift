@@ -37,7 +37,6 @@ struct HTTPProxy: Sendable {
 
     /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.
     /// `timer`: the waiting handler's scheduled timer, which the front handler takes over (it then wakes it).
-    @discardableResult
     func addHTTPHandlers(to sync: ChannelPipeline.SynchronousOperations, after waiting: WaitingClientHandler,
                          headerDeadline: NIODeadline, timer: (timer: Scheduled<Void>, at: NIODeadline)?) throws -> HTTPFrontHandler {
         var limits = NIOHTTPDecoderLimitConfiguration()
