@@ -8,8 +8,8 @@ import NIOHTTP1
 import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz http-request): bytes from a client in, the bytes lb would send to the real server
-/// out, through the same parser configuration, checks, head rewriting and encoder as the proxy
-/// (`checkedForForwarding`, `forwarded(framing:)`, `makeRealServerRequestEncoder`).
+/// out, through the same parser configuration, checks, head rewriting and request bytes as the proxy
+/// (`checkedForForwarding`, `forwarded(framing:)`, `RequestBytes`).
 ///
 /// Invariant: an independent strict parser (RFC 9112; only `Transfer-Encoding: chunked` exactly and one decimal
 /// Content-Length frame a body) reads exactly the requests lb forwarded — same method, target and body — and nothing
@@ -46,11 +46,7 @@ struct ForwardedRequest: CustomStringConvertible {
 /// the connection and sends nothing more).
 func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
     let client = EmbeddedChannel()
-    let server = EmbeddedChannel()
-    defer {
-        _ = try? client.finish()
-        _ = try? server.finish()
-    }
+    defer { _ = try? client.finish() }
     do {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = 32 * 1024
@@ -58,7 +54,6 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
         limits.maxHeaderFieldCount = 100
         try client.pipeline.syncOperations.addHandler(
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
-        try server.pipeline.syncOperations.addHandler(makeRealServerRequestEncoder())
     } catch {
         fatalError("pipeline: \(error)")
     }
@@ -72,7 +67,10 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
 
     var requests: [ForwardedRequest] = []
     var current: ForwardedRequest?
-    var pending: [HTTPClientRequestPart] = []
+    var pending: [ByteBuffer] = []
+    var bytes: [UInt8] = []
+    var chunked = false
+    let allocator = ByteBufferAllocator()
     var lastRequest = false
     loop: for part in parts {
         switch part {
@@ -80,36 +78,32 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
             guard let framing = try? head.checkedForForwarding() else { break loop }
             let outbound = head.forwarded(framing: framing)
             current = ForwardedRequest(method: outbound.method.rawValue, target: outbound.uri, body: [])
-            pending = [.head(outbound)]
+            pending = [RequestBytes.head(outbound, allocator: allocator)]
+            chunked = framing == .chunked
             // lb answers a request asking to switch protocols and closes: nothing after its end is forwarded.
             lastRequest = head.asksForUpgrade
         case .body(let body):
             current?.body += Array(body.readableBytesView)
-            pending.append(.body(.byteBuffer(body)))
+            if let framed = RequestBytes.body(body, chunked: chunked, allocator: allocator) { pending.append(framed) }
         case .end(let trailers):
-            pending.append(.end(trailers?.forwardableTrailers()))
-            finish(&pending, current, into: &requests, server: server)
+            if let end = RequestBytes.end(trailers: trailers?.forwardableTrailers(), chunked: chunked, allocator: allocator) {
+                pending.append(end)
+            }
+            finish(&pending, current, into: &requests, bytes: &bytes)
             current = nil
             if lastRequest { break loop }
         }
-    }
-    var bytes: [UInt8] = []
-    while let buffer = try? server.readOutbound(as: ByteBuffer.self) {
-        var buffer = buffer
-        bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
     }
     return (bytes, requests)
 }
 
 /// lb streams a request's parts as they come; the fuzz model sends a request once it is complete (one cut short is
 /// closed upstream, never completed by later bytes).
-func finish(_ pending: inout [HTTPClientRequestPart], _ request: ForwardedRequest?, into requests: inout [ForwardedRequest],
-            server: EmbeddedChannel) {
+func finish(_ pending: inout [ByteBuffer], _ request: ForwardedRequest?, into requests: inout [ForwardedRequest],
+            bytes: inout [UInt8]) {
     defer { pending = [] }
     guard let request else { return }
-    for part in pending {
-        do { try server.writeOutbound(part) } catch { fatalError("encoder: \(error)") }
-    }
+    for buffer in pending { bytes += buffer.readableBytesView }
     requests.append(request)
 }
 

@@ -53,6 +53,26 @@ struct RequestFramingTests {
         await fixture.stop()
     }
 
+    /// A response to HEAD has no body whatever its Content-Length says, and the real-server connection then
+    /// carries the next request: lb writes request bytes itself, and must tell its response parser each method.
+    @Test func headResponseHasNoBodyAndTheServerConnectionCarriesOn() async throws {
+        let fixture = try await RawFixture { request, _ in
+            request.method == "HEAD" ? .send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") : .send(ok("after"))
+        }
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n")
+        let head = client.read(until: "\r\n\r\n")
+        #expect(statusLine(head) == "HTTP/1.1 200 OK", "\(head)")
+        #expect(header("content-length", in: head) == "5")
+        // Had the parser waited for 5 body bytes, this response would be cut into them (or never come).
+        client.send("GET /g HTTP/1.1\r\nHost: t\r\n\r\n")
+        let next = client.readResponse()
+        #expect(statusLine(next) == "HTTP/1.1 200 OK" && next.hasSuffix("\r\n\r\nafter"), "\(next)")
+        #expect(fixture.backend.requests.map(\.method) == ["HEAD", "GET"])
+        #expect(fixture.backend.connections == 1, "the real-server connection was not reused")
+        await fixture.stop()
+    }
+
     static let refused: [(String, String)] = [
         ("a coding before chunked", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + smuggledChunk),
         ("chunked twice", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggledChunk),

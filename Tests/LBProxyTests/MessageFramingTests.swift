@@ -115,11 +115,36 @@ struct ResponseBytesTests {
         let interim = HTTPResponseHead(version: .http1_1, status: .continue, headers: [:])
         #expect(String(buffer: ResponseBytes.head(interim, allocator: allocator)) == "HTTP/1.1 100 Continue\r\n\r\n")
         var chunk = allocator.buffer(capacity: 0)
-        ResponseBytes.writeChunkSize(0x1a2b, to: &chunk)
+        MessageBytes.writeChunkSize(0x1a2b, to: &chunk)
         #expect(String(buffer: chunk) == "1a2b\r\n")
-        #expect(String(buffer: ResponseBytes.lastChunk(trailers: nil, allocator: allocator)) == "0\r\n\r\n")
-        #expect(String(buffer: ResponseBytes.lastChunk(trailers: [:], allocator: allocator)) == "0\r\n\r\n")
-        #expect(String(buffer: ResponseBytes.lastChunk(trailers: ["Digest": "x", "Expires": "0"], allocator: allocator))
+        #expect(String(buffer: MessageBytes.lastChunk(trailers: nil, allocator: allocator)) == "0\r\n\r\n")
+        #expect(String(buffer: MessageBytes.lastChunk(trailers: [:], allocator: allocator)) == "0\r\n\r\n")
+        #expect(String(buffer: MessageBytes.lastChunk(trailers: ["Digest": "x", "Expires": "0"], allocator: allocator))
                 == "0\r\nDigest: x\r\nExpires: 0\r\n\r\n")
+    }
+}
+
+@Suite("Request bytes")
+struct RequestBytesTests {
+    @Test func headBodyAndEndAreWrittenExactlyInTheStatedFraming() {
+        let allocator = ByteBufferAllocator()
+        let headers = HTTPHeaders([("Host", "pacs"), ("Content-Length", "2"), ("X-Forwarded-For", "198.51.100.7")])
+        let head = RequestBytes.head(HTTPRequestHead(version: .http1_0, method: .POST, uri: "/wado?a=1&b={x}", headers: headers),
+                                     allocator: allocator)
+        #expect(String(buffer: head) == "POST /wado?a=1&b={x} HTTP/1.1\r\nHost: pacs\r\nContent-Length: 2\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n")
+        let custom = RequestBytes.head(HTTPRequestHead(version: .http1_1, method: .RAW(value: "PROPFIND"), uri: "*", headers: [:]),
+                                       allocator: allocator)
+        #expect(String(buffer: custom) == "PROPFIND * HTTP/1.1\r\n\r\n")
+
+        let body = ByteBuffer(string: "{}")
+        #expect(RequestBytes.body(body, chunked: false, allocator: allocator).map { String(buffer: $0) } == "{}")
+        #expect(RequestBytes.body(body, chunked: true, allocator: allocator).map { String(buffer: $0) } == "2\r\n{}\r\n")
+        // An empty part is nothing: as a chunk it would end the body early.
+        #expect(RequestBytes.body(ByteBuffer(), chunked: true, allocator: allocator) == nil)
+        #expect(RequestBytes.body(ByteBuffer(), chunked: false, allocator: allocator) == nil)
+        #expect(RequestBytes.end(trailers: nil, chunked: false, allocator: allocator) == nil)
+        #expect(RequestBytes.end(trailers: ["Digest": "x"], chunked: false, allocator: allocator) == nil)
+        #expect(RequestBytes.end(trailers: ["Digest": "x"], chunked: true, allocator: allocator).map { String(buffer: $0) }
+                == "0\r\nDigest: x\r\n\r\n")
     }
 }

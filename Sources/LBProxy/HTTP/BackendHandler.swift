@@ -1,12 +1,13 @@
 import NIOCore
 import NIOHTTP1
 
-/// The real-server end of an l7-http exchange: passes response parts to the client's `HTTPFrontHandler` and reads
-/// from the real server only while the client can take more.
+/// The real-server end of an l7-http exchange: writes the request bytes `HTTPFrontHandler` made (`RequestBytes`)
+/// straight to the socket, passes response parts to the front handler, and reads from the real server only while
+/// the client can take more.
 final class BackendHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     /// The client currently served; nil while the connection idles in the keep-alive pool.
     weak var front: HTTPFrontHandler?
@@ -14,6 +15,11 @@ final class BackendHandler: ChannelDuplexHandler {
     private var pendingRead = false
     private var responseKeepAlive = true
     private(set) var isClosed = false
+    /// The parser of this connection's responses, which must know each request's method (a response to HEAD has
+    /// no body whatever its Content-Length says).
+    private let responseParser: HTTPResponseDecoder
+
+    init(responseParser: HTTPResponseDecoder) { self.responseParser = responseParser }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -21,8 +27,15 @@ final class BackendHandler: ChannelDuplexHandler {
     var isWritable: Bool { context?.channel.isWritable ?? false }
     var channel: Channel? { context?.channel }
 
-    func write(_ part: HTTPClientRequestPart) {
-        context?.write(wrapOutboundOut(part), promise: nil)
+    /// Starts a request: its head's bytes (`RequestBytes.head(head)`) and the method the response parser expects.
+    func writeHead(_ head: HTTPRequestHead, bytes: ByteBuffer) {
+        responseParser.write(data: .head(head))
+        context?.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    /// More of the request: body bytes, framed as its head stated.
+    func write(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func flush() { context?.flush() }
@@ -41,15 +54,14 @@ final class BackendHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The HTTP/1.1 client codec for a real-server connection. lb writes each request's framing itself (NIO's
-    /// encoder would otherwise frame some methods only on an exact `chunked` value and drop others' length), and
-    /// interim 1xx responses are passed up so they can reach the client. No outbound header validator: what lb
-    /// writes was read by llhttp under the same rules, or is lb's own (see `HTTPProxy`).
+    /// A real-server connection's handlers: the response parser and this handler, nothing else. Requests leave as
+    /// the bytes lb wrote (no encoder between this handler and the socket); interim 1xx responses are passed up so
+    /// they can reach the client. No outbound header validator: what lb writes was read by llhttp under the same
+    /// rules, or is lb's own (see `HTTPProxy`).
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
-        try pipeline.addHandler(makeRealServerRequestEncoder())
-        try pipeline.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
-                                                                         informationalResponseStrategy: .forward)))
-        try pipeline.addHandler(BackendHandler())
+        let parser = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+        try pipeline.addHandler(ByteToMessageHandler(RealServerResponseDecoder(parser: parser)))
+        try pipeline.addHandler(BackendHandler(responseParser: parser))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -112,4 +124,22 @@ final class BackendHandler: ChannelDuplexHandler {
         front?.backendFailed(error)
         context.close(promise: nil)
     }
+}
+
+/// NIO's response parser, without its watch on outbound writes. Handed to `ByteToMessageHandler` directly, the parser
+/// makes that handler an outbound one that reads every write as a request part to learn its method; lb writes bytes,
+/// and `BackendHandler.writeHead` tells the parser each request's method instead. Inbound, it is the parser itself.
+struct RealServerResponseDecoder: ByteToMessageDecoder {
+    typealias InboundOut = HTTPClientResponsePart
+    let parser: HTTPResponseDecoder
+
+    func decoderAdded(context: ChannelHandlerContext) { parser.decoderAdded(context: context) }
+    func decoderRemoved(context: ChannelHandlerContext) { parser.decoderRemoved(context: context) }
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        try parser.decode(context: context, buffer: &buffer)
+    }
+    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF)
+    }
+    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { parser.shouldReclaimBytes(buffer: buffer) }
 }

@@ -19,8 +19,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private enum State {
         /// Between requests; the header timer runs.
         case idle
-        /// A request head arrived; waiting for a connection to a real server. Body parts are held (reads paused).
-        case connecting(buffered: [HTTPClientRequestPart], requestEnded: Bool)
+        /// A request head arrived; waiting for a connection to a real server. The request's bytes so far (its head,
+        /// then body parts) are held, and reads paused.
+        case connecting(buffered: [ByteBuffer], requestEnded: Bool)
         /// Request and response flow between the client and `backend`.
         case forwarding(backend: BackendHandler, requestEnded: Bool)
         /// An error response is being sent, or the connection is closing.
@@ -48,6 +49,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var requestIdempotent = false
     private var requestMethod = HTTPMethod.GET
     private var clientIsHTTP10 = false
+    /// The head sent to the real server, and whether its body goes in chunked coding (lb frames each part itself).
+    private var forwardedHead: HTTPRequestHead?
+    private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
     /// The real server's response ends by its own framing, so its connection can carry another exchange.
@@ -288,10 +292,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             startRequest(head, context: context)
         case .body(let body):
             armTimer(service.timeouts.body, reason: "request body stalled")
-            forward(.body(.byteBuffer(body)))
+            forward(RequestBytes.body(body, chunked: requestChunked, allocator: context.channel.allocator), ended: false)
         case .end(let trailers):
             disarmTimer()
-            forward(.end(trailers?.forwardableTrailers()))
+            forward(RequestBytes.end(trailers: trailers?.forwardableTrailers(), chunked: requestChunked,
+                                     allocator: context.channel.allocator), ended: true)
         }
     }
 
@@ -330,10 +335,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
             outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
         }
-        var buffered: [HTTPClientRequestPart] = []
-        buffered.reserveCapacity(2)  // the head and, for a request without a body, its end: one allocation
-        buffered.append(.head(outbound))
-        state = .connecting(buffered: buffered, requestEnded: false)
+        forwardedHead = outbound
+        requestChunked = framing == .chunked
+        state = .connecting(buffered: [RequestBytes.head(outbound, allocator: context.channel.allocator)], requestEnded: false)
 
         let port = peer.vipPort
         requestOrigin = (client, port, head.uri)
@@ -380,7 +384,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// A kept-alive connection can be closed by the real server just as we reuse it. Until the first response
     /// byte, a copy of the request (if small) is kept so it can be sent again on a fresh connection.
-    private var retryCopy: [HTTPClientRequestPart]?
+    private var retryCopy: [ByteBuffer]?
     private var retryCopyBytes = 0
     private static let retryCopyLimit = 64 * 1024
     private var requestOrigin: (client: IPAddress?, port: UInt16, uri: String)?
@@ -396,8 +400,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         backend.front = self
         state = .forwarding(backend: backend, requestEnded: requestEnded)
         retryCopy = reused ? buffered : nil
-        retryCopyBytes = buffered.reduce(0) { $0 + $1.bodyBytes }
-        for part in buffered { backend.write(part) }
+        retryCopyBytes = buffered.reduce(0) { $0 + $1.readableBytes }
+        guard let head = forwardedHead, let headBytes = buffered.first else { return }
+        backend.writeHead(head, bytes: headBytes)
+        for bytes in buffered.dropFirst() { backend.write(bytes) }
         backend.flush()
         if pendingRead, pipelined.isEmpty, !isBlockedOnBackend {
             pendingRead = false
@@ -405,20 +411,22 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         }
     }
 
-    private func forward(_ part: HTTPClientRequestPart) {
-        let ended: Bool
-        if case .end = part { ended = true } else { ended = false }
+    /// Sends (or holds, while connecting) the next bytes of the request; `ended`: they complete it.
+    private func forward(_ bytes: ByteBuffer?, ended: Bool) {
         switch state {
         case .connecting(var buffered, let requestEnded):
-            state = .closing  // so `buffered` is the array's only reference and grows in place
-            buffered.append(part)
+            if let bytes {
+                state = .closing  // so `buffered` is the array's only reference and grows in place
+                buffered.append(bytes)
+            }
             state = .connecting(buffered: buffered, requestEnded: requestEnded || ended)
         case .forwarding(let backend, let requestEnded):
-            backend.write(part)
             state = .forwarding(backend: backend, requestEnded: requestEnded || ended)
+            guard let bytes else { return }
+            backend.write(bytes)
             if retryCopy != nil {
-                retryCopyBytes += part.bodyBytes
-                if retryCopyBytes > Self.retryCopyLimit { retryCopy = nil } else { retryCopy?.append(part) }
+                retryCopyBytes += bytes.readableBytes
+                if retryCopyBytes > Self.retryCopyLimit { retryCopy = nil } else { retryCopy?.append(bytes) }
             }
         case .idle, .closing:
             break
@@ -569,7 +577,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             context.write(wrapOutboundOut(body), promise: nil)  // a delimited body goes as it came, uncopied
             return
         }
-        if responseChunked { ResponseBytes.writeChunkSize(size, to: &framing) }
+        if responseChunked { MessageBytes.writeChunkSize(size, to: &framing) }
         if small {
             var body = body
             framing.writeBuffer(&body)
@@ -617,7 +625,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
         if responseChunked {
             responseChunked = false
-            let last = ResponseBytes.lastChunk(trailers: trailers?.forwardableTrailers(), allocator: context.channel.allocator)
+            let last = MessageBytes.lastChunk(trailers: trailers?.forwardableTrailers(), allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(last), promise: promise)
         } else if let promise {
             // Nothing ends a delimited body; an empty write completes the promise after what went before it.
@@ -708,9 +716,3 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 }
 
-extension HTTPClientRequestPart {
-    var bodyBytes: Int {
-        if case .body(.byteBuffer(let buffer)) = self { return buffer.readableBytes }
-        return 0
-    }
-}

@@ -36,13 +36,6 @@ package enum MessageRefusal: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// The encoder of requests to real servers: it writes the framing lb set, and adds none of its own.
-package func makeRealServerRequestEncoder() -> HTTPRequestEncoder {
-    var encoder = HTTPRequestEncoder.Configuration()
-    encoder.automaticallySetFramingHeaders = false
-    return HTTPRequestEncoder(configuration: encoder)
-}
-
 /// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
 let hopByHopHeaders = Set(hopByHopNames)
 

@@ -1,0 +1,127 @@
+import NIOCore
+import NIOHTTP1
+
+/// What the bytes of requests and responses have in common: field lines and chunked framing.
+///
+/// Every field written here was read by llhttp from a peer (tokens; no CR, LF or NUL in values) or is lb's own, so
+/// nothing needs escaping; lb decides the framing (`BodyFraming`) and states it in the head.
+package enum MessageBytes {
+    /// The bytes `writeFields` writes for `fields`, the empty line included.
+    static func fieldsSize(_ fields: HTTPHeaders) -> Int {
+        var size = 2
+        for (name, value) in fields { size += name.utf8.count + 2 + value.utf8.count + 2 }
+        return size
+    }
+
+    /// Each field on its line, then the empty line that ends the section.
+    static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
+        for (name, value) in fields {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The framing line of a chunk of `size` bytes ("1a2b\r\n"), appended to `buffer`.
+    package static func writeChunkSize(_ size: Int, to buffer: inout ByteBuffer) {
+        let digits = String(size, radix: 16)
+        buffer.writeString(digits)
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The last chunk and the trailer section of a chunked body.
+    package static func lastChunk(trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard let trailers, !trailers.isEmpty else {
+            var buffer = allocator.buffer(capacity: 5)
+            buffer.writeStaticString("0\r\n\r\n")
+            return buffer
+        }
+        var buffer = allocator.buffer(capacity: 256)
+        buffer.writeStaticString("0\r\n")
+        writeFields(trailers, to: &buffer)
+        return buffer
+    }
+}
+
+/// The bytes of the requests lb sends to real servers, written by `HTTPFrontHandler` itself instead of through NIO's
+/// request encoder: no handler between `BackendHandler` and the socket, the head written into a buffer of its exact
+/// size, and a request without a body sent as that one buffer.
+package enum RequestBytes {
+    /// The request line and fields of `head`, as HTTP/1.1 (the target as llhttp accepted it: no space or control).
+    package static func head(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let method = head.method.rawValue
+        // method " " target " HTTP/1.1" CRLF, the fields and the empty line
+        let size = method.utf8.count + 1 + head.uri.utf8.count + 11 + MessageBytes.fieldsSize(head.headers)
+        var buffer = allocator.buffer(capacity: size)
+        buffer.writeString(method)
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(head.uri)
+        buffer.writeStaticString(" HTTP/1.1\r\n")
+        MessageBytes.writeFields(head.headers, to: &buffer)
+        return buffer
+    }
+
+    /// A part of a request body, framed as the head stated: as it came, or as one chunk. Nil for an empty part,
+    /// which as a chunk would end the body.
+    package static func body(_ body: ByteBuffer, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        let size = body.readableBytes
+        guard size > 0 else { return nil }
+        guard chunked else { return body }
+        var chunk = allocator.buffer(capacity: size + 12)
+        MessageBytes.writeChunkSize(size, to: &chunk)
+        var body = body
+        chunk.writeBuffer(&body)
+        chunk.writeStaticString("\r\n")
+        return chunk
+    }
+
+    /// What ends a request body: the last chunk and trailers of a chunked body; nothing for any other.
+    package static func end(trailers: HTTPHeaders?, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        chunked ? MessageBytes.lastChunk(trailers: trailers, allocator: allocator) : nil
+    }
+}
+
+/// The bytes of the responses lb sends to clients, written by `HTTPFrontHandler` itself instead of through NIO's
+/// response encoder: one handler fewer for every part of every response, the head written into a buffer of its
+/// exact size, and a small body sent in the same buffer as its head or its chunk framing.
+enum ResponseBytes {
+    /// A body up to this size is copied next to its head or chunk framing (one write instead of two or three);
+    /// a larger one is sent from its own buffer, uncopied.
+    static let copyLimit = 4096
+
+    /// The status line and fields of `head`, as HTTP/1.1, and room for `extra` more bytes.
+    static func head(_ head: HTTPResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let reason = head.status.reasonPhrase
+        var size = 9 + 3 + 1 + reason.utf8.count + 2  // "HTTP/1.1 " code " " reason CRLF
+        size += MessageBytes.fieldsSize(head.headers)
+        var buffer = allocator.buffer(capacity: size + extra)
+        buffer.writeStaticString("HTTP/1.1 ")
+        let code = head.status.code
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 100 % 10))
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 10 % 10))
+        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code % 10))
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(reason)
+        buffer.writeStaticString("\r\n")
+        MessageBytes.writeFields(head.headers, to: &buffer)
+        return buffer
+    }
+
+    /// lb's own small answers (400, 408, 502, 503, ...): a plain-text body, and the connection closes after it.
+    static func error(_ status: HTTPResponseStatus, _ text: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+        headers.add(name: "Connection", value: "close")
+        var response = head(HTTPResponseHead(version: .http1_1, status: status, headers: headers), extra: text.utf8.count,
+                            allocator: allocator)
+        response.writeString(text)
+        return response
+    }
+
+    static func requestTimeout(allocator: ByteBufferAllocator) -> ByteBuffer {
+        error(.requestTimeout, "Request Timeout\n", allocator: allocator)
+    }
+}
