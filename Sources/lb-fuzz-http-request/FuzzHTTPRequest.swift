@@ -9,7 +9,7 @@ import LBFuzzReplay
 
 /// libFuzzer target (scripts/fuzz http-request): bytes from a client in, the bytes lb would send to the real server
 /// out, through the same parser configuration, checks, head rewriting and request bytes as the proxy
-/// (`checkedForForwarding`, `forwarded(framing:)`, `RequestBytes`).
+/// (`checkedForForwarding`, `RequestBytes.forwarded`).
 ///
 /// Invariant: an independent strict parser (RFC 9112; only `Transfer-Encoding: chunked` exactly and one decimal
 /// Content-Length frame a body) reads exactly the requests lb forwarded — same method, target and body — and nothing
@@ -76,9 +76,9 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
         switch part {
         case .head(let head):
             guard let framing = try? head.checkedForForwarding() else { break loop }
-            let outbound = head.forwarded(framing: framing)
-            current = ForwardedRequest(method: outbound.method.rawValue, target: outbound.uri, body: [])
-            pending = [RequestBytes.head(outbound, allocator: allocator)]
+            current = ForwardedRequest(method: head.method.rawValue, target: head.uri, body: [])
+            // As a service with X-Forwarded-For writes it (the fields lb adds are covered too).
+            pending = [RequestBytes.forwarded(head, framing: framing, forwardedFor: ("198.51.100.7", "http"), allocator: allocator)]
             chunked = framing == .chunked
             // lb answers a request asking to switch protocols and closes: nothing after its end is forwarded.
             lastRequest = head.asksForUpgrade

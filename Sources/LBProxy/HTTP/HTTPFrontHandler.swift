@@ -49,7 +49,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var requestIdempotent = false
     private var requestMethod = HTTPMethod.GET
     private var clientIsHTTP10 = false
-    /// The head sent to the real server, and whether its body goes in chunked coding (lb frames each part itself).
+    /// The request being forwarded (its method tells the response parser whether a body follows), and whether its
+    /// body goes in chunked coding (lb frames each part itself).
     private var forwardedHead: HTTPRequestHead?
     private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
@@ -328,16 +329,13 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
         clientCookie = cookie
 
-        // The body goes out exactly as lb's parser delimited it.
-        var outbound = head.forwarded(framing: framing)
-        if service.forwardedFor, client != nil {
-            let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
-            outbound.headers.replaceOrAdd(name: "X-Forwarded-For", value: previous.isEmpty ? peer.text : "\(previous), \(peer.text)")
-            outbound.headers.replaceOrAdd(name: "X-Forwarded-Proto", value: scheme)
-        }
-        forwardedHead = outbound
+        // The body goes out exactly as lb's parser delimited it; the head is written from the client's fields.
+        let headBytes = RequestBytes.forwarded(head, framing: framing,
+                                               forwardedFor: service.forwardedFor && client != nil ? (peer.text, scheme) : nil,
+                                               allocator: context.channel.allocator)
+        forwardedHead = head
         requestChunked = framing == .chunked
-        state = .connecting(buffered: [RequestBytes.head(outbound, allocator: context.channel.allocator)], requestEnded: false)
+        state = .connecting(buffered: [headBytes], requestEnded: false)
 
         let port = peer.vipPort
         requestOrigin = (client, port, head.uri)

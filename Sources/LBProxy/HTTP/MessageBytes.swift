@@ -24,6 +24,40 @@ package enum MessageBytes {
         buffer.writeStaticString("\r\n")
     }
 
+    /// Room for the framing field lb may write (`Content-Length: ` and 18 digits, or `Transfer-Encoding: chunked`).
+    static let framingFieldSize = 40
+
+    /// The fields of a message lb forwards, written as it goes: hop-by-hop fields and those the `Connection` list
+    /// names are left out (`HopByHopFields`); a Content-Length that already states `framing` in lb's form stays
+    /// where it is, else lb's framing field follows the others (`setFraming`); with `droppingForwardedFor`,
+    /// X-Forwarded-For and -Proto are left out for the caller to write after. The empty line is the caller's.
+    /// Writing the bytes this way costs no copy of the fields and no new head.
+    static func writeForwardedFields(_ fields: HTTPHeaders, framing: BodyFraming, droppingForwardedFor: Bool,
+                                     to buffer: inout ByteBuffer) {
+        let hop = HopByHopFields(fields)
+        let keepsLength = fields.statedLength == framing
+        for (name, value) in fields {
+            if hop.removes(name) { continue }
+            if !keepsLength, name.equalsIgnoringASCIICase("content-length") { continue }
+            if droppingForwardedFor, name.equalsIgnoringASCIICase("x-forwarded-for") || name.equalsIgnoringASCIICase("x-forwarded-proto") {
+                continue
+            }
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        guard !keepsLength else { return }
+        switch framing {
+        case .unframed: break
+        case .contentLength(let length):
+            buffer.writeStaticString("Content-Length: ")
+            buffer.writeString(String(length))
+            buffer.writeStaticString("\r\n")
+        case .chunked: buffer.writeStaticString("Transfer-Encoding: chunked\r\n")
+        }
+    }
+
     /// The framing line of a chunk of `size` bytes ("1a2b\r\n"), appended to `buffer`.
     package static func writeChunkSize(_ size: Int, to buffer: inout ByteBuffer) {
         let digits = String(size, radix: 16)
@@ -49,17 +83,44 @@ package enum MessageBytes {
 /// request encoder: no handler between `BackendHandler` and the socket, the head written into a buffer of its exact
 /// size, and a request without a body sent as that one buffer.
 package enum RequestBytes {
-    /// The request line and fields of `head`, as HTTP/1.1 (the target as llhttp accepted it: no space or control).
-    package static func head(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// The head lb forwards for a client's request `head`, whose body its parser delimited as `framing`, written
+    /// straight from the client's fields (`MessageBytes.writeForwardedFields`): HTTP/1.1, no hop-by-hop fields,
+    /// lb's framing, and with `forwardedFor` (the client's address, and "http" or "https") X-Forwarded-For (the
+    /// client's list with the client appended) and X-Forwarded-Proto last.
+    package static func forwarded(_ head: HTTPRequestHead, framing: BodyFraming, forwardedFor: (client: String, proto: String)?,
+                                  allocator: ByteBufferAllocator) -> ByteBuffer {
+        // An empty body of a method that normally has one is stated: some servers refuse such a request without a
+        // length (411).
+        let stated = framing == .unframed && (head.method == .POST || head.method == .PUT || head.method == .PATCH)
+            ? BodyFraming.contentLength(0) : framing
         let method = head.method.rawValue
-        // method " " target " HTTP/1.1" CRLF, the fields and the empty line
-        let size = method.utf8.count + 1 + head.uri.utf8.count + 11 + MessageBytes.fieldsSize(head.headers)
+        // At most: the request line, every field, lb's framing and the X-Forwarded fields (the client's own list is
+        // among the fields).
+        var size = method.utf8.count + 1 + head.uri.utf8.count + 11 + MessageBytes.fieldsSize(head.headers)
+            + MessageBytes.framingFieldSize
+        if let forwardedFor { size += 17 + 2 + forwardedFor.client.utf8.count + 2 + 19 + forwardedFor.proto.utf8.count + 2 }
         var buffer = allocator.buffer(capacity: size)
         buffer.writeString(method)
         buffer.writeInteger(UInt8(ascii: " "))
         buffer.writeString(head.uri)
         buffer.writeStaticString(" HTTP/1.1\r\n")
-        MessageBytes.writeFields(head.headers, to: &buffer)
+        MessageBytes.writeForwardedFields(head.headers, framing: stated, droppingForwardedFor: forwardedFor != nil, to: &buffer)
+        if let forwardedFor {
+            buffer.writeStaticString("X-Forwarded-For: ")
+            // The client's fields joined with ", " (as one list), then the client: nothing is built but bytes.
+            var listBytes = 0, fieldCount = 0
+            for (name, value) in head.headers where name.equalsIgnoringASCIICase("x-forwarded-for") {
+                if fieldCount > 0 { buffer.writeStaticString(", "); listBytes += 2 }
+                listBytes += buffer.writeString(value)
+                fieldCount += 1
+            }
+            if listBytes > 0 { buffer.writeStaticString(", ") }
+            buffer.writeString(forwardedFor.client)
+            buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
+            buffer.writeString(forwardedFor.proto)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
         return buffer
     }
 

@@ -61,6 +61,15 @@ func hopByHopIndex<Name: StringProtocol>(_ name: Name) -> Int? {
 }
 
 extension StringProtocol {
+    /// Equal to `lowercase` (lower-case ASCII) when ASCII letters are compared without case.
+    func equalsIgnoringASCIICase(lowercase: String) -> Bool {
+        let mine = utf8, theirs = lowercase.utf8
+        guard mine.count == theirs.count else { return false }
+        return zip(mine, theirs).allSatisfy { byte, lower in
+            byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
+        }
+    }
+
     /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
     func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
         lowercase.withUTF8Buffer { theirs in
@@ -90,6 +99,46 @@ func forEachListToken(_ value: String, _ body: (Substring) -> Void) {
         }
         if first < last { body(value[first..<last]) }
         start = end < bytes.endIndex ? bytes.index(after: end) : end
+    }
+}
+
+/// What removing hop-by-hop fields takes out of a header section, worked out in one pass: the hop-by-hop names
+/// present, and the fields the `Connection` list names (except protected ones). Usually that is only `Connection`
+/// itself, and nothing is allocated for the usual `Connection: keep-alive` or `close`.
+struct HopByHopFields {
+    /// Bit i: `hopByHopNames[i]` is present.
+    private(set) var present: UInt16 = 0
+    /// Lower-case names the `Connection` list names (not hop-by-hop, not protected, not `close`).
+    private(set) var listed: [String] = []
+    /// `Connection: close` names a field called "close" too (RFC 9112 §9.6 reserves the name); without allocating
+    /// for every `close` list, it is removed only when such a field is there.
+    private(set) var removesClose = false
+
+    init(_ fields: HTTPHeaders) {
+        var closeListed = false, closeFieldPresent = false
+        for (name, value) in fields {
+            guard let index = hopByHopIndex(name) else {
+                if name.equalsIgnoringASCIICase("close") { closeFieldPresent = true }
+                continue
+            }
+            present |= 1 << index
+            guard index == 3 else { continue }  // Connection: the fields its list names go too
+            forEachListToken(value) { token in
+                // Hop-by-hop names are gone anyway; protected fields are never removed by a client.
+                if token.equalsIgnoringASCIICase("close") { closeListed = true; return }
+                if isHopByHopName(token) { return }
+                let lowered = token.lowercased()
+                if !protectedHeaders.contains(lowered), !listed.contains(lowered) { listed.append(lowered) }
+            }
+        }
+        removesClose = closeListed && closeFieldPresent
+    }
+
+    /// Whether the field `name` is removed.
+    func removes(_ name: String) -> Bool {
+        if hopByHopIndex(name) != nil { return true }
+        if removesClose, name.equalsIgnoringASCIICase("close") { return true }
+        return !listed.isEmpty && listed.contains { name.equalsIgnoringASCIICase(lowercase: $0) }
     }
 }
 
@@ -137,47 +186,38 @@ extension HTTPHeaders {
     }
 
     /// 1 to 18 decimal digits and nothing else (no sign, no space), or nil.
-    private static func plainLength<Text: StringProtocol>(_ text: Text) -> Int? {
+    static func plainLength<Text: StringProtocol>(_ text: Text) -> Int? {
         let digits = text.utf8
         guard !digits.isEmpty, digits.count <= 18,
               digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
         return Int(text)
     }
 
-    /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
-    /// One pass finds what is there to remove (usually only `Connection`), so a message pays one removal per
-    /// field it carries rather than one scan per name lb knows, and nothing is allocated for the usual
-    /// `Connection: keep-alive` or `close`.
+    /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones (`HopByHopFields`).
     package mutating func removeHopByHop() {
-        var present: UInt16 = 0
-        var others: [String] = []
-        // `Connection: close` names a field called "close" too (RFC 9112 §9.6 reserves the name); without
-        // allocating for every `close` list, it is removed only when such a field is there.
-        var closeListed = false, closeFieldPresent = false
-        for (name, value) in self {
-            guard let index = hopByHopIndex(name) else {
-                if name.equalsIgnoringASCIICase("close") { closeFieldPresent = true }
-                continue
-            }
-            present |= 1 << index
-            guard index == 3 else { continue }  // Connection: the fields its list names go too
-            forEachListToken(value) { token in
-                // Hop-by-hop names are gone anyway; protected fields are never removed by a client.
-                if token.equalsIgnoringASCIICase("close") { closeListed = true; return }
-                if isHopByHopName(token) { return }
-                let lowered = token.lowercased()
-                if !protectedHeaders.contains(lowered), !others.contains(lowered) { others.append(lowered) }
-            }
+        let hop = HopByHopFields(self)
+        for (index, name) in hopByHopNames.enumerated() where hop.present & (1 << index) != 0 { remove(name: name) }
+        for name in hop.listed { remove(name: name) }
+        if hop.removesClose { remove(name: "close") }
+    }
+
+    /// The framing these fields' Content-Length states when it is in lb's own form — none, or one plain
+    /// Content-Length — else nil. (Transfer-Encoding is hop-by-hop: gone before this is asked.)
+    var statedLength: BodyFraming? {
+        var framing = BodyFraming.unframed
+        for (name, value) in self where name.equalsIgnoringASCIICase("content-length") {
+            // Leading zeros are valid but rewritten: the next hop gets the plain number.
+            guard framing == .unframed, value == "0" || value.utf8.first != UInt8(ascii: "0"),
+                  let length = Self.plainLength(value) else { return nil }
+            framing = .contentLength(length)
         }
-        for (index, name) in hopByHopNames.enumerated() where present & (1 << index) != 0 { remove(name: name) }
-        for name in others { remove(name: name) }
-        if closeListed, closeFieldPresent { remove(name: "close") }
+        return framing
     }
 
     /// Writes lb's own framing for a message forwarded with `framing`.
     package mutating func setFraming(_ framing: BodyFraming) {
         // Usually the message already says exactly this (one plain Content-Length of that value, or nothing).
-        if framing == currentFraming { return }
+        if framing == statedFraming { return }
         remove(name: "content-length")
         remove(name: "transfer-encoding")
         switch framing {
@@ -189,20 +229,14 @@ extension HTTPHeaders {
 
     /// The framing these fields state when they state it in lb's own form — none, one plain Content-Length, or a
     /// lone `Transfer-Encoding: chunked` — else nil (another form, to be rewritten).
-    private var currentFraming: BodyFraming? {
-        var framing = BodyFraming.unframed
-        for (name, value) in self {
-            if name.equalsIgnoringASCIICase("content-length") {
-                // Leading zeros are valid but rewritten: the server gets the plain number.
-                guard framing == .unframed, value == "0" || value.utf8.first != UInt8(ascii: "0"),
-                      let length = Self.plainLength(value) else { return nil }
-                framing = .contentLength(length)
-            } else if name.equalsIgnoringASCIICase("transfer-encoding") {
-                guard framing == .unframed, value == "chunked" else { return nil }
-                framing = .chunked
-            }
+    private var statedFraming: BodyFraming? {
+        var codings = 0, chunked = false
+        for (name, value) in self where name.equalsIgnoringASCIICase("transfer-encoding") {
+            codings += 1
+            chunked = value == "chunked"
         }
-        return framing
+        guard codings > 0 else { return statedLength }
+        return codings == 1 && chunked && statedLength == .unframed ? .chunked : nil
     }
 
     /// Trailer fields worth forwarding: none that could frame, route or hop.
@@ -234,24 +268,6 @@ extension HTTPRequestHead {
         }
         let framing = try headers.bodyFraming()
         return framing
-    }
-
-    /// The head lb sends to the real server for this request, whose body its parser delimited as `framing`:
-    /// HTTP/1.1, hop-by-hop headers removed, lb's own framing. (X-Forwarded-For and -Proto are added by the caller.)
-    package func forwarded(framing: BodyFraming) -> HTTPRequestHead {
-        var outbound = HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
-        // The one copy of the fields, with room for X-Forwarded-For and -Proto and the framing: removing and
-        // adding below then works in place.
-        outbound.headers.reserveCapacity(headers.count + 3)
-        outbound.headers.removeHopByHop()
-        // An empty body of a method that normally has one is stated: some servers refuse such a request without a
-        // length (411).
-        if framing == .unframed, method == .POST || method == .PUT || method == .PATCH {
-            outbound.headers.setFraming(.contentLength(0))
-        } else {
-            outbound.headers.setFraming(framing)
-        }
-        return outbound
     }
 
     /// Whether the method is idempotent (RFC 9110 §9.2.2): only these may be sent to a server a second time.
