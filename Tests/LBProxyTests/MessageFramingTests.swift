@@ -211,6 +211,51 @@ struct RequestBytesTests {
     }
 }
 
+@Suite("Forwarded response heads")
+struct ForwardedResponseHeadTests {
+    /// The head `ResponseBytes.forwarded` writes from the server's fields is the one the earlier way built: a copy
+    /// of the fields with hop-by-hop ones removed, lb's framing set, Connection replaced and Set-Cookie added.
+    @Test func forwardedResponseHeadMatchesTheRewriteModelByteForByte() {
+        var random = SplitMix64(seed: 29)
+        let vocabulary: [(String, [String])] = [
+            ("Server", ["nginx"]), ("Content-Length", ["0", "12", "012", "12, 12"]), ("content-length", ["12"]),
+            ("Transfer-Encoding", ["chunked", "gzip, chunked"]), ("Connection", ["close", "keep-alive", "X-Private",
+            "x-private, Upgrade", "close", "Content-Length", "Set-Cookie"]), ("Keep-Alive", ["timeout=5"]),
+            ("Upgrade", ["h2c"]), ("Close", ["x"]), ("X-Private", ["1"]), ("Set-Cookie", ["a=b", "LBSRV=old"]),
+            ("Content-Type", ["application/dicom"]), ("Proxy-Authenticate", ["Basic"]), ("Trailer", ["Digest"]),
+        ]
+        let statuses: [HTTPResponseStatus] = [.ok, .noContent, .notModified, .continue, .notFound,
+                                              .custom(code: 299, reasonPhrase: "Fine"), .custom(code: 599, reasonPhrase: "")]
+        let framings: [BodyFraming] = [.unframed, .contentLength(0), .contentLength(12), .chunked]
+        let connections: [StaticString?] = [nil, "close", "keep-alive"]
+        let allocator = ByteBufferAllocator()
+        for round in 0..<5000 {
+            var headers = HTTPHeaders()
+            for _ in 0..<Int(random.next() % 9) {
+                let (name, values) = vocabulary[Int(random.next() % UInt64(vocabulary.count))]
+                headers.add(name: name, value: values[Int(random.next() % UInt64(values.count))])
+            }
+            let head = HTTPResponseHead(version: .http1_0, status: statuses[Int(random.next() % UInt64(statuses.count))], headers: headers)
+            var out = ForwardedResponseHead(head: head, framing: framings[Int(random.next() % UInt64(framings.count))])
+            out.connection = connections[Int(random.next() % UInt64(connections.count))]
+            if random.next() % 2 == 0 { out.setCookie = ("LBSRV", "0a1b", secure: random.next() % 2 == 0) }
+
+            var model = head.headers
+            model.removeHopByHop()
+            model.setFraming(out.framing)
+            if let connection = out.connection { model.replaceOrAdd(name: "Connection", value: "\(connection)") }
+            if let cookie = out.setCookie {
+                model.add(name: "Set-Cookie", value: "\(cookie.name)=\(cookie.value); Path=/; HttpOnly" + (cookie.secure ? "; Secure" : ""))
+            }
+            let expected = String(buffer: ResponseBytes.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: model),
+                                                             allocator: allocator))
+            let written = String(buffer: ResponseBytes.forwarded(out, allocator: allocator))
+            #expect(written == expected, "round \(round): \(headers)")
+            if written != expected { return }
+        }
+    }
+}
+
 /// A seeded generator: the same header sections on every run.
 struct SplitMix64: RandomNumberGenerator {
     var state: UInt64

@@ -496,65 +496,59 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             refuseResponse(error, from: backend)
             return
         }
-        var outbound = HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers)
-        // The one copy of the fields, with room for what lb adds (framing, Connection, Set-Cookie).
-        outbound.headers.reserveCapacity(head.headers.count + 3)
-        outbound.headers.removeHopByHop()
+        // What lb writes is decided here; the bytes are written from the server's own fields (`ResponseBytes`).
+        var outbound = ForwardedResponseHead(head: head, framing: .unframed)
         if (100..<200).contains(code) {
             // Interim (100 Continue, 103 Early Hints): an HTTP/1.0 client would take it for the final answer.
             guard !clientIsHTTP10 else { return }
-            outbound.headers.setFraming(.unframed)
             activity &+= 1
-            context.writeAndFlush(wrapOutboundOut(ResponseBytes.head(outbound, allocator: context.channel.allocator)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(ResponseBytes.forwarded(outbound, allocator: context.channel.allocator)), promise: nil)
             return
         }
         responseStarted = true
         responseChunked = false
         if requestMethod == .HEAD || code == 304 {
             // No body follows; a length states what a GET would return.
-            if case .contentLength = framing { outbound.headers.setFraming(framing) } else { outbound.headers.setFraming(.unframed) }
+            if case .contentLength = framing { outbound.framing = framing }
         } else if code == 204 {
-            outbound.headers.setFraming(.unframed)
+            outbound.framing = .unframed
         } else {
             switch framing {
             case .contentLength:
-                outbound.headers.setFraming(framing)
+                outbound.framing = framing
             case .chunked, .unframed:
                 backendResponseDelimited = framing == .chunked
                 if clientIsHTTP10 {
                     // HTTP/1.0 has no chunked coding: the close marks the end.
-                    outbound.headers.setFraming(.unframed)
                     closeAfterResponse = true
                 } else {
-                    outbound.headers.setFraming(.chunked)
+                    outbound.framing = .chunked
                     responseChunked = true
                 }
             }
         }
         if !clientKeepAlive || closeAfterResponse {
-            outbound.headers.replaceOrAdd(name: "Connection", value: "close")
+            outbound.connection = "close"
         } else if clientIsHTTP10 {
             // A 1.0 client closes unless told the connection stays open.
-            outbound.headers.replaceOrAdd(name: "Connection", value: "keep-alive")
+            outbound.connection = "keep-alive"
         }
         if case .httpCookie(let name) = service.persistence, let value = selection?.cookieValue, value != clientCookie {
-            var cookie = "\(name)=\(value); Path=/; HttpOnly"
-            if scheme == "https" { cookie += "; Secure" }
-            outbound.headers.add(name: "Set-Cookie", value: cookie)
+            outbound.setCookie = (name, value, secure: scheme == "https")
         }
         heldHead = outbound
     }
 
     /// The final response head, held until the end of the server's read that carried it: if what follows in that
     /// read is malformed (a bad chunk size), the client can still get a 502 instead of a cut-off response.
-    private var heldHead: HTTPResponseHead?
+    private var heldHead: ForwardedResponseHead?
     /// The response to the client is sent in chunked coding (lb frames each body part itself).
     private var responseChunked = false
 
     private func writeHeldHead() {
         guard let head = heldHead, let context else { return }
         heldHead = nil
-        context.write(wrapOutboundOut(ResponseBytes.head(head, allocator: context.channel.allocator)), promise: nil)
+        context.write(wrapOutboundOut(ResponseBytes.forwarded(head, allocator: context.channel.allocator)), promise: nil)
     }
 
     func responseBody(_ body: ByteBuffer) {
@@ -568,7 +562,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         var framing: ByteBuffer
         if let head = heldHead {
             heldHead = nil
-            framing = ResponseBytes.head(head, extra: small ? size + 12 : 12, allocator: context.channel.allocator)
+            framing = ResponseBytes.forwarded(head, extra: small ? size + 12 : 12, allocator: context.channel.allocator)
         } else if responseChunked {
             framing = context.channel.allocator.buffer(capacity: small ? size + 12 : 12)
         } else {

@@ -144,6 +144,23 @@ package enum RequestBytes {
     }
 }
 
+/// What lb sends a client for a real server's response head: the server's fields without hop-by-hop ones, and lb's
+/// framing, Connection and persistence cookie. Decided when the head arrives, written when it leaves.
+struct ForwardedResponseHead {
+    /// As the real server sent it.
+    let head: HTTPResponseHead
+    var framing: BodyFraming
+    /// `close` or `keep-alive`, or nil for none.
+    var connection: StaticString?
+    /// The persistence cookie, sent as `name=value; Path=/; HttpOnly` (and `; Secure` over HTTPS).
+    var setCookie: (name: String, value: String, secure: Bool)?
+
+    init(head: HTTPResponseHead, framing: BodyFraming) {
+        self.head = head
+        self.framing = framing
+    }
+}
+
 /// The bytes of the responses lb sends to clients, written by `HTTPFrontHandler` itself instead of through NIO's
 /// response encoder: one handler fewer for every part of every response, the head written into a buffer of its
 /// exact size, and a small body sent in the same buffer as its head or its chunk framing.
@@ -158,15 +175,49 @@ enum ResponseBytes {
         var size = 9 + 3 + 1 + reason.utf8.count + 2  // "HTTP/1.1 " code " " reason CRLF
         size += MessageBytes.fieldsSize(head.headers)
         var buffer = allocator.buffer(capacity: size + extra)
+        writeStatusLine(head.status, to: &buffer)
+        MessageBytes.writeFields(head.headers, to: &buffer)
+        return buffer
+    }
+
+    /// "HTTP/1.1 ", the code, the reason phrase.
+    private static func writeStatusLine(_ status: HTTPResponseStatus, to buffer: inout ByteBuffer) {
         buffer.writeStaticString("HTTP/1.1 ")
-        let code = head.status.code
+        let code = status.code
         buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 100 % 10))
         buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 10 % 10))
         buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code % 10))
         buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(reason)
+        buffer.writeString(status.reasonPhrase)
         buffer.writeStaticString("\r\n")
-        MessageBytes.writeFields(head.headers, to: &buffer)
+    }
+
+    /// The head lb sends to the client for a real server's response (`ForwardedResponseHead`), written straight from
+    /// the server's fields (`MessageBytes.writeForwardedFields`), then Connection and Set-Cookie if lb sets them;
+    /// room for `extra` more bytes.
+    static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let reason = out.head.status.reasonPhrase
+        var size = 9 + 3 + 1 + reason.utf8.count + 2 + MessageBytes.fieldsSize(out.head.headers) + MessageBytes.framingFieldSize
+        if let connection = out.connection { size += 12 + connection.utf8CodeUnitCount + 2 }
+        if let cookie = out.setCookie { size += 12 + cookie.name.utf8.count + 1 + cookie.value.utf8.count + 18 + 8 + 2 }
+        var buffer = allocator.buffer(capacity: size + extra)
+        writeStatusLine(out.head.status, to: &buffer)
+        MessageBytes.writeForwardedFields(out.head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
+        if let connection = out.connection {
+            buffer.writeStaticString("Connection: ")
+            buffer.writeStaticString(connection)
+            buffer.writeStaticString("\r\n")
+        }
+        if let cookie = out.setCookie {
+            buffer.writeStaticString("Set-Cookie: ")
+            buffer.writeString(cookie.name)
+            buffer.writeInteger(UInt8(ascii: "="))
+            buffer.writeString(cookie.value)
+            buffer.writeStaticString("; Path=/; HttpOnly")
+            if cookie.secure { buffer.writeStaticString("; Secure") }
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
         return buffer
     }
 
