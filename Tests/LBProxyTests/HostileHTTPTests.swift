@@ -221,6 +221,22 @@ struct BackendFailureTests {
         await fixture.stop()
     }
 
+    /// The same race for an idempotent request with a body (PUT): head and body are sent again, whole.
+    @Test func idempotentRequestWithABodyIsRetriedWhole() async throws {
+        let fixture = try await RawFixture { _, index in index == 1 ? .close : .send(ok()) }
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("GET /1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        client.send("PUT /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
+        #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        let requests = fixture.backend.requests
+        #expect(requests.map(\.target) == ["/1", "/2", "/2"])
+        #expect(requests.last?.body == Array("hello world".utf8), "\(requests)")
+        #expect(requests.last?.values("content-length") == ["11"])
+        #expect(fixture.backend.connections == 2)
+        await fixture.stop()
+    }
+
     /// The server closes its keep-alive connection right after answering: the client's next request is answered
     /// on a fresh connection, whether lbd already saw the close (the connection left the pool) or meets it as it
     /// sends (an idempotent request is retried). A POST in that race gets 502 (see docs/layer7.md); that lbd drops

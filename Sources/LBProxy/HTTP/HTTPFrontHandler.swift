@@ -19,8 +19,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private enum State {
         /// Between requests; the header timer runs.
         case idle
-        /// A request head arrived; waiting for a connection to a real server. The request's bytes so far (its head,
-        /// then body parts) are held, and reads paused.
+        /// A request head arrived; waiting for a connection to a real server. The body bytes so far are held (the
+        /// head's are in `forwarded`), and reads paused.
         case connecting(buffered: [ByteBuffer], requestEnded: Bool)
         /// Request and response flow between the client and `backend`.
         case forwarding(backend: BackendHandler, requestEnded: Bool)
@@ -49,9 +49,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var requestIdempotent = false
     private var requestMethod = HTTPMethod.GET
     private var clientIsHTTP10 = false
-    /// The request being forwarded (its method tells the response parser whether a body follows), and whether its
-    /// body goes in chunked coding (lb frames each part itself).
-    private var forwardedHead: HTTPRequestHead?
+    /// The request being forwarded (its method tells the response parser whether a body follows) and its head's
+    /// bytes (kept for a retry); whether its body goes in chunked coding (lb frames each part itself).
+    private var forwarded: (head: HTTPRequestHead, bytes: ByteBuffer)?
     private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
@@ -333,9 +333,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let headBytes = RequestBytes.forwarded(head, framing: framing,
                                                forwardedFor: service.forwardedFor && client != nil ? (peer.text, scheme) : nil,
                                                allocator: context.channel.allocator)
-        forwardedHead = head
+        forwarded = (head, headBytes)
         requestChunked = framing == .chunked
-        state = .connecting(buffered: [headBytes], requestEnded: false)
+        state = .connecting(buffered: [], requestEnded: false)  // an empty array allocates nothing
 
         let port = peer.vipPort
         requestOrigin = (client, port, head.uri)
@@ -382,7 +382,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// A kept-alive connection can be closed by the real server just as we reuse it. Until the first response
     /// byte, a copy of the request (if small) is kept so it can be sent again on a fresh connection.
-    private var retryCopy: [ByteBuffer]?
+    private var retryCopy: [ByteBuffer]?  // the body bytes; the head's stay in `forwarded`
     private var retryCopyBytes = 0
     private static let retryCopyLimit = 64 * 1024
     private var requestOrigin: (client: IPAddress?, port: UInt16, uri: String)?
@@ -399,9 +399,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         state = .forwarding(backend: backend, requestEnded: requestEnded)
         retryCopy = reused ? buffered : nil
         retryCopyBytes = buffered.reduce(0) { $0 + $1.readableBytes }
-        guard let head = forwardedHead, let headBytes = buffered.first else { return }
-        backend.writeHead(head, bytes: headBytes)
-        for bytes in buffered.dropFirst() { backend.write(bytes) }
+        if let forwarded { backend.writeHead(forwarded.head, bytes: forwarded.bytes) }
+        for bytes in buffered { backend.write(bytes) }
         backend.flush()
         if pendingRead, pipelined.isEmpty, !isBlockedOnBackend {
             pendingRead = false
@@ -484,6 +483,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         guard let context, case .forwarding(let backend, _) = state, !responseStarted else { return }
         // The server has read (some of) the request: it is never sent again.
         retryCopy = nil
+        forwarded = nil
         let code = head.status.code
         if code == 101 {
             refuseResponse(MessageRefusal.unexpectedUpgrade(code), from: backend)
