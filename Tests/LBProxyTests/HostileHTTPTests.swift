@@ -286,6 +286,22 @@ struct BackendFailureTests {
         await fixture.stop()
     }
 
+    /// The same extra response, in the same read as the answer to the first of two pipelined requests: lb sends
+    /// the second request on that connection as soon as the first response ends, but the extra bytes were already
+    /// there before it and are never its answer (the client gets a 502, never "pwned!").
+    @Test func extraResponseNeverAnswersAPipelinedRequest() async throws {
+        let fixture = try await RawFixture { request, _ in
+            request.target == "/a" ? .send(ok("for /a") + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npwned!") : .send(ok("for \(request.target)"))
+        }
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        let both = client.readAllText()
+        #expect(both.hasPrefix("HTTP/1.1 200 OK\r\n") && both.contains("\r\n\r\nfor /a"), "\(both)")
+        #expect(!both.contains("pwned!"), "the extra response answered the pipelined request: \(both)")
+        #expect(both.hasSuffix("for /b") || both.contains("HTTP/1.1 502 Bad Gateway"), "\(both)")
+        await fixture.stop()
+    }
+
     @Test func interimResponsesReachHTTP11ClientsOnly() async throws {
         let fixture = try await RawFixture { _, _ in
             .send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + ok("done"))

@@ -17,9 +17,9 @@ final class BackendHandler: ChannelDuplexHandler {
     private(set) var isClosed = false
     /// The parser of this connection's responses, which must know each request's method (a response to HEAD has
     /// no body whatever its Content-Length says).
-    private let responseParser: HTTPResponseDecoder
+    private let responseParser: ResponseParserFeed
 
-    init(responseParser: HTTPResponseDecoder) { self.responseParser = responseParser }
+    init(responseParser: ResponseParserFeed) { self.responseParser = responseParser }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -27,9 +27,9 @@ final class BackendHandler: ChannelDuplexHandler {
     var isWritable: Bool { context?.channel.isWritable ?? false }
     var channel: Channel? { context?.channel }
 
-    /// Starts a request: its head's bytes (`RequestBytes.head(head)`) and the method the response parser expects.
+    /// Starts a request: its head's bytes (`RequestBytes.forwarded`) and the method the response parser expects.
     func writeHead(_ head: HTTPRequestHead, bytes: ByteBuffer) {
-        responseParser.write(data: .head(head))
+        responseParser.expectResponse(to: head)
         context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -59,9 +59,9 @@ final class BackendHandler: ChannelDuplexHandler {
     /// they can reach the client. No outbound header validator: what lb writes was read by llhttp under the same
     /// rules, or is lb's own (see `HTTPProxy`).
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
-        let parser = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
-        try pipeline.addHandler(ByteToMessageHandler(RealServerResponseDecoder(parser: parser)))
-        try pipeline.addHandler(BackendHandler(responseParser: parser))
+        let feed = ResponseParserFeed(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward))
+        try pipeline.addHandler(ByteToMessageHandler(RealServerResponseDecoder(feed: feed)))
+        try pipeline.addHandler(BackendHandler(responseParser: feed))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -126,20 +126,50 @@ final class BackendHandler: ChannelDuplexHandler {
     }
 }
 
+/// NIO's response parser and the methods of the requests it will read answers to. A request written while the parser
+/// is in the middle of a read (a pipelined request sent as the response before it ends) is told to the parser only
+/// once that read is parsed: bytes after that response in the same read were sent before the request, and are never
+/// its answer (the parser finds no request for them and fails, a 502), as with NIO's own write-observing codec.
+final class ResponseParserFeed {
+    let parser: HTTPResponseDecoder
+    private var parsing = false
+    private var waiting: [HTTPRequestHead] = []
+
+    init(_ parser: HTTPResponseDecoder) { self.parser = parser }
+
+    func expectResponse(to head: HTTPRequestHead) {
+        if parsing { waiting.append(head) } else { parser.write(data: .head(head)) }
+    }
+
+    /// Runs one pass of the parser over what was read, then tells it the requests written meanwhile.
+    func parse<Result>(_ body: () throws -> Result) rethrows -> Result {
+        parsing = true
+        defer {
+            parsing = false
+            if !waiting.isEmpty {
+                for head in waiting { parser.write(data: .head(head)) }
+                waiting.removeAll()
+            }
+        }
+        return try body()
+    }
+}
+
 /// NIO's response parser, without its watch on outbound writes. Handed to `ByteToMessageHandler` directly, the parser
 /// makes that handler an outbound one that reads every write as a request part to learn its method; lb writes bytes,
-/// and `BackendHandler.writeHead` tells the parser each request's method instead. Inbound, it is the parser itself.
+/// and `BackendHandler.writeHead` tells the parser each request's method instead (`ResponseParserFeed`). Inbound, it
+/// is the parser itself.
 struct RealServerResponseDecoder: ByteToMessageDecoder {
     typealias InboundOut = HTTPClientResponsePart
-    let parser: HTTPResponseDecoder
+    let feed: ResponseParserFeed
 
-    func decoderAdded(context: ChannelHandlerContext) { parser.decoderAdded(context: context) }
-    func decoderRemoved(context: ChannelHandlerContext) { parser.decoderRemoved(context: context) }
+    func decoderAdded(context: ChannelHandlerContext) { feed.parser.decoderAdded(context: context) }
+    func decoderRemoved(context: ChannelHandlerContext) { feed.parser.decoderRemoved(context: context) }
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        try parser.decode(context: context, buffer: &buffer)
+        try feed.parse { try feed.parser.decode(context: context, buffer: &buffer) }
     }
     func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF)
+        try feed.parse { try feed.parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF) }
     }
-    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { parser.shouldReclaimBytes(buffer: buffer) }
+    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { feed.parser.shouldReclaimBytes(buffer: buffer) }
 }
