@@ -176,14 +176,9 @@ struct RequestBytesTests {
         let framings: [BodyFraming] = [.unframed, .contentLength(0), .contentLength(12), .chunked]
         let allocator = ByteBufferAllocator()
         for round in 0..<5000 {
-            var headers = HTTPHeaders()
-            for _ in 0..<Int(random.next() % 9) {
-                let (name, values) = vocabulary[Int(random.next() % UInt64(vocabulary.count))]
-                headers.add(name: name, value: values[Int(random.next() % UInt64(values.count))])
-            }
-            let head = HTTPRequestHead(version: .http1_1, method: methods[Int(random.next() % UInt64(methods.count))],
-                                       uri: "/r\(round)", headers: headers)
-            let framing = framings[Int(random.next() % UInt64(framings.count))]
+            let headers = random.headers(from: vocabulary)
+            let head = HTTPRequestHead(version: .http1_1, method: random.pick(methods), uri: "/r\(round)", headers: headers)
+            let framing = random.pick(framings)
             let forwardedFor: (client: String, proto: String)? = random.next() % 2 == 0 ? nil : ("198.51.100.7", "https")
             let written = String(buffer: RequestBytes.forwarded(head, framing: framing, forwardedFor: forwardedFor, allocator: allocator))
             let model = Self.modelForwarded(head, framing: framing, forwardedFor: forwardedFor)
@@ -230,14 +225,10 @@ struct ForwardedResponseHeadTests {
         let connections: [StaticString?] = [nil, "close", "keep-alive"]
         let allocator = ByteBufferAllocator()
         for round in 0..<5000 {
-            var headers = HTTPHeaders()
-            for _ in 0..<Int(random.next() % 9) {
-                let (name, values) = vocabulary[Int(random.next() % UInt64(vocabulary.count))]
-                headers.add(name: name, value: values[Int(random.next() % UInt64(values.count))])
-            }
-            let head = HTTPResponseHead(version: .http1_0, status: statuses[Int(random.next() % UInt64(statuses.count))], headers: headers)
-            var out = ForwardedResponseHead(head: head, framing: framings[Int(random.next() % UInt64(framings.count))])
-            out.connection = connections[Int(random.next() % UInt64(connections.count))]
+            let headers = random.headers(from: vocabulary)
+            let head = HTTPResponseHead(version: .http1_0, status: random.pick(statuses), headers: headers)
+            var out = ForwardedResponseHead(head: head, framing: random.pick(framings))
+            out.connection = random.pick(connections)
             if random.next() % 2 == 0 { out.setCookie = ("LBSRV", "0a1b", secure: random.next() % 2 == 0) }
 
             var model = head.headers
@@ -266,5 +257,55 @@ struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension SplitMix64 {
+    mutating func pick<Item>(_ items: [Item]) -> Item { items[Int(next() % UInt64(items.count))] }
+
+    /// Up to 8 fields, each a name of `vocabulary` with one of its values.
+    mutating func headers(from vocabulary: [(String, [String])]) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        for _ in 0..<Int(next() % 9) {
+            let (name, values) = pick(vocabulary)
+            headers.add(name: name, value: pick(values))
+        }
+        return headers
+    }
+}
+
+/// The rewrite lb did before it wrote forwarded heads straight from the peer's fields (`MessageBytes`): a copy of
+/// the fields edited in place. Kept as the reference the writers are held to, byte for byte.
+extension HTTPHeaders {
+    /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones.
+    mutating func removeHopByHop() {
+        let hop = HopByHopFields(self)
+        for name in hopByHopNames { remove(name: name) }
+        for name in hop.listed { remove(name: name) }
+        if hop.removesClose { remove(name: "close") }
+    }
+
+    /// Writes lb's own framing for a message forwarded with `framing`, unless the fields already state exactly it.
+    mutating func setFraming(_ framing: BodyFraming) {
+        if framing == statedFraming { return }
+        remove(name: "content-length")
+        remove(name: "transfer-encoding")
+        switch framing {
+        case .unframed: break
+        case .contentLength(let length): add(name: "Content-Length", value: String(length))
+        case .chunked: add(name: "Transfer-Encoding", value: "chunked")
+        }
+    }
+
+    /// The framing these fields state in lb's own form — none, one plain Content-Length, or a lone
+    /// `Transfer-Encoding: chunked` — else nil.
+    private var statedFraming: BodyFraming? {
+        var codings = 0, chunked = false
+        for (name, value) in self where name.equalsIgnoringASCIICase("transfer-encoding") {
+            codings += 1
+            chunked = value == "chunked"
+        }
+        guard codings > 0 else { return statedLength }
+        return codings == 1 && chunked && statedLength == .unframed ? .chunked : nil
     }
 }

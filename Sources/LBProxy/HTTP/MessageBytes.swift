@@ -15,12 +15,15 @@ package enum MessageBytes {
 
     /// Each field on its line, then the empty line that ends the section.
     static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
-        for (name, value) in fields {
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
-        }
+        for (name, value) in fields { writeField(name, value, to: &buffer) }
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// One field line: `name: value` CRLF.
+    private static func writeField(_ name: String, _ value: String, to buffer: inout ByteBuffer) {
+        buffer.writeString(name)
+        buffer.writeStaticString(": ")
+        buffer.writeString(value)
         buffer.writeStaticString("\r\n")
     }
 
@@ -29,7 +32,7 @@ package enum MessageBytes {
 
     /// The fields of a message lb forwards, written as it goes: hop-by-hop fields and those the `Connection` list
     /// names are left out (`HopByHopFields`); a Content-Length that already states `framing` in lb's form stays
-    /// where it is, else lb's framing field follows the others (`setFraming`); with `droppingForwardedFor`,
+    /// where it is, else lb's framing field follows the others; with `droppingForwardedFor`,
     /// X-Forwarded-For and -Proto are left out for the caller to write after. The empty line is the caller's.
     /// Writing the bytes this way costs no copy of the fields and no new head.
     static func writeForwardedFields(_ fields: HTTPHeaders, framing: BodyFraming, droppingForwardedFor: Bool,
@@ -42,10 +45,7 @@ package enum MessageBytes {
             if droppingForwardedFor, name.equalsIgnoringASCIICase("x-forwarded-for") || name.equalsIgnoringASCIICase("x-forwarded-proto") {
                 continue
             }
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
+            writeField(name, value, to: &buffer)
         }
         guard !keepsLength else { return }
         switch framing {
@@ -80,8 +80,8 @@ package enum MessageBytes {
 }
 
 /// The bytes of the requests lb sends to real servers, written by `HTTPFrontHandler` itself instead of through NIO's
-/// request encoder: no handler between `BackendHandler` and the socket, the head written into a buffer of its exact
-/// size, and a request without a body sent as that one buffer.
+/// request encoder: no handler between `BackendHandler` and the socket, the head written into one buffer sized for
+/// it, and a request without a body sent as that one buffer.
 package enum RequestBytes {
     /// The head lb forwards for a client's request `head`, whose body its parser delimited as `framing`, written
     /// straight from the client's fields (`MessageBytes.writeForwardedFields`): HTTP/1.1, no hop-by-hop fields,
@@ -162,8 +162,8 @@ struct ForwardedResponseHead {
 }
 
 /// The bytes of the responses lb sends to clients, written by `HTTPFrontHandler` itself instead of through NIO's
-/// response encoder: one handler fewer for every part of every response, the head written into a buffer of its
-/// exact size, and a small body sent in the same buffer as its head or its chunk framing.
+/// response encoder: one handler fewer for every part of every response, the head written into one buffer sized for
+/// it, and a small body sent in the same buffer as its head or its chunk framing.
 enum ResponseBytes {
     /// A body up to this size is copied next to its head or chunk framing (one write instead of two or three);
     /// a larger one is sent from its own buffer, uncopied.

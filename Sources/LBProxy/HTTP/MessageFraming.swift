@@ -61,27 +61,19 @@ func hopByHopIndex<Name: StringProtocol>(_ name: Name) -> Int? {
 }
 
 extension StringProtocol {
-    /// Equal to `lowercase` (lower-case ASCII) when ASCII letters are compared without case.
-    func equalsIgnoringASCIICase(lowercase: String) -> Bool {
-        let mine = utf8, theirs = lowercase.utf8
+    /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
+    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
+        lowercase.withUTF8Buffer { equalsIgnoringASCIICase(lowercaseBytes: $0) }
+    }
+
+    /// The same, against a name known only at run time (one a `Connection` list named).
+    func equalsIgnoringASCIICase(lowercase: String) -> Bool { equalsIgnoringASCIICase(lowercaseBytes: lowercase.utf8) }
+
+    private func equalsIgnoringASCIICase<Lower: Collection<UInt8>>(lowercaseBytes theirs: Lower) -> Bool {
+        let mine = utf8
         guard mine.count == theirs.count else { return false }
         return zip(mine, theirs).allSatisfy { byte, lower in
             byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
-        }
-    }
-
-    /// Equal to `lowercase` (which must be lower-case ASCII) when ASCII letters are compared without case.
-    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
-        lowercase.withUTF8Buffer { theirs in
-            let mine = utf8
-            guard mine.count == theirs.count else { return false }
-            var index = 0
-            for byte in mine {
-                let lower = theirs[index]
-                if byte != lower, !(byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower) { return false }
-                index += 1
-            }
-            return true
         }
     }
 }
@@ -102,12 +94,10 @@ func forEachListToken(_ value: String, _ body: (Substring) -> Void) {
     }
 }
 
-/// What removing hop-by-hop fields takes out of a header section, worked out in one pass: the hop-by-hop names
-/// present, and the fields the `Connection` list names (except protected ones). Usually that is only `Connection`
-/// itself, and nothing is allocated for the usual `Connection: keep-alive` or `close`.
+/// Which fields of a header section lb leaves out when it forwards the message, worked out in one pass: the
+/// hop-by-hop ones, and those the `Connection` list names (except protected ones). Nothing is allocated for the
+/// usual `Connection: keep-alive` or `close`.
 struct HopByHopFields {
-    /// Bit i: `hopByHopNames[i]` is present.
-    private(set) var present: UInt16 = 0
     /// Lower-case names the `Connection` list names (not hop-by-hop, not protected, not `close`).
     private(set) var listed: [String] = []
     /// `Connection: close` names a field called "close" too (RFC 9112 §9.6 reserves the name); without allocating
@@ -121,7 +111,6 @@ struct HopByHopFields {
                 if name.equalsIgnoringASCIICase("close") { closeFieldPresent = true }
                 continue
             }
-            present |= 1 << index
             guard index == 3 else { continue }  // Connection: the fields its list names go too
             forEachListToken(value) { token in
                 // Hop-by-hop names are gone anyway; protected fields are never removed by a client.
@@ -193,14 +182,6 @@ extension HTTPHeaders {
         return Int(text)
     }
 
-    /// Removes hop-by-hop headers and those the `Connection` list names, except protected ones (`HopByHopFields`).
-    package mutating func removeHopByHop() {
-        let hop = HopByHopFields(self)
-        for (index, name) in hopByHopNames.enumerated() where hop.present & (1 << index) != 0 { remove(name: name) }
-        for name in hop.listed { remove(name: name) }
-        if hop.removesClose { remove(name: "close") }
-    }
-
     /// The framing these fields' Content-Length states when it is in lb's own form — none, or one plain
     /// Content-Length — else nil. (Transfer-Encoding is hop-by-hop: gone before this is asked.)
     var statedLength: BodyFraming? {
@@ -212,31 +193,6 @@ extension HTTPHeaders {
             framing = .contentLength(length)
         }
         return framing
-    }
-
-    /// Writes lb's own framing for a message forwarded with `framing`.
-    package mutating func setFraming(_ framing: BodyFraming) {
-        // Usually the message already says exactly this (one plain Content-Length of that value, or nothing).
-        if framing == statedFraming { return }
-        remove(name: "content-length")
-        remove(name: "transfer-encoding")
-        switch framing {
-        case .unframed: break
-        case .contentLength(let length): add(name: "Content-Length", value: String(length))
-        case .chunked: add(name: "Transfer-Encoding", value: "chunked")
-        }
-    }
-
-    /// The framing these fields state when they state it in lb's own form — none, one plain Content-Length, or a
-    /// lone `Transfer-Encoding: chunked` — else nil (another form, to be rewritten).
-    private var statedFraming: BodyFraming? {
-        var codings = 0, chunked = false
-        for (name, value) in self where name.equalsIgnoringASCIICase("transfer-encoding") {
-            codings += 1
-            chunked = value == "chunked"
-        }
-        guard codings > 0 else { return statedLength }
-        return codings == 1 && chunked && statedLength == .unframed ? .chunked : nil
     }
 
     /// Trailer fields worth forwarding: none that could frame, route or hop.
