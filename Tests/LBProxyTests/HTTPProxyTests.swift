@@ -342,6 +342,20 @@ struct RequestSafetyTests {
         #expect(statusLine(first.readResponse()) == "HTTP/1.1 200 OK")
         await fixture.stop()
     }
+
+    /// Client connections have Nagle's algorithm off, so a response's last small write is not held for the
+    /// client's delayed ACK: read from the socket lb accepted, both before the first request and after one.
+    @Test func clientConnectionsHaveNoDelaySet() async throws {
+        let fixture = try await HTTPFixture()
+        let client = try RawClient(port: fixture.vipPort)
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+        let accepted = try #require(fixture.engine.clientChannels(of: "web").first)
+        #expect(try await accepted.getOption(.socketOption(.tcp_nodelay)) == 1)
+        client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        #expect(try await accepted.getOption(.socketOption(.tcp_nodelay)) == 1)
+        await fixture.stop()
+    }
 }
 
 

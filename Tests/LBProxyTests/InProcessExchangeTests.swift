@@ -48,4 +48,17 @@ struct InProcessExchangeTests {
             #expect(response.contains("Set-Cookie: LBSRV="), "\(response)")
         }
     }
+
+    /// A connection's one timer is the one the waiting handler scheduled at connect time: the HTTP handler takes
+    /// it over and keeps it through keep-alive requests (each re-arms the header deadline by a store), rather than
+    /// cancelling and scheduling one per connection or per request.
+    @Test func aConnectionSchedulesOneTimer() throws {
+        let exchange = try InProcessExchange(
+            service: try makeService(Self.viewerService),
+            request: "GET / HTTP/1.1\r\nHost: viewer\r\n\r\n",
+            response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        defer { exchange.finish() }
+        for _ in 1...5 { try exchange.exchange() }
+        #expect(exchange.frontTimersScheduled == 0)
+    }
 }

@@ -28,6 +28,8 @@ echo "$fields" | grep -E '^(Package|Version|Architecture|Depends|Recommends|Sugg
 for dependency in libnl-3-200 libnl-genl-3-200 libnl-route-3-200 libssl3 iptables libc6; do
     grep -qE "^Depends:.*\b$dependency\b" <<<"$fields" || fail "Depends lacks $dependency"
 done
+# The binaries are linked with packed relocations, which glibc reads from 2.36 on (GLIBC_ABI_DT_RELR).
+grep -qF "libc6 (>= 2.36)" <<<"$fields" || fail "Depends lacks libc6 (>= 2.36), which packed relocations need"
 grep -qE '^Recommends:.*\bipvsadm\b.*\bkeepalived\b' <<<"$fields" || fail "Recommends lacks ipvsadm, keepalived (a pair)"
 grep -qE '^Suggests:.*\bdcmtk\b' <<<"$fields" || fail "Suggests lacks dcmtk"
 [ "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/lb/lb.yaml ] || fail "conffiles is not /etc/lb/lb.yaml"

@@ -230,7 +230,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         wakeAt = when
         wakeTimer = context.eventLoop.scheduleTask(deadline: when) { loopBound.value.wake() }
+        timersScheduled &+= 1
     }
+
+    /// Timers this handler scheduled itself (for tests: a connection's first timer is the waiting handler's).
+    private(set) var timersScheduled = 0
 
     func wake() {
         wakeTimer = nil

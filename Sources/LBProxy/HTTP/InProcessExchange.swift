@@ -37,6 +37,8 @@ public final class InProcessExchange {
     /// Whether the client connection still holds `WaitingClientHandler` / `HTTPFrontHandler` (for tests).
     var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
     var clientHasFrontHandler: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self)) != nil }
+    /// Timers the client's `HTTPFrontHandler` scheduled beyond the one it took over (for tests).
+    var frontTimersScheduled: Int? { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self))?.timersScheduled }
 
     /// `service` must be an l7-http service with one real server; `request` and `response` are complete messages.
     public init(service: VirtualService, request: String, response: String) throws {

@@ -29,10 +29,13 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let timeouts = proxy.service.timeouts
-        headerDeadline = .now() + TimeAmount(timeouts.header)
+        // One reading of the clock for both: a timer due even a nanosecond after the header deadline would be
+        // cancelled and scheduled again by HTTPFrontHandler, which wants to wake no later than that deadline.
+        let now = NIODeadline.now()
+        headerDeadline = now + TimeAmount(timeouts.header)
         let answer = timeouts.header <= timeouts.idle
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timerDeadline = .now() + TimeAmount(min(timeouts.header, timeouts.idle))
+        timerDeadline = now + TimeAmount(min(timeouts.header, timeouts.idle))
         timer = context.eventLoop.scheduleTask(deadline: timerDeadline) {
             loopBound.value.expired(answer: answer)
         }

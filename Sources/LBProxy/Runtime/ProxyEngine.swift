@@ -166,6 +166,11 @@ public final class ProxyEngine: Sendable {
         running.withLockedValue { $0.runtimes[service]?.pool }
     }
 
+    /// The client connections a running service has open now (for tests).
+    func clientChannels(of service: String) -> [Channel] {
+        running.withLockedValue { $0.runtimes[service] }?.clientChannels ?? []
+    }
+
     /// Connections and bytes per real server of every running service.
     public var counters: [String: [RealServerPool.MemberStatus]] {
         running.withLockedValue { $0.runtimes }.mapValues(\.pool.status)

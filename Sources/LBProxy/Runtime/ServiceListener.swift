@@ -37,7 +37,6 @@ final class Binding: Sendable {
             .serverChannelOption(freeBindOption, value: freeBind ? 1 : 0)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // Out of descriptors: pause accepting for a moment rather than spin on accept(2).
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

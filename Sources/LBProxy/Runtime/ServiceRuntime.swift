@@ -34,6 +34,9 @@ final class ServiceRuntime: Sendable {
 
     var activeConnections: Int { clients.withLockedValue { $0.count } }
 
+    /// The client connections open now (for tests).
+    var clientChannels: [Channel] { clients.withLockedValue { Array($0.values) } }
+
     /// Admits or refuses a new client, then hands it to the mode's pipeline. `slot` is where the client's later
     /// requests find the generation in force (l7-http reads it per request).
     func initialize(client channel: Channel, slot: ServiceSlot) -> EventLoopFuture<Void> {
@@ -55,6 +58,10 @@ final class ServiceRuntime: Sendable {
         do {
             // l7-tcp passes half-closes through; l7-http answers and closes.
             try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
+            // A response head or an HL7 acknowledgement leaves at once, not after the client's delayed ACK. Set
+            // here rather than as a bootstrap child option, which NIO applies through a chain of futures: about ten
+            // allocations per accepted connection.
+            try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
