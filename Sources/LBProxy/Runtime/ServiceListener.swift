@@ -67,10 +67,19 @@ extension VirtualService {
 }
 
 extension IPAddress {
-    /// The address of a NIO socket address, if it is IPv4 or IPv6.
+    /// The address of a NIO socket address, if it is IPv4 or IPv6: read from the socket address's bytes, as
+    /// `IPAddress(text)` would read its text (an IPv4-mapped IPv6 address stays IPv6), without making the text
+    /// first: once per client connection.
     init?(_ address: SocketAddress?) {
-        guard let text = address?.ipAddress else { return nil }
-        self.init(text)
+        switch address {
+        case .v4(let v4):
+            self = .v4(UInt32(bigEndian: v4.address.sin_addr.s_addr))
+        case .v6(let v6):
+            var bytes = v6.address.sin6_addr
+            self = .v6(withUnsafeBytes(of: &bytes) { Array($0) })
+        case .unixDomainSocket, .none:
+            return nil
+        }
     }
 }
 
