@@ -27,8 +27,12 @@ struct InProcessExchangeTests {
         // Until its first bytes, the client connection holds only the waiting handler; with them, the HTTP
         // handlers take its place and it leaves (requests then pay no hop for it).
         #expect(exchange.clientIsWaiting && !exchange.clientHasFrontHandler)
+        var firstAtServer: (buffer: ByteBuffer, text: String)?
         for round in 1...3 {
             try exchange.exchange()
+            // The harness holds each round's bytes, as a slow socket would: later heads must not be written over
+            // them (lb reuses a head's storage only when nothing else holds it).
+            if round == 1 { firstAtServer = (exchange.lastRequestAtServer, String(buffer: exchange.lastRequestAtServer)) }
             #expect(!exchange.clientIsWaiting && exchange.clientHasFrontHandler)
             let bytes = Array(exchange.lastRequestAtServer.readableBytesView)
             guard case .request(let request, let consumed) = strictParseRequest(bytes) else {
@@ -47,6 +51,7 @@ struct InProcessExchangeTests {
             // The client sent no cookie, so every response pins it (round 1 and after).
             #expect(response.contains("Set-Cookie: LBSRV="), "\(response)")
         }
+        if let firstAtServer { #expect(String(buffer: firstAtServer.buffer) == firstAtServer.text) }
     }
 
     /// A connection's one timer is the one the waiting handler scheduled at connect time: the HTTP handler takes

@@ -206,6 +206,48 @@ struct RequestBytesTests {
     }
 }
 
+/// A connection's head buffer is reused only when nothing else holds it, and never written over bytes that are.
+@Suite("Head buffers")
+struct HeadBufferTests {
+    private func storage(_ buffer: ByteBuffer) -> UInt { buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+
+    @Test func aHeadTheSocketHasTakenLendsItsStorageToTheNext() {
+        var heads = HeadBuffer()
+        var first = heads.take(capacity: 100, allocator: ByteBufferAllocator())
+        first.writeString("GET /a HTTP/1.1\r\n\r\n")
+        let address = storage(first)
+        heads.keep(first)
+        first = ByteBuffer()  // the socket has written it and let go
+        var second = heads.take(capacity: 100, allocator: ByteBufferAllocator())
+        #expect(storage(second) == address)
+        #expect(second.readableBytes == 0)
+        second.writeString("GET /b HTTP/1.1\r\n\r\n")
+        #expect(String(buffer: second) == "GET /b HTTP/1.1\r\n\r\n")
+    }
+
+    @Test func aHeadStillQueuedIsNeverWrittenOver() {
+        var heads = HeadBuffer()
+        var queued = heads.take(capacity: 100, allocator: ByteBufferAllocator())
+        queued.writeString("GET /a HTTP/1.1\r\n\r\n")
+        heads.keep(queued)  // `queued` stands for the copy a slow socket (or a retry) still holds
+        var next = heads.take(capacity: 100, allocator: ByteBufferAllocator())
+        next.writeString("GET /b HTTP/1.1\r\n\r\n")
+        #expect(storage(next) != storage(queued))
+        #expect(String(buffer: queued) == "GET /a HTTP/1.1\r\n\r\n")
+        #expect(String(buffer: next) == "GET /b HTTP/1.1\r\n\r\n")
+    }
+
+    @Test func aLargeHeadIsNotKept() {
+        var heads = HeadBuffer()
+        var large = heads.take(capacity: HeadBuffer.keptCapacityLimit + 1, allocator: ByteBufferAllocator())
+        let largeCapacity = large.capacity
+        heads.keep(large)
+        large = ByteBuffer()  // written and let go: only a kept copy could still hold its storage
+        let next = heads.take(capacity: 16, allocator: ByteBufferAllocator())
+        #expect(next.capacity < largeCapacity, "a kept large buffer would have been reused")
+    }
+}
+
 @Suite("Forwarded response heads")
 struct ForwardedResponseHeadTests {
     /// The head `ResponseBytes.forwarded` writes from the server's fields is the one the earlier way built: a copy

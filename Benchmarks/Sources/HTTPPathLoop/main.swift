@@ -8,7 +8,9 @@ let arguments = CommandLine.arguments
 let count = arguments.count > 1 ? Int(arguments[1]) ?? 100_000 : 100_000
 let options: HTTPPathWorkload.Options = arguments.count > 2 && arguments[2] == "viewer" ? .viewer : .plain
 let exchange = try HTTPPathWorkload.returningBrowserExchange(options)
-for _ in 0..<count { try exchange.exchange() }
+for _ in 0..<max(count - 1, 0) { try exchange.exchange() }
+exchange.keepsLastMessages = true  // the last one is printed
+try exchange.exchange()
 print(String(buffer: exchange.lastRequestAtServer))
 print(String(buffer: exchange.lastResponseAtClient))
 exchange.finish()

@@ -52,6 +52,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The request being forwarded (its method tells the response parser whether a body follows) and its head's
     /// bytes (kept for a retry); whether its body goes in chunked coding (lb frames each part itself).
     private var forwarded: (head: HTTPRequestHead, bytes: ByteBuffer)?
+    /// The storage the request heads and the response heads are written into, reused while nothing else holds it.
+    private var requestHeads = HeadBuffer()
+    private var responseHeads = HeadBuffer()
     private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
@@ -336,7 +339,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         // The body goes out exactly as lb's parser delimited it; the head is written from the client's fields.
         let headBytes = RequestBytes.forwarded(head, framing: framing,
                                                forwardedFor: service.forwardedFor && client != nil ? (peer.text, scheme) : nil,
-                                               allocator: context.channel.allocator)
+                                               into: &requestHeads, allocator: context.channel.allocator)
+        requestHeads.keep(headBytes)
         forwarded = (head, headBytes)
         requestChunked = framing == .chunked
         state = .connecting(buffered: [], requestEnded: false)  // an empty array allocates nothing
@@ -552,7 +556,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private func writeHeldHead() {
         guard let head = heldHead, let context else { return }
         heldHead = nil
-        context.write(wrapOutboundOut(ResponseBytes.forwarded(head, allocator: context.channel.allocator)), promise: nil)
+        let bytes = ResponseBytes.forwarded(head, into: &responseHeads, allocator: context.channel.allocator)
+        responseHeads.keep(bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func responseBody(_ body: ByteBuffer) {
@@ -566,9 +572,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         var framing: ByteBuffer
         if let head = heldHead {
             heldHead = nil
-            framing = ResponseBytes.forwarded(head, extra: small ? size + 12 : 12, allocator: context.channel.allocator)
+            framing = ResponseBytes.forwarded(head, extra: small ? size + 12 : 12, into: &responseHeads,
+                                              allocator: context.channel.allocator)
         } else if responseChunked {
-            framing = context.channel.allocator.buffer(capacity: small ? size + 12 : 12)
+            framing = responseHeads.take(capacity: small ? size + 12 : 12, allocator: context.channel.allocator)
         } else {
             context.write(wrapOutboundOut(body), promise: nil)  // a delimited body goes as it came, uncopied
             return
@@ -578,9 +585,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             var body = body
             framing.writeBuffer(&body)
             if responseChunked { framing.writeStaticString("\r\n") }
+            responseHeads.keep(framing)
             context.write(wrapOutboundOut(framing), promise: nil)
             return
         }
+        responseHeads.keep(framing)
         context.write(wrapOutboundOut(framing), promise: nil)
         context.write(wrapOutboundOut(body), promise: nil)
         if responseChunked {

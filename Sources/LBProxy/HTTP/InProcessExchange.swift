@@ -33,6 +33,14 @@ public final class InProcessExchange {
     /// What the last exchange delivered, for checks (the benchmark does not read them).
     public private(set) var lastRequestAtServer = ByteBuffer()
     public private(set) var lastResponseAtClient = ByteBuffer()
+    /// Whether `exchange` keeps what it delivered in the two above. The benchmark turns it off: a kept buffer is
+    /// one lb would find still referenced at the next request, as if the socket had not taken its bytes, and lb
+    /// would not reuse its head buffers (`HeadBuffer`) as it does behind a real socket.
+    public var keepsLastMessages = true {
+        didSet {
+            if !keepsLastMessages { lastRequestAtServer = ByteBuffer(); lastResponseAtClient = ByteBuffer() }
+        }
+    }
 
     /// Whether the client connection still holds `WaitingClientHandler` / `HTTPFrontHandler` (for tests).
     var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
@@ -71,11 +79,11 @@ public final class InProcessExchange {
         try client.writeInbound(request)
         guard var toServer = try server.readOutbound(as: ByteBuffer.self) else { throw Failure.noRequestAtServer }
         while var more = try server.readOutbound(as: ByteBuffer.self) { toServer.writeBuffer(&more) }
-        lastRequestAtServer = toServer
+        if keepsLastMessages { lastRequestAtServer = toServer }
         try server.writeInbound(response)
         guard var toClient = try client.readOutbound(as: ByteBuffer.self) else { throw Failure.noResponseAtClient }
         while var more = try client.readOutbound(as: ByteBuffer.self) { toClient.writeBuffer(&more) }
-        lastResponseAtClient = toClient
+        if keepsLastMessages { lastResponseAtClient = toClient }
     }
 
     /// Closes both ends; the loop runs what the closes scheduled.

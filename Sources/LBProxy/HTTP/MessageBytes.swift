@@ -79,6 +79,30 @@ package enum MessageBytes {
     }
 }
 
+/// The buffer one side of a connection writes its message heads into, kept from one message to the next. Once the
+/// socket has taken a head's bytes, this holds the only reference to their storage again, and the next head is
+/// written over it: a kept-alive connection then allocates no buffer per head. While anything else still holds them
+/// (bytes queued for a slow peer, a request kept for a retry), `ByteBuffer`'s copy-on-write leaves them alone and
+/// the next head gets new storage; nothing waiting to be sent is ever written over.
+struct HeadBuffer {
+    private var kept: ByteBuffer?
+    /// A head larger than this (a rare one with big cookies) is not kept: an idle connection holds little.
+    static let keptCapacityLimit = 4096
+
+    /// An empty buffer with room for `capacity` bytes: the kept one's storage if nothing else holds it.
+    mutating func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard var buffer = kept else { return allocator.buffer(capacity: capacity) }
+        kept = nil  // so that `buffer` may be the storage's only reference
+        buffer.clear(minimumCapacity: capacity)
+        return buffer
+    }
+
+    /// Keeps the head just written, once nothing more will be written into it, for the next `take`.
+    mutating func keep(_ buffer: ByteBuffer) {
+        kept = buffer.capacity <= Self.keptCapacityLimit ? buffer : nil
+    }
+}
+
 /// The bytes of the requests lb sends to real servers, written by `HTTPFrontHandler` itself instead of through NIO's
 /// request encoder: no handler between `BackendHandler` and the socket, the head written into one buffer sized for
 /// it, and a request without a body sent as that one buffer.
@@ -89,6 +113,13 @@ package enum RequestBytes {
     /// client's list with the client appended) and X-Forwarded-Proto last.
     package static func forwarded(_ head: HTTPRequestHead, framing: BodyFraming, forwardedFor: (client: String, proto: String)?,
                                   allocator: ByteBufferAllocator) -> ByteBuffer {
+        var fresh = HeadBuffer()
+        return forwarded(head, framing: framing, forwardedFor: forwardedFor, into: &fresh, allocator: allocator)
+    }
+
+    /// As above, written into the storage of the connection's last head if nothing else holds it (`HeadBuffer`).
+    static func forwarded(_ head: HTTPRequestHead, framing: BodyFraming, forwardedFor: (client: String, proto: String)?,
+                          into heads: inout HeadBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         // An empty body of a method that normally has one is stated: some servers refuse such a request without a
         // length (411).
         let stated = framing == .unframed && (head.method == .POST || head.method == .PUT || head.method == .PATCH)
@@ -99,7 +130,7 @@ package enum RequestBytes {
         var size = method.utf8.count + 1 + head.uri.utf8.count + 11 + MessageBytes.fieldsSize(head.headers)
             + MessageBytes.framingFieldSize
         if let forwardedFor { size += 17 + 2 + forwardedFor.client.utf8.count + 2 + 19 + forwardedFor.proto.utf8.count + 2 }
-        var buffer = allocator.buffer(capacity: size)
+        var buffer = heads.take(capacity: size, allocator: allocator)
         buffer.writeString(method)
         buffer.writeInteger(UInt8(ascii: " "))
         buffer.writeString(head.uri)
@@ -196,11 +227,18 @@ enum ResponseBytes {
     /// the server's fields (`MessageBytes.writeForwardedFields`), then Connection and Set-Cookie if lb sets them;
     /// room for `extra` more bytes.
     static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var fresh = HeadBuffer()
+        return forwarded(out, extra: extra, into: &fresh, allocator: allocator)
+    }
+
+    /// As above, written into the storage of the connection's last head if nothing else holds it (`HeadBuffer`).
+    static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, into heads: inout HeadBuffer,
+                          allocator: ByteBufferAllocator) -> ByteBuffer {
         let reason = out.head.status.reasonPhrase
         var size = 9 + 3 + 1 + reason.utf8.count + 2 + MessageBytes.fieldsSize(out.head.headers) + MessageBytes.framingFieldSize
         if let connection = out.connection { size += 12 + connection.utf8CodeUnitCount + 2 }
         if let cookie = out.setCookie { size += 12 + cookie.name.utf8.count + 1 + cookie.value.utf8.count + 18 + 8 + 2 }
-        var buffer = allocator.buffer(capacity: size + extra)
+        var buffer = heads.take(capacity: size + extra, allocator: allocator)
         writeStatusLine(out.head.status, to: &buffer)
         MessageBytes.writeForwardedFields(out.head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
         if let connection = out.connection {
