@@ -356,6 +356,35 @@ struct RequestSafetyTests {
         #expect(try await accepted.getOption(.socketOption(.tcp_nodelay)) == 1)
         await fixture.stop()
     }
+
+    /// A kept-alive connection keeps its two head buffers between requests, and gives them back once it has been
+    /// silent for an idle-check period (a quarter of the idle timeout), before it is closed as idle.
+    @Test func aSilentConnectionGivesItsHeadBuffersBack() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {idle: 4s, header: 10s}"])
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        let accepted = try #require(fixture.engine.clientChannels(of: "web").first)
+        let kept: @Sendable () async throws -> Int = {
+            try await accepted.eventLoop.submit {
+                try accepted.pipeline.syncOperations.handler(type: HTTPFrontHandler.self).keptHeadBuffers
+            }.get()
+        }
+        #expect(try await kept() == 2)
+        // Checked every second: the first check after the exchange sees its activity, a later one a silent second.
+        var released = false
+        for _ in 0..<60 where !released {
+            released = try await kept() == 0
+            if !released { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(released, "the head buffers were still kept after 3 s of silence")
+        #expect(accepted.isActive, "still open: the idle timeout is 4 s")
+        // The next request is served as before, and its buffers are kept again.
+        client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        #expect(try await kept() == 2)
+        await fixture.stop()
+    }
 }
 
 

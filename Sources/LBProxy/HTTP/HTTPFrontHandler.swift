@@ -55,6 +55,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// The storage the request heads and the response heads are written into, reused while nothing else holds it.
     private var requestHeads = HeadBuffer()
     private var responseHeads = HeadBuffer()
+    /// How many head buffers the connection keeps (for tests).
+    var keptHeadBuffers: Int { (requestHeads.isKept ? 1 : 0) + (responseHeads.isKept ? 1 : 0) }
     private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
@@ -132,6 +134,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             silentChecks = 0
         } else {
             silentChecks += 1
+            // A connection silent for a check period keeps no head buffers: a thousand idle viewers hold nothing.
+            requestHeads = HeadBuffer()
+            responseHeads = HeadBuffer()
             if silentChecks >= Self.idleChecksPerPeriod {
                 logger.debug("closing idle client connection", metadata: ["client": "\(peer.text)"])
                 closeNow()

@@ -97,6 +97,9 @@ struct HeadBuffer {
         return buffer
     }
 
+    /// Whether a buffer is kept (for tests).
+    var isKept: Bool { kept != nil }
+
     /// Keeps the head just written, once nothing more will be written into it, for the next `take`.
     mutating func keep(_ buffer: ByteBuffer) {
         kept = buffer.capacity <= Self.keptCapacityLimit ? buffer : nil
