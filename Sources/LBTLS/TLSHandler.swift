@@ -208,6 +208,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func bufferUntilFlush(_ plaintext: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        // An empty write (a promise to complete after what went before, as when a response ends before a close)
+        // adds nothing to what is buffered: its promise joins theirs, and the buffer is not touched (appending to
+        // it would copy it if its writer still holds it).
+        if plaintext.readableBytes == 0, unflushed != nil {
+            if let promise { unflushedPromises.append(promise) }
+            return
+        }
         if let buffered = unflushed, buffered.readableBytes + plaintext.readableBytes > Self.recordSize {
             encryptUnflushed(context: context)
         }

@@ -29,7 +29,9 @@ for dependency in libnl-3-200 libnl-genl-3-200 libnl-route-3-200 libssl3 iptable
     grep -qE "^Depends:.*\b$dependency\b" <<<"$fields" || fail "Depends lacks $dependency"
 done
 # The binaries are linked with packed relocations, which glibc reads from 2.36 on (GLIBC_ABI_DT_RELR).
-grep -qF "libc6 (>= 2.36)" <<<"$fields" || fail "Depends lacks libc6 (>= 2.36), which packed relocations need"
+libc_needed=$(sed -nE 's/^Depends:.*libc6 \(>= ([0-9.]+)\).*/\1/p' <<<"$fields")
+[ -n "$libc_needed" ] && dpkg --compare-versions "$libc_needed" ge 2.36 \
+    || fail "Depends asks libc6 >= '$libc_needed'; packed relocations need 2.36"
 grep -qE '^Recommends:.*\bipvsadm\b.*\bkeepalived\b' <<<"$fields" || fail "Recommends lacks ipvsadm, keepalived (a pair)"
 grep -qE '^Suggests:.*\bdcmtk\b' <<<"$fields" || fail "Suggests lacks dcmtk"
 [ "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/lb/lb.yaml ] || fail "conffiles is not /etc/lb/lb.yaml"

@@ -134,7 +134,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             silentChecks = 0
         } else {
             silentChecks += 1
-            // A connection silent for a check period keeps no head buffers: a thousand idle viewers hold nothing.
+            // A connection silent for a check period keeps no head buffers. (With the default timeouts a silent
+            // keep-alive connection is closed at the header timeout first, taking them along.)
             requestHeads = HeadBuffer()
             responseHeads = HeadBuffer()
             if silentChecks >= Self.idleChecksPerPeriod {
@@ -632,6 +633,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         writeHeldHead()
         activity &+= 1
         let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
+        if !keepAlive {
+            // No next head: the buffers go with their last bytes (and what is written below is not appended to a
+            // buffer kept here, which would copy it).
+            requestHeads = HeadBuffer()
+            responseHeads = HeadBuffer()
+        }
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
         if responseChunked {
             responseChunked = false
