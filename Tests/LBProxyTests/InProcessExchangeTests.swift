@@ -18,9 +18,13 @@ struct InProcessExchangeTests {
             real_servers: [{name: web1, address: 192.0.2.20}]
         """
 
+    /// The viewer's service exchanging `request` and `response`.
+    static func viewerExchange(request: String, response: String) throws -> InProcessExchange {
+        try InProcessExchange(service: try makeService(viewerService), request: request, response: response)
+    }
+
     @Test func requestsReachTheServerRewrittenAndResponsesReachTheClient() throws {
-        let exchange = try InProcessExchange(
-            service: try makeService(Self.viewerService),
+        let exchange = try Self.viewerExchange(
             request: "GET /study/1 HTTP/1.1\r\nHost: viewer\r\nConnection: keep-alive\r\nUser-Agent: t\r\n\r\n",
             response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok")
         defer { exchange.finish() }
@@ -58,10 +62,8 @@ struct InProcessExchangeTests {
     /// it over and keeps it through keep-alive requests (each re-arms the header deadline by a store), rather than
     /// cancelling and scheduling one per connection or per request.
     @Test func aConnectionSchedulesOneTimer() throws {
-        let exchange = try InProcessExchange(
-            service: try makeService(Self.viewerService),
-            request: "GET / HTTP/1.1\r\nHost: viewer\r\n\r\n",
-            response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        let exchange = try Self.viewerExchange(request: "GET / HTTP/1.1\r\nHost: viewer\r\n\r\n",
+                                               response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         defer { exchange.finish() }
         for _ in 1...5 { try exchange.exchange() }
         #expect(exchange.frontTimersScheduled == 0)

@@ -57,6 +57,17 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var responseHeads = HeadBuffer()
     /// How many head buffers the connection keeps (for tests).
     var keptHeadBuffers: Int { (requestHeads.isKept ? 1 : 0) + (responseHeads.isKept ? 1 : 0) }
+
+    private func dropHeadBuffers() {
+        requestHeads = HeadBuffer()
+        responseHeads = HeadBuffer()
+    }
+
+    /// Writes a buffer of response bytes taken from `responseHeads`, which keeps it for the next response.
+    private func writeKeptResponseBytes(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        responseHeads.keep(bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
     private var requestChunked = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
@@ -136,8 +147,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             silentChecks += 1
             // A connection silent for a check period keeps no head buffers. (With the default timeouts a silent
             // keep-alive connection is closed at the header timeout first, taking them along.)
-            requestHeads = HeadBuffer()
-            responseHeads = HeadBuffer()
+            dropHeadBuffers()
             if silentChecks >= Self.idleChecksPerPeriod {
                 logger.debug("closing idle client connection", metadata: ["client": "\(peer.text)"])
                 closeNow()
@@ -562,9 +572,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private func writeHeldHead() {
         guard let head = heldHead, let context else { return }
         heldHead = nil
-        let bytes = ResponseBytes.forwarded(head, into: &responseHeads, allocator: context.channel.allocator)
-        responseHeads.keep(bytes)
-        context.write(wrapOutboundOut(bytes), promise: nil)
+        writeKeptResponseBytes(ResponseBytes.forwarded(head, into: &responseHeads, allocator: context.channel.allocator),
+                               context: context)
     }
 
     func responseBody(_ body: ByteBuffer) {
@@ -591,12 +600,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             var body = body
             framing.writeBuffer(&body)
             if responseChunked { framing.writeStaticString("\r\n") }
-            responseHeads.keep(framing)
-            context.write(wrapOutboundOut(framing), promise: nil)
+            writeKeptResponseBytes(framing, context: context)
             return
         }
-        responseHeads.keep(framing)
-        context.write(wrapOutboundOut(framing), promise: nil)
+        writeKeptResponseBytes(framing, context: context)
         context.write(wrapOutboundOut(body), promise: nil)
         if responseChunked {
             var end = context.channel.allocator.buffer(capacity: 2)
@@ -633,12 +640,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         writeHeldHead()
         activity &+= 1
         let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
-        if !keepAlive {
-            // No next head: the buffers go with their last bytes (and what is written below is not appended to a
-            // buffer kept here, which would copy it).
-            requestHeads = HeadBuffer()
-            responseHeads = HeadBuffer()
-        }
+        // No next head: the buffers go with their last bytes (and what is written below is not appended to a
+        // buffer kept here, which would copy it).
+        if !keepAlive { dropHeadBuffers() }
         let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
         if responseChunked {
             responseChunked = false
