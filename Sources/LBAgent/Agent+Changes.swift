@@ -118,7 +118,7 @@ extension Agent {
         guard old != mode else { return ControlResponse(ok: true, message: "\(name) is already \(mode.rawValue)") }
         // Edit the file where `mode:` is written, so comments and layout stay as the operator wrote them.
         let location = report.sourceMap.location(of: ConfigPath.virtualService(index) / "mode")
-        var lines = text.components(separatedBy: "\n")
+        var lines = text.sourceLines.map(String.init)
         guard location.line >= 1, location.line <= lines.count else {
             return ControlResponse(ok: false, message: "cannot find the mode of \(name) in \(configPath); nothing changed")
         }

@@ -13,7 +13,7 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard (report.configuration == nil) == hasErrors, report.isValid == !hasErrors else {
         fatalError("incoherent report: model \(report.configuration != nil), errors \(hasErrors)")
     }
-    let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+    let lines = text.sourceLines.count
     for diagnostic in report.diagnostics where diagnostic.location.line < 1 || diagnostic.location.line > max(lines, 1) {
         fatalError("diagnostic outside the file (\(lines) lines): \(diagnostic)")
     }

@@ -211,6 +211,18 @@ struct AgentTableTests {
         #expect(try String(contentsOfFile: harness.configPath, encoding: .utf8).hasSuffix("# edited by hand\n"))
     }
 
+    /// A config saved on Windows keeps its CR LF line ends through `lbctl mode`; the edit used to find no line
+    /// to change, because CR LF is one Swift Character and the file was read as one line.
+    @Test func modeSwitchEditsAWindowsFileInPlace() async throws {
+        let windows = Self.config().replacingOccurrences(of: "\n", with: "\r\n")
+        let harness = try await AgentHarness(config: windows)
+        let response = await harness.agent.handle(ControlRequest(command: .mode, service: "web", mode: "l7-tcp"))
+        #expect(response.ok, "\(response.message ?? "")")
+        #expect(harness.proxy.services["web"]?.mode == .l7TCP)
+        let written = try Data(contentsOf: URL(fileURLWithPath: harness.configPath))
+        #expect(written == Data(windows.replacingOccurrences(of: "mode: l7-http", with: "mode: l7-tcp").utf8))
+    }
+
     @Test func layer4FallbackStandsInWhileNoServerIsUsable() async throws {
         let config = Self.config().replacingOccurrences(of: "      - {name: core-2, address: 10.0.1.2}\n",
                                                         with: "      - {name: core-2, address: 10.0.1.2}\n    fallback: {address: 10.0.1.99}\n")

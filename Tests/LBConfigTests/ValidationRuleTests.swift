@@ -405,7 +405,7 @@ struct FuzzRegressionTests {
         let data = try #require(Data(base64Encoded: base64))
         let text = String(decoding: data, as: UTF8.self)
         let report = ConfigurationLoader.check(yaml: text, file: "fuzz.yaml")
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+        let lines = text.sourceLines.count
         #expect(!report.isValid)
         #expect(report.diagnostics.allSatisfy { (1...lines).contains($0.location.line) }, "\(report.diagnostics)")
     }
@@ -432,5 +432,28 @@ struct FuzzRegressionTests {
         // Windows line ends are ordinary line ends.
         let windows = valid.replacingOccurrences(of: "\n", with: "\r\n")
         #expect(check(windows).isValid, "\(check(windows).diagnostics)")
+    }
+
+    /// scripts/fuzz config (a CI run): Swift reads CR LF as one Character, so `split(separator: "\n")` counted a
+    /// Windows file as one line. The loader then moved every syntax error past line 1 to the end of line 1, and the
+    /// fuzz target called a right line number "outside the file". Lines are counted at line feeds now.
+    @Test func aWindowsFileNumbersItsLinesAsAnEditorDoes() throws {
+        let unix = "virtual_services:\n  - name: web\n    vip: 10.0.0.1\n    ports: [80, 443\n    mode: l7-http\n"
+        let windows = unix.replacingOccurrences(of: "\n", with: "\r\n")
+        let unixError = try #require(check(unix).diagnostics.errors.first)
+        let windowsError = try #require(check(windows).diagnostics.errors.first)
+        #expect(unixError.location.line > 1)
+        #expect(windowsError.location.line == unixError.location.line, "\(windowsError)")
+        #expect(windowsError.location.column == unixError.location.column, "\(windowsError)")
+        #expect(windows.sourceLines.count == unix.sourceLines.count)
+        #expect(windows.sourceLines.joined(separator: "\n") == windows)
+
+        // The input that CI's fuzz run stopped on: a lone CR on line 5 of a file that also has CR LF line ends.
+        let base64 = "aSB8IAAAAG1jOiANClRUIyBBIHNtYWxuIGNvbmZgAAAAAAAAACBwYmFjayBmb3Igio2GlpGY35NuZSAobm8gcm9vdCwgbm8gcmVhcnYjIEFHRkEgSGVhbHRoQ2FyZSBFbnRlcnByaXNlIEltYWdpbmcgYmVoaW5kIGxiOiB0aCB5b3MAAAAAbWM6IA0KVFR1cnMuCiMKIyAgIDEwLjIwAAAAAC4wLjEwICAgdGhlY29yIGUgc2VydmUgVw1IMg=="
+        let fuzzed = String(decoding: try #require(Data(base64Encoded: base64)), as: UTF8.self)
+        let report = ConfigurationLoader.check(yaml: fuzzed, file: "fuzz.yaml")
+        #expect(fuzzed.sourceLines.count == 5)
+        #expect(report.diagnostics.map(\.location.line) == [5], "\(report.diagnostics)")
+        #expect(report.diagnostics.first?.message.contains("carriage return") == true)
     }
 }

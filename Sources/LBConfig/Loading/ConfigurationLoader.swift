@@ -103,7 +103,7 @@ public enum ConfigurationLoader {
         let hint = "fix the YAML syntax at this position (indentation, a missing ':' or an unclosed quote or bracket)"
         // libyaml places an error found at the end of the input one line past it when the last line has no newline
         // (found by scripts/fuzz config): point at the end of the last line instead.
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = text.sourceLines
         func at(_ mark: Mark) -> SourceLocation {
             guard mark.line > lines.count, let last = lines.last else {
                 return SourceLocation(file: file, line: mark.line, column: mark.column)
