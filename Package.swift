@@ -210,7 +210,7 @@ let package = Package(
         .testTarget(
             name: "LBProxyTests",
             dependencies: [
-                "LBProxy", "LBRuntime", "LBTestSupport", "LBStrictHTTP",
+                "LBProxy", "LBRuntime", "LBTLS", "LBTestSupport", "LBStrictHTTP",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

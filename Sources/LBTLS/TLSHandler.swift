@@ -37,6 +37,11 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var unflushed: ByteBuffer?
     private var unflushedPromises: [EventLoopPromise<Void>] = []
     private static let recordSize = 16 * 1024
+    /// The buffers of the last plaintext read and the last ciphertext sent, written over by the next read or send
+    /// once nothing else holds them (the decoder above has consumed the read, the socket has written the send): a
+    /// kept-alive connection then takes no new buffer per exchange, and nothing still held is written over.
+    private var plaintextReads = ReusableBuffer()
+    private var ciphertextSends = ReusableBuffer()
 
     /// How long a close waits for close_notify to be written (see `close`).
     private let closeNotifyWait: TimeAmount
@@ -157,7 +162,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             let capacity = min(max(available, 512), Self.recordSize)
-            var buffer = context.channel.allocator.buffer(capacity: capacity)
+            var buffer = plaintextReads.take(capacity: capacity, allocator: context.channel.allocator)
             var result: Int32 = 0
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { pointer in
                 ERR_clear_error()
@@ -165,6 +170,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return max(Int(result), 0)
             }
             if result > 0 {
+                plaintextReads.keep(buffer)
                 context.fireChannelRead(wrapInboundOut(buffer))
                 continue
             }
@@ -303,11 +309,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let promise { context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise) }
             return
         }
-        var buffer = context.channel.allocator.buffer(capacity: pending)
+        var buffer = ciphertextSends.take(capacity: pending, allocator: context.channel.allocator)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { pointer in
             ERR_clear_error()
             return Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
         }
+        ciphertextSends.keep(buffer)
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
 
@@ -337,6 +344,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func freeSession() {
+        plaintextReads = ReusableBuffer()
+        ciphertextSends = ReusableBuffer()
         if let ssl { SSL_free(ssl) }  // frees the BIOs too
         ssl = nil
         readBIO = nil

@@ -1,4 +1,5 @@
 @testable import LBProxy
+import LBTLS
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -208,11 +209,11 @@ struct RequestBytesTests {
 
 /// A connection's head buffer is reused only when nothing else holds it, and never written over bytes that are.
 @Suite("Head buffers")
-struct HeadBufferTests {
+struct ReusableBufferTests {
     private func storage(_ buffer: ByteBuffer) -> UInt { buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
 
     @Test func aHeadTheSocketHasTakenLendsItsStorageToTheNext() {
-        var heads = HeadBuffer()
+        var heads = ReusableBuffer()
         var first = heads.take(capacity: 100, allocator: ByteBufferAllocator())
         first.writeString("GET /a HTTP/1.1\r\n\r\n")
         let address = storage(first)
@@ -226,7 +227,7 @@ struct HeadBufferTests {
     }
 
     @Test func aHeadStillQueuedIsNeverWrittenOver() {
-        var heads = HeadBuffer()
+        var heads = ReusableBuffer()
         var queued = heads.take(capacity: 100, allocator: ByteBufferAllocator())
         queued.writeString("GET /a HTTP/1.1\r\n\r\n")
         heads.keep(queued)  // `queued` stands for the copy a slow socket (or a retry) still holds
@@ -238,8 +239,8 @@ struct HeadBufferTests {
     }
 
     @Test func aLargeHeadIsNotKept() {
-        var heads = HeadBuffer()
-        var large = heads.take(capacity: HeadBuffer.keptCapacityLimit + 1, allocator: ByteBufferAllocator())
+        var heads = ReusableBuffer()
+        var large = heads.take(capacity: ReusableBuffer.keptCapacityLimit + 1, allocator: ByteBufferAllocator())
         let largeCapacity = large.capacity
         heads.keep(large)
         large = ByteBuffer()  // written and let go: only a kept copy could still hold its storage

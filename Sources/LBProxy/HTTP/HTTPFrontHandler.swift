@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -53,14 +54,14 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     /// bytes (kept for a retry); whether its body goes in chunked coding (lb frames each part itself).
     private var forwarded: (head: HTTPRequestHead, bytes: ByteBuffer)?
     /// The storage the request heads and the response heads are written into, reused while nothing else holds it.
-    private var requestHeads = HeadBuffer()
-    private var responseHeads = HeadBuffer()
+    private var requestHeads = ReusableBuffer()
+    private var responseHeads = ReusableBuffer()
     /// How many head buffers the connection keeps (for tests).
     var keptHeadBuffers: Int { (requestHeads.isKept ? 1 : 0) + (responseHeads.isKept ? 1 : 0) }
 
     private func dropHeadBuffers() {
-        requestHeads = HeadBuffer()
-        responseHeads = HeadBuffer()
+        requestHeads = ReusableBuffer()
+        responseHeads = ReusableBuffer()
     }
 
     /// Writes a buffer of response bytes taken from `responseHeads`, which keeps it for the next response.

@@ -35,7 +35,7 @@ public final class InProcessExchange {
     public private(set) var lastResponseAtClient = ByteBuffer()
     /// Whether `exchange` keeps what it delivered in the two above. The benchmark turns it off: a kept buffer is
     /// one lb would find still referenced at the next request, as if the socket had not taken its bytes, and lb
-    /// would not reuse its head buffers (`HeadBuffer`) as it does behind a real socket.
+    /// would not reuse its head buffers (`ReusableBuffer`) as it does behind a real socket.
     public var keepsLastMessages = true {
         didSet {
             if !keepsLastMessages { lastRequestAtServer = ByteBuffer(); lastResponseAtClient = ByteBuffer() }

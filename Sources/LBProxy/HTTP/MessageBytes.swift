@@ -1,3 +1,4 @@
+import LBTLS
 import NIOCore
 import NIOHTTP1
 
@@ -79,33 +80,6 @@ package enum MessageBytes {
     }
 }
 
-/// The buffer one side of a connection writes its message heads into, kept from one message to the next. Once the
-/// socket has taken a head's bytes, this holds the only reference to their storage again, and the next head is
-/// written over it: a kept-alive connection then allocates no buffer per head. While anything else still holds them
-/// (bytes queued for a slow peer, a request kept for a retry), `ByteBuffer`'s copy-on-write leaves them alone and
-/// the next head gets new storage; nothing waiting to be sent is ever written over.
-struct HeadBuffer {
-    private var kept: ByteBuffer?
-    /// A head larger than this (a rare one with big cookies) is not kept: an idle connection holds little.
-    static let keptCapacityLimit = 4096
-
-    /// An empty buffer with room for `capacity` bytes: the kept one's storage if nothing else holds it.
-    mutating func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard var buffer = kept else { return allocator.buffer(capacity: capacity) }
-        kept = nil  // so that `buffer` may be the storage's only reference
-        buffer.clear(minimumCapacity: capacity)
-        return buffer
-    }
-
-    /// Whether a buffer is kept (for tests).
-    var isKept: Bool { kept != nil }
-
-    /// Keeps the head just written, once nothing more will be written into it, for the next `take`.
-    mutating func keep(_ buffer: ByteBuffer) {
-        kept = buffer.capacity <= Self.keptCapacityLimit ? buffer : nil
-    }
-}
-
 /// The bytes of the requests lb sends to real servers, written by `HTTPFrontHandler` itself instead of through NIO's
 /// request encoder: no handler between `BackendHandler` and the socket, the head written into one buffer sized for
 /// it, and a request without a body sent as that one buffer.
@@ -116,13 +90,13 @@ package enum RequestBytes {
     /// client's list with the client appended) and X-Forwarded-Proto last.
     package static func forwarded(_ head: HTTPRequestHead, framing: BodyFraming, forwardedFor: (client: String, proto: String)?,
                                   allocator: ByteBufferAllocator) -> ByteBuffer {
-        var fresh = HeadBuffer()
+        var fresh = ReusableBuffer()
         return forwarded(head, framing: framing, forwardedFor: forwardedFor, into: &fresh, allocator: allocator)
     }
 
-    /// As above, written into the storage of the connection's last head if nothing else holds it (`HeadBuffer`).
+    /// As above, written into the storage of the connection's last head if nothing else holds it (`ReusableBuffer`).
     static func forwarded(_ head: HTTPRequestHead, framing: BodyFraming, forwardedFor: (client: String, proto: String)?,
-                          into heads: inout HeadBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+                          into heads: inout ReusableBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         // An empty body of a method that normally has one is stated: some servers refuse such a request without a
         // length (411).
         let stated = framing == .unframed && (head.method == .POST || head.method == .PUT || head.method == .PATCH)
@@ -230,12 +204,12 @@ enum ResponseBytes {
     /// the server's fields (`MessageBytes.writeForwardedFields`), then Connection and Set-Cookie if lb sets them;
     /// room for `extra` more bytes.
     static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var fresh = HeadBuffer()
+        var fresh = ReusableBuffer()
         return forwarded(out, extra: extra, into: &fresh, allocator: allocator)
     }
 
-    /// As above, written into the storage of the connection's last head if nothing else holds it (`HeadBuffer`).
-    static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, into heads: inout HeadBuffer,
+    /// As above, written into the storage of the connection's last head if nothing else holds it (`ReusableBuffer`).
+    static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, into heads: inout ReusableBuffer,
                           allocator: ByteBufferAllocator) -> ByteBuffer {
         let reason = out.head.status.reasonPhrase
         var size = 9 + 3 + 1 + reason.utf8.count + 2 + MessageBytes.fieldsSize(out.head.headers) + MessageBytes.framingFieldSize

@@ -1,0 +1,134 @@
+import Foundation
+import LBTLS
+import NIOCore
+import NIOEmbedded
+import Testing
+
+/// `TLSHandler` writes each plaintext read and each ciphertext send into the storage of the one before, once nothing
+/// else holds it, and never over bytes something still holds. Real OpenSSL on both ends (the bundled demo
+/// certificate), two embedded channels, the bytes pumped between them.
+@Suite("TLS buffers")
+struct TLSBufferTests {
+    static let certificates = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("examples/certs")
+
+    /// What the server's pipeline passed up: each read's bytes and the address of its storage.
+    final class Reads: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var texts: [String] = []
+        var storages: [UInt] = []
+        var held: [ByteBuffer] = []
+        var holdReads = false
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = unwrapInboundIn(data)
+            texts.append(String(buffer: buffer))
+            storages.append(storage(buffer))
+            if holdReads { held.append(buffer) }  // as a decoder holding part of a request would
+        }
+    }
+
+    struct Connection {
+        let client: EmbeddedChannel
+        let server: EmbeddedChannel
+        let reads: Reads
+
+        init() throws {
+            let server = try TLSContext.server(certificateChain: TLSBufferTests.certificates.appendingPathComponent("demo-viewer.pem").path,
+                                               privateKey: TLSBufferTests.certificates.appendingPathComponent("demo-viewer.key").path)
+            reads = Reads()
+            self.server = EmbeddedChannel()
+            try self.server.pipeline.syncOperations.addHandlers([TLSHandler(context: server), reads])
+            client = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client()))
+            try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+            try self.server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+            try pump()
+        }
+
+        /// Moves ciphertext both ways until neither side has more to send. Returns the server's sends.
+        @discardableResult
+        func pump() throws -> [ByteBuffer] {
+            var serverSends: [ByteBuffer] = []
+            var moved = true
+            while moved {
+                moved = false
+                while let bytes = try client.readOutbound(as: ByteBuffer.self) {
+                    try server.writeInbound(bytes)
+                    moved = true
+                }
+                while let bytes = try server.readOutbound(as: ByteBuffer.self) {
+                    serverSends.append(bytes)
+                    try client.writeInbound(bytes)
+                    moved = true
+                }
+            }
+            while try client.readInbound(as: ByteBuffer.self) != nil {}
+            return serverSends
+        }
+
+        func clientSends(_ text: String) throws {
+            try client.writeAndFlush(ByteBuffer(string: text)).wait()
+            try pump()
+        }
+    }
+
+    /// Buffers of the same size held while a freed one could be handed out again: an address seen twice is then
+    /// storage kept and reused, not malloc's recycling.
+    static func occupyFreedStorage(capacity: Int) -> [ByteBuffer] {
+        (0..<8).map { _ in ByteBufferAllocator().buffer(capacity: capacity) }
+    }
+
+    @Test func readsReuseTheirStorageOnceTheDecoderLetsGo() throws {
+        let connection = try Connection()
+        try connection.clientSends("GET /a HTTP/1.1\r\n\r\n")
+        let blockers = Self.occupyFreedStorage(capacity: 512)
+        try connection.clientSends("GET /b HTTP/1.1\r\n\r\n")
+        #expect(connection.reads.texts == ["GET /a HTTP/1.1\r\n\r\n", "GET /b HTTP/1.1\r\n\r\n"])
+        #expect(connection.reads.storages.count == 2)
+        #expect(connection.reads.storages.first == connection.reads.storages.last, "the second read took new storage")
+        withExtendedLifetime(blockers) {}
+    }
+
+    @Test func aReadStillHeldIsNeverWrittenOver() throws {
+        let connection = try Connection()
+        connection.reads.holdReads = true
+        try connection.clientSends("GET /a HTTP/1.1\r\n\r\n")
+        try connection.clientSends("GET /b HTTP/1.1\r\n\r\n")
+        #expect(Set(connection.reads.storages).count == 2)
+        #expect(connection.reads.held.map { String(buffer: $0) } == ["GET /a HTTP/1.1\r\n\r\n", "GET /b HTTP/1.1\r\n\r\n"])
+    }
+
+    @Test func sendsReuseTheirStorageOnceTheSocketLetsGo() throws {
+        let connection = try Connection()
+        try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")).wait()
+        var first: [ByteBuffer]? = try connection.pump()  // the client has read it: the socket would let go now
+        let firstStorage = try #require(first?.last.map(storage))
+        let capacity = first?.last?.capacity ?? 0
+        first = nil
+        let blockers = Self.occupyFreedStorage(capacity: capacity)
+        try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")).wait()
+        let second = try connection.pump()
+        #expect(second.count == 1)
+        #expect(second.last.map(storage) == firstStorage, "the second send took new storage")
+        withExtendedLifetime(blockers) {}
+    }
+
+    @Test func aSendStillQueuedIsNeverWrittenOver() throws {
+        let connection = try Connection()
+        try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")).wait()
+        // Held as a slow client's socket would hold it, before it reaches the client.
+        let queued = try #require(try connection.server.readOutbound(as: ByteBuffer.self))
+        let queuedBytes = Array(queued.readableBytesView)
+        try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")).wait()
+        let next = try #require(try connection.server.readOutbound(as: ByteBuffer.self))
+        #expect(storage(next) != storage(queued))
+        #expect(Array(queued.readableBytesView) == queuedBytes)
+        // Both still decrypt, in order, on the client.
+        try connection.client.writeInbound(queued)
+        try connection.client.writeInbound(next)
+        let plaintext = [try connection.client.readInbound(as: ByteBuffer.self), try connection.client.readInbound(as: ByteBuffer.self)]
+        #expect(plaintext.map { $0.map { String(buffer: $0) } } == ["HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+                                                                  "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"])
+    }
+}
+
+private func storage(_ buffer: ByteBuffer) -> UInt { buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
