@@ -27,6 +27,11 @@ final class PrometheusMetrics: @unchecked Sendable {
         lock.lock()
         checks[service, default: [:]][server] = (seconds, passed)
         lock.unlock()
+        // A count, not only the last result: a server that fails one check in ten never changes state, and a
+        // script can wait for the next checks to have run.
+        registry.makeCounter(name: "lb_health_checks_total",
+                             labels: [("service", service), ("server", server), ("result", passed ? "passed" : "failed")],
+                             help: "health checks run since lbd started, by result").increment()
     }
 
     /// The text exposition of every metric, refreshed now.

@@ -133,8 +133,9 @@ for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | holds no
 # --server: one node, every VIP.
 lbctl online --server node-2 | holds "node-2: online in Viewer, DICOM" || fail "online --server"
 lbctl online DICOM "$server" >/dev/null
-sleep 0.6
-[ "$(for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | sort -u | wc -l)" = 2 ] || fail "node-2 not back"
+both_serve() { [ "$(for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | sort -u | wc -l)" = 2 ]; }
+for _ in $(seq 50); do both_serve && break; sleep 0.1; done
+both_serve || fail "node-2 not back"
 lbctl drain --server node-1 >/dev/null
 grep -qE "^  node-1 .* drain " <<<"$(lbctl status DICOM)" || fail "drain --server missed DICOM"
 lbctl online --server node-1 >/dev/null
@@ -176,13 +177,15 @@ while time.time() < end:
     time.sleep(0.02)
 PY
 modeload=$!
-sleep 1
+# Each switch happens while requests flow: at least ten answered before it, ten more before the next.
+answered_at_least() { for _ in $(seq 100); do [ "$(wc -l < "$work/mode-load.txt")" -ge "$1" ] && return 0; sleep 0.05; done; fail "the load stopped: $(wc -l < "$work/mode-load.txt") requests"; }
+answered_at_least 10
 out=$(lbctl mode Viewer l7-tcp) || fail "mode switch failed: $out"
 grep -q "Viewer: l7-http → l7-tcp" <<<"$out" || fail "mode switch message: $out"
 grep -A3 "name: Viewer" "$work/lb.yaml" | holds "mode: l7-tcp" || fail "the config file was not updated"
 grep -A3 "name: Viewer" "$work/lb.yaml.bak" | holds "mode: l7-http" || fail "the previous config was not kept as .bak"
 grep -qE "^Viewer +l7-tcp " <<<"$(lbctl status Viewer)" || fail "status does not show the new mode"
-sleep 1
+answered_at_least $(( $(wc -l < "$work/mode-load.txt") + 10 ))
 lbctl mode Viewer l7-http >/dev/null || fail "switching back failed"
 wait $modeload
 total=$(wc -l < "$work/mode-load.txt"); failed=$(grep -c FAILED "$work/mode-load.txt")

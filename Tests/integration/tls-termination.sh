@@ -61,7 +61,8 @@ virtual_services:
 YAML
 # Real servers first, so lbd's first checks find them serving.
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$rs1/" >/dev/null && curl -sfk "https://127.0.0.1:$tlsrs/" >/dev/null && break; sleep 0.1; done
-"$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" > "$work/lbd.log" 2>&1 & pids+=($!)
+metrics=$((base + 1004))
+"$bin/lbd" --config "$work/lb.yaml" --threads 2 --socket "$work/lbd.sock" --state-dir "$work/state" --metrics "127.0.0.1:$metrics" > "$work/lbd.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null && break; sleep 0.1; done
 
 # curl verifies the chain against our CA: the certificate and key from the config are the ones served.
@@ -133,8 +134,16 @@ plain=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$vip/" || true)
 [ "$plain" != "200" ] || fail "plain HTTP accepted on the TLS port"
 curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null || fail "TLS broken after a plain client"
 
-# https-get: the real TLS server stays up, the plain-HTTP one is down (its TLS handshake fails) and stays down.
-sleep 2.5
+# https-get: the real TLS server stays up, the plain-HTTP one is down (its TLS handshake fails) and stays down,
+# over three more checks of each (lb_health_checks_total counts them).
+checks() { curl -s "http://127.0.0.1:$metrics/metrics" | awk -v s="server=\"$1\"" -v r="result=\"$2\"" 'index($0, "lb_health_checks_total{") == 1 && index($0, s) && index($0, r) { print $2 + 0; found = 1 } END { if (!found) print 0 }'; }
+plain_failed=$(checks plain-http failed); tls_passed=$(checks tls-up passed)
+for _ in $(seq 100); do
+    [ "$(checks plain-http failed)" -ge $((plain_failed + 3)) ] && [ "$(checks tls-up passed)" -ge $((tls_passed + 3)) ] && break
+    sleep 0.1
+done
+[ "$(checks plain-http failed)" -ge $((plain_failed + 3)) ] || fail "the plain-HTTP server's https-get checks did not run (or did not fail): $(checks plain-http failed)"
+[ "$(checks tls-up passed)" -ge $((tls_passed + 3)) ] || fail "the TLS server's https-get checks did not run (or did not pass): $(checks tls-up passed)"
 last_transition() { grep "server=$1 service=https-checked" "$work/lbd.log" | grep -E "real server (up|down)" | tail -1; }
 grep -q "real server down" <<<"$(last_transition plain-http)" || fail "https-get did not keep a plain HTTP server down"
 if grep -q "real server down" <<<"$(last_transition tls-up)"; then fail "https-get holds a healthy TLS server down"; fi
