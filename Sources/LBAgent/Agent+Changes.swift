@@ -293,16 +293,26 @@ extension Agent {
     /// The periodic check, from the state in force: IPVS from a fresh dump, VIP addresses, lb's netfilter chains.
     func repairDriftNow() {
         let services = state.configuration.virtualServices
+        var repaired = false
+        defer {
+            driftCounts.checks += 1
+            if repaired { driftCounts.repairs += 1 }
+        }
         do {
             if let kernel {
                 let operations = try kernel.repair(desiredIPVSTable())
                 if !operations.isEmpty {
+                    repaired = true
                     logger.warning("IPVS differed from the config; repaired", metadata: ["operations": "\(operations.count)"])
                 }
             }
             let added = try addresses.apply(state.configuration.servicesWithVIPsAddedByLB)
-            if !added.isEmpty { logger.warning("VIP addresses were missing; restored", metadata: ["addresses": "\(added)"]) }
+            if !added.isEmpty {
+                repaired = true
+                logger.warning("VIP addresses were missing; restored", metadata: ["addresses": "\(added)"])
+            }
             if effectors.firewall.needsRepair(for: services) {
+                repaired = true
                 try effectors.firewall.apply(services)
                 logger.warning("netfilter chains or the transparent policy route differed from the config; restored")
             }

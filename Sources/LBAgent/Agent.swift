@@ -29,6 +29,8 @@ public final class Agent: @unchecked Sendable {
     /// This node's name in a pair (`lbd --node`, default the host name).
     let node: String
     var heartbeatTimer: DispatchSourceTimer?
+    /// The periodic drift checks run since start, and how many of them repaired something (metrics).
+    var driftCounts = DriftCounts()
     var peerWasReachable = false
 
     public init(configuration: Configuration, configText: String?, configPath: String, effectors: Effectors,
@@ -91,6 +93,11 @@ public final class Agent: @unchecked Sendable {
     /// This node's place in a pair (nil on a single node), for metrics and the status page.
     public func pairStatus() async -> PairReport? {
         await onQueue { self.pairReport() }
+    }
+
+    /// The drift checks run so far and how many found something to repair.
+    public func driftCheckCounts() async -> DriftCounts {
+        await onQueue { self.driftCounts }
     }
 
     /// IPVS totals per kernel service ("10.0.0.40:104/tcp").

@@ -40,6 +40,11 @@ final class PrometheusMetrics: @unchecked Sendable {
         let ipvs = await agent.ipvsCounters()
         let pair = await agent.pairStatus()
         let checks = lock.withLock { self.checks }
+        let drift = await agent.driftCheckCounts()
+        registry.makeGauge(name: "lb_drift_checks", help: "periodic checks of the kernel's state against the config since lbd started")
+            .set(Double(drift.checks))
+        registry.makeGauge(name: "lb_drift_repairs", help: "drift checks that found IPVS, a VIP address or lb's netfilter chains changed, and repaired them")
+            .set(Double(drift.repairs))
         if let pair {
             // One series per role, 1 for the one this node is in.
             for role in ["starting", "master", "backup", "fault", "stopped"] {

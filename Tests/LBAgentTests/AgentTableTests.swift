@@ -211,6 +211,20 @@ struct AgentTableTests {
         #expect(try String(contentsOfFile: harness.configPath, encoding: .utf8).hasSuffix("# edited by hand\n"))
     }
 
+    /// lb_drift_checks and lb_drift_repairs: every pass counts, and a pass that put something back counts once more.
+    @Test func driftPassesAndRepairsAreCounted() async throws {
+        let harness = try await AgentHarness(config: Self.config())
+        await harness.agent.repairDrift()
+        #expect(await harness.agent.driftCheckCounts() == DriftCounts(checks: 1, repairs: 0))
+        let addresses = harness.links.addresses
+        harness.links.addresses.removeAll()  // someone took the VIPs off the interface
+        await harness.agent.repairDrift()
+        #expect(await harness.agent.driftCheckCounts() == DriftCounts(checks: 2, repairs: 1))
+        #expect(harness.links.addresses == addresses)
+        await harness.agent.repairDrift()
+        #expect(await harness.agent.driftCheckCounts() == DriftCounts(checks: 3, repairs: 1))
+    }
+
     /// A config saved on Windows keeps its CR LF line ends through `lbctl mode`; the edit used to find no line
     /// to change, because CR LF is one Swift Character and the file was read as one line.
     @Test func modeSwitchEditsAWindowsFileInPlace() async throws {

@@ -10,6 +10,7 @@ make_study "$dir/study" 6 512
 cp Tests/integration/vm/dicom-l4.sh Tests/integration/vm/topology.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=300 scripts/ipvs-vm bash "$dir/dicom-l4.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
+grep "^wait timed out" <<<"$out" && fail "a wait in the VM ran out"
 grep -q "storescu FAILED" <<<"$out" && fail "a storescu run failed"
 grep -qE -- "-> 10\.0\.1\.11:11112 +Masq +100 " <<<"$out" || fail "pacs1 not healthy in IPVS (dicom-echo)"
 grep -qE -- "-> 10\.0\.1\.13:11112 +Masq +100 " <<<"$out" || fail "pacs3 not healthy in IPVS (dicom-echo)"

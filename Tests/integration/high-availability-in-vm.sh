@@ -23,6 +23,7 @@ out=$(IPVS_VM_TIMEOUT=900 IPVS_VM_MEMORY=1536 scripts/ipvs-vm bash "$dir/pair.sh
 echo "$out" > "$dir/out.txt"
 section() { awk -v s="== $1" 'index($0, s) == 1 {on=1; next} /^== / {on=0} on' <<<"$out"; }
 show() { echo "$out" | grep -vE '^== log|^[0-9]{4}-' | head -200; }
+grep "wait timed out" <<<"$out" && { show; fail "a wait in the VM ran out"; }
 
 start=$(section start)
 m=$(awk '/^master / { print $2 }' <<<"$start"); b=$(awk '/^backup / { print $2 }' <<<"$start")

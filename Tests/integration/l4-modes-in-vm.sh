@@ -19,6 +19,7 @@ rm -rf "$dir"; mkdir -p "$dir"
 cp Tests/integration/vm/*.py Tests/integration/vm/l4-modes.sh Tests/integration/vm/topology.sh "$dir/"
 out=$(IPVS_VM_TIMEOUT=400 scripts/ipvs-vm bash "$dir/l4-modes.sh" "$bin" "$dir" 2>&1) || true
 echo "$out"
+grep "^wait timed out" <<<"$out" && fail "a wait in the VM ran out"
 section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' <<<"$out"; }
 
 start=$(section start)

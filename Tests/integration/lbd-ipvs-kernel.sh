@@ -32,11 +32,16 @@ out=$(scripts/ipvs-vm bash -c "
     $bin/lbd --config .ipvs-vm-cache/l4.yaml --threads 1 > .ipvs-vm-cache/lbd.log 2>&1 & pid=\$!
     for i in \$(seq 50); do ipvsadm -Ln | grep -q 10.0.0.41 && break; sleep 0.1; done
     echo '== started'; ipvsadm -Ln
-    sleep 2.5; echo '== after checks'; ipvsadm -Ln
+    # Both checked servers fail their first check (nothing listens on 10.0.1.0/24): wait for both drains.
+    drained() { [ \$(ipvsadm -Ln | grep -cE -- '-> 10\.0\.1\.1[12]:11112 +Masq +0 ') = 2 ]; }
+    for i in \$(seq 100); do drained && break; sleep 0.1; done
+    drained || echo 'wait timed out: the failing servers were not drained'
+    echo '== after checks'; ipvsadm -Ln
     echo \"== sysctl ip_forward=\$(cat /proc/sys/net/ipv4/ip_forward) conntrack=\$(cat /proc/sys/net/ipv4/vs/conntrack)\"
     kill -TERM \$pid; wait \$pid; echo \"== lbd exited \$?\"; ipvsadm -Ln
     echo '== log'; cat .ipvs-vm-cache/lbd.log")
 echo "$out"
+grep "^wait timed out" <<<"$out" && fail "a wait in the VM ran out"
 started=$(sed -n '/== started/,/== after checks/p' <<<"$out")
 after=$(sed -n '/== after checks/,/== lbd exited/p' <<<"$out")
 stopped=$(sed -n '/== lbd exited/,/== log/p' <<<"$out")

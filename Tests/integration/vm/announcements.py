@@ -2,7 +2,9 @@
 """Listens on a link for announcements of addresses and prints each once:
   garp ADDRESS MAC   a gratuitous ARP (sender address == target address)
   na ADDRESS MAC     an unsolicited neighbour advertisement with the override flag
-  announcements.py INTERFACE SECONDS"""
+  announcements.py INTERFACE SECONDS [READY_FILE [STOP_FILE]]
+READY_FILE is created once it listens; it stops after SECONDS, or as soon as STOP_FILE exists."""
+import os
 import socket
 import struct
 import sys
@@ -11,10 +13,13 @@ import time
 interface, seconds = sys.argv[1], float(sys.argv[2])
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # every protocol
 sock.bind((interface, 0))
+if len(sys.argv) > 3:
+    open(sys.argv[3], "w").close()
 sock.settimeout(0.2)
 seen = set()
 end = time.time() + seconds
-while time.time() < end:
+stop = sys.argv[4] if len(sys.argv) > 4 else None
+while time.time() < end and not (stop and os.path.exists(stop)):
     try:
         frame = sock.recv(2048)
     except socket.timeout:

@@ -38,13 +38,18 @@ virtual_services:
 YAML
 "$bin/lbd" --config "$dir/lb.yaml" --threads 1 --state-dir "$dir/state" > "$dir/lbd.log" 2>&1 & lbd=$!
 for _ in $(seq 100); do ipvsadm -Ln | grep -q 10.0.0.51 && break; sleep 0.1; done
-sleep 3   # first checks
+# The first C-ECHO checks have concluded: no real server is still "checking".
+wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
+wait_for "'$bin/lbctl' status > '$dir/status.txt' 2>/dev/null && ! grep -qw checking '$dir/status.txt'" \
+    || echo "wait timed out: the first checks did not conclude"
 echo "== ipvs"; ipvsadm -Ln
 echo "== nat"
 for file in "$dir"/study/*.dcm; do ns client storescu -aec ANY-SCP 10.0.0.50 104 "$file" || echo "storescu FAILED"; done
 echo "== snat"
 for file in "$dir"/study/*.dcm; do ns client storescu -aec ANY-SCP 10.0.0.51 104 "$file" || echo "storescu FAILED"; done
-sleep 2.5
+# IPVS folds its per-CPU counters into the totals every two seconds: wait until both VIPs show connections.
+conns() { ipvsadm -Ln --stats -t "$1" | awk '$1 == "TCP" { print $3 }'; }
+wait_for '[ "$(conns 10.0.0.50:104)" -gt 0 ] && [ "$(conns 10.0.0.51:104)" -gt 0 ]' || echo "wait timed out: no connections in the IPVS counters"
 echo "== stats"; ipvsadm -Ln --stats
 kill -TERM $lbd; wait $lbd
 echo "== log"; cat "$dir/lbd.log"

@@ -84,11 +84,11 @@ requests() {  # VIP COUNT: the answers, one per line
 }
 
 echo "== start"
-ns client python3 "$dir/announcements.py" eth0 25 > "$dir/announcements.txt" &
-sleep 1.5   # the listener is up
+ns client python3 "$dir/announcements.py" eth0 25 "$dir/announcements.ready" > "$dir/announcements.txt" &
+for _ in $(seq 150); do [ -f "$dir/announcements.ready" ] && break; sleep 0.1; done
 start_lbd "$dir/l4.yaml"
 wait_for "ipvsadm -Ln | grep -q 10.0.0.42" || { echo "lbd did not program IPVS"; cat "$dir/lbd-1.log"; }
-sleep 2   # first health checks
+wait_for "'$bin/lbctl' status > '$dir/status.txt' 2>/dev/null && ! grep -qw checking '$dir/status.txt'" || echo "wait timed out: health checks did not conclude"
 ipvsadm -Ln
 echo "== timeouts"; ipvsadm -Ln --timeout
 echo "== hand-made"; ipvsadm -Ln -t 10.0.0.99:80 | grep -c 10.0.0.99; grep -c "service=10.0.0.99:80/tcp .*not created by lb left alone" "$dir/lbd-1.log"
@@ -97,7 +97,9 @@ echo "== chain"; iptables -t nat -S LB-SNAT; iptables -t nat -S POSTROUTING | gr
 echo "== nat"; requests 10.0.0.40 8
 echo "== snat"; requests 10.0.0.41 4
 echo "== dr"; requests 10.0.0.42 4
-sleep 2.5   # IPVS updates its rate counters every two seconds
+# IPVS folds its per-CPU counters into the totals every two seconds: wait until they show the requests above.
+ipvs_connections() { curl -s http://127.0.0.1:9780/metrics | awk -v s="lb_ipvs_connections{virtual_service=\"$1\"}" '$1 == s { print $2 + 0 }'; }
+wait_for '[ "$(ipvs_connections 10.0.0.40:80/tcp)" -ge 8 ] && [ "$(ipvs_connections 10.0.0.41:80/tcp)" -ge 4 ]' || echo "wait timed out: IPVS counters did not show the requests"
 echo "== stats"; ipvsadm -Ln --stats
 echo "metrics: $(curl -s http://127.0.0.1:9780/metrics | grep -E '^lb_ipvs_(connections|in_bytes)\{virtual_service="10.0.0.4[01]:80/tcp"\}' | tr '\n' ' ')"
 echo "== announcements"; cat "$dir/announcements.txt"; echo "br-c $(cat /sys/class/net/br-c/address)"
@@ -151,14 +153,15 @@ echo "== mode switch"
 # Each line: the time a request started, then the answer or FAILED with curl's exit status (28 = timed out).
 ns client bash -c 'end=$((SECONDS + 16)); while [ $SECONDS -lt $end ]; do t=$(date +%T.%N); a=$(curl -s --max-time 2 http://10.0.0.43/); r=$?; [ $r = 0 ] && echo "$t $a" || echo "$t FAILED curl exit $r"; sleep 0.1; done' > "$dir/mover.txt" &
 loop=$!
-sleep 4
+answered() { grep -c " $1\$" "$dir/mover.txt"; }   # requests answered through the proxy (10.0.1.1) or IPVS (10.0.0.100)
+wait_for '[ "$(answered 10.0.1.1)" -ge 5 ]' || echo "wait timed out: no requests through the proxy"
 echo "ipvs before: $(ipvsadm -Ln | grep -c 10.0.0.43)"
 echo "to l4-nat at $(date +%T.%N)"
 lbctl mode Mover l4-nat
 echo "done at $(date +%T.%N)"
 ipvsadm -Ln -t 10.0.0.43:80
 echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
-sleep 4
+wait_for '[ "$(answered 10.0.0.100)" -ge 5 ]' || echo "wait timed out: no requests through IPVS"
 echo "to l7-tcp at $(date +%T.%N)"
 lbctl mode Mover l7-tcp
 echo "done at $(date +%T.%N)"
@@ -174,7 +177,10 @@ ip addr del 10.0.0.42/32 dev br-c
 iptables -t nat -F LB-SNAT
 wait_for "ipvsadm -Ln | grep -q 10.0.0.42 && ip -4 addr show dev br-c | grep -q 10.0.0.42 && iptables -t nat -S LB-SNAT | grep -q MASQUERADE"
 echo "services: $(ipvsadm -Ln | grep -cE '^(TCP|UDP)') address: $(ip -4 addr show dev br-c | grep -c 10.0.0.42) snat: $(iptables -t nat -S LB-SNAT | grep -c MASQUERADE)"
-sleep 4   # two more checks: nothing left to repair, nothing repeated
+# Two more drift checks: nothing left to repair, nothing repeated.
+drift_checks() { curl -s http://127.0.0.1:9780/metrics | awk '$1 == "lb_drift_checks" { print $2 + 0 }'; }
+checked=$(drift_checks)
+wait_for '[ "$(drift_checks)" -ge $((checked + 2)) ]' || echo "wait timed out: no more drift checks ran"
 echo "repairs: $(grep -c 'differed from the config' "$dir/lbd-$run.log")"
 
 echo "== reload then recover"
@@ -243,7 +249,7 @@ open(sys.argv[2], "w").write(text[:start] + text[end:])
 PY
 start_lbd "$dir/l4-nosnat.yaml"
 wait_for "! ipvsadm -Ln | grep -q 10.0.0.41" || echo "SNAT service still there"
-sleep 0.5
+wait_for "! iptables -t nat -S 2>&1 | grep -q LB-SNAT && ! ip -4 addr show dev br-c | grep -q 10.0.0.41" || echo "wait timed out: SNAT chain or address still there"
 ipvsadm -Ln | grep '^TCP'
 echo "chain: $(iptables -t nat -S 2>&1 | grep -c LB-SNAT)"
 echo "address 10.0.0.41: $(ip -4 addr show dev br-c | grep -c 10.0.0.41)"
@@ -263,7 +269,7 @@ iptables -t nat -D PREROUTING -d 10.0.0.41/32 -p tcp -m tcp --dport 80 -j DNAT -
 ipvsadm -A -t 10.0.0.98:80 -s rr   # not lbd's: must survive the cleanup
 "$bin/lbd" --config "$dir/l4.yaml" --threads 1 --state-dir "$state" --cleanup-on-stop > "$dir/lbd-cleanup.log" 2>&1 & lbd=$!
 wait_for "ipvsadm -Ln | grep -q 10.0.0.41 && iptables -t nat -S LB-SNAT 2>/dev/null | grep -q MASQUERADE"
-sleep 1
+wait_for "lbctl status > /dev/null 2>&1 && [ \"\$(ip -4 addr show dev br-c | grep -cE '10\.0\.0\.4[0-3]/32')\" = 4 ]" || echo "wait timed out: VIP addresses not all added"
 kill -TERM $lbd; wait $lbd; echo "lbd exited $?"
 echo "services left: $(ipvsadm -Ln | grep -E '^(TCP|UDP)' | tr -s ' ' | tr '\n' ';')"
 echo "chain left: $(iptables -t nat -S 2>/dev/null | grep -c LB-SNAT)"

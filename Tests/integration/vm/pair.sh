@@ -93,6 +93,7 @@ holds() { ns $1 ip -4 addr show | has "inet $2/"; }
 holds_all() { holds $1 10.0.0.40 && holds $1 10.0.0.41 && holds $1 10.0.1.1; }
 holds_none() { ! holds $1 10.0.0.40 && ! holds $1 10.0.0.41 && ! holds $1 10.0.1.1; }
 role() { lbctl $1 status 2>/dev/null | awk '/^pair: this node/ { print tolower($6) }'; }
+oks_since() { awk -v t="$2" '$1 >= t && $2 == "ok"' "$1" | wc -l; }   # FILE MS: a loop's answered attempts since MS
 wait_for() {  # SECONDS COMMAND...: true once COMMAND succeeds
     local until=$(( $(now) + $1 * 1000 )); shift
     while [ "$(now)" -lt $until ]; do "$@" && return 0; sleep 0.05; done
@@ -155,20 +156,29 @@ for run in $(seq $runs); do
     rm -f "$dir/loop-stop-http$run"
     ns client python3 "$dir/loop.py" http http://10.0.0.41/ "$dir" http$run > "$dir/http$run.out" 2>&1 &
     loop=$!
-    ns client python3 "$dir/announcements.py" eth0 12 > "$dir/garp$run.out" 2>&1 &
+    rm -f "$dir/garp-ready$run" "$dir/garp-stop$run"
+    ns client python3 "$dir/announcements.py" eth0 120 "$dir/garp-ready$run" "$dir/garp-stop$run" > "$dir/garp$run.out" 2>&1 &
     garp=$!
+    wait_for 10 test -f "$dir/garp-ready$run" || echo "wait timed out: the client's announcement listener did not start"
     if [ $run = 1 ]; then
         ns client tc qdisc add dev eth0 root tbf rate 12mbit burst 32kbit latency 400ms
         ns client storescu -aec ANY-SCP 10.0.0.40 104 "$dir"/study/*.dcm > "$dir/storescu.out" 2>&1 &
         store=$!
         wait_for 30 eval '[ -n "$(ls "$dir/rs1" "$dir/rs2")" ]' || echo "the study did not start"
     fi
-    sleep 2   # requests before the fail-over
+    # Requests flow before the fail-over: three answered.
+    wait_for 30 eval '[ "$(oks_since "$dir/http$run.out" 0)" -ge 3 ]' || echo "wait timed out: no requests answered before the fail-over"
     # The moment the VIP appears on the backup, from the kernel's own timestamped address events (polling through
     # ip netns exec would add its own delay, large under TCG).
     ns $b ip -ts -4 monitor address > "$dir/monitor$run.out" 2>&1 &
     monitor=$!
-    sleep 0.5
+    # It listens once it reports a change of a probe address (one the take-over does not involve); a change made
+    # before it subscribed is never reported, so the probe is added and removed again until one is.
+    monitor_listens() {
+        ns $b ip addr add 127.0.0.99/32 dev lo; ns $b ip addr del 127.0.0.99/32 dev lo
+        grep -q 127.0.0.99 "$dir/monitor$run.out"
+    }
+    wait_for 10 monitor_listens || echo "wait timed out: the address monitor did not start"
     t0=$(now)
     if [ $kind = kill ]; then
         kill -9 $(cat /run/$m/keepalived-vrrp.pid) $(cat /run/$m/keepalived.pid) ${pid[$m]}
@@ -181,7 +191,8 @@ for run in $(seq $runs); do
     added=$(awk '/inet (10\.0\.0\.4[01]|10\.0\.1\.1)\// && !/^\[.*\] Deleted/ && !seen[$5]++ { gsub(/[][]/, "", $1); last = $1 } END { print last }' "$dir/monitor$run.out")
     t1=$(date -d "$added" +%s%3N 2>/dev/null || now)
     echo "takeover run $run ($kind): $(( t1 - t0 )) ms, $b holds the VIPs, killed at $t0 (VIP added at ${added:-?})"
-    sleep 3   # requests after the take-over
+    # Requests flow after the take-over: ten answered by the new master.
+    wait_for 30 eval '[ "$(oks_since "$dir/http$run.out" "$t1")" -ge 10 ]' || echo "wait timed out: no requests answered after the take-over"
     if [ $run = 1 ]; then
         # The persistence cookie that the old master set still pins to the same server on the new one.
         served=$(for _ in 1 2 3; do ns client curl -s -b "$dir/cookies" http://10.0.0.41/ | awk '{ print $1 }'; done | sort -u | tr '\n' ' ')
@@ -191,8 +202,11 @@ for run in $(seq $runs); do
         wait $store; echo "storescu exit $?"; ns client tc qdisc del dev eth0 root
     fi
     touch "$dir/loop-stop-http$run"; wait $loop
-    wait $garp
-    ns $b ip link show eth0 | awk '/link\/ether/ { print "mac", $2 }' >> "$dir/garp$run.out"
+    # The new master's gratuitous ARP for the VIP (the host side checks it); the listener stops once it is seen.
+    new_mac=$(ns $b ip link show eth0 | awk '/link\/ether/ { print $2 }')
+    wait_for 20 grep -qx "garp 10.0.0.40 $new_mac" "$dir/garp$run.out" || true
+    touch "$dir/garp-stop$run"; wait $garp
+    echo "mac $new_mac" >> "$dir/garp$run.out"
     if [ $run = 1 ]; then
         # A change made while the other node is down: it must catch up when it returns (the newest change wins).
         lbctl $b drain Viewer rs2
@@ -226,10 +240,11 @@ echo "== standby"
 rm -f "$dir/loop-stop-echo"
 ns client python3 "$dir/loop.py" echo 10.0.0.40 7 "$dir" echo > "$dir/echo.out" 2>&1 &
 loop=$!
-sleep 2
+wait_for 30 eval '[ "$(oks_since "$dir/echo.out" 0)" -ge 10 ]' || echo "wait timed out: no connections answered before the hand-over"
 lbctl $m ha standby
 wait_for 20 eval 'holds_all $b && holds_none $m' && echo "standby on $m: $b holds the VIPs"
-sleep 3
+handed=$(now)
+wait_for 30 eval '[ "$(oks_since "$dir/echo.out" "$handed")" -ge 10 ]' || echo "wait timed out: no connections answered after the hand-over"
 touch "$dir/loop-stop-echo"; wait $loop
 echo "new connections during the hand-over: $(grep -c ' ok$' "$dir/echo.out") ok, $(grep -c FAIL "$dir/echo.out") failed"
 grep FAIL "$dir/echo.out" | head -3
