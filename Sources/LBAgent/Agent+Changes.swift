@@ -312,8 +312,8 @@ extension Agent {
                 logger.warning("VIP addresses were missing; restored", metadata: ["addresses": "\(added)"])
             }
             if effectors.firewall.needsRepair(for: services) {
-                repaired = true
                 try effectors.firewall.apply(services)
+                repaired = true
                 logger.warning("netfilter chains or the transparent policy route differed from the config; restored")
             }
         } catch {

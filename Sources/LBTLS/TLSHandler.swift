@@ -9,6 +9,13 @@ public struct TLSHandshakeCompleted: Sendable, Equatable {
     public var version: String
 }
 
+/// Sent down a pipeline (`triggerUserOutboundEvent`) when its connection has fallen silent: `TLSHandler` lets go of
+/// the buffers it keeps for the next read and send, so an idle connection holds neither their memory nor the last
+/// request's plaintext.
+public struct TLSReleaseKeptBuffers: Sendable {
+    public init() {}
+}
+
 /// TLS on a NIO channel with the system OpenSSL, through memory BIOs: ciphertext from the socket is written into
 /// OpenSSL's read BIO, plaintext comes out of SSL_read; plaintext writes go into SSL_write and the ciphertext is
 /// taken from the write BIO and sent on. OpenSSL never touches the socket, so NIO keeps control of I/O and
@@ -42,6 +49,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// kept-alive connection then takes no new buffer per exchange, and nothing still held is written over.
     private var plaintextReads = ReusableBuffer()
     private var ciphertextSends = ReusableBuffer()
+    /// How many buffers are kept (for tests).
+    package var keptBuffers: Int { (plaintextReads.isKept ? 1 : 0) + (ciphertextSends.isKept ? 1 : 0) }
 
     /// How long a close waits for close_notify to be written (see `close`).
     private let closeNotifyWait: TimeAmount
@@ -169,8 +178,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 result = SSL_read(ssl, pointer.baseAddress, Int32(pointer.count))
                 return max(Int(result), 0)
             }
+            plaintextReads.keep(buffer)  // written into or not (a partial record), it serves the next read
             if result > 0 {
-                plaintextReads.keep(buffer)
                 context.fireChannelRead(wrapInboundOut(buffer))
                 continue
             }
@@ -249,6 +258,16 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             unflushedPromises.removeAll(keepingCapacity: true)
         }
         encrypt(plaintext, context: context, promise: promise)
+    }
+
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is TLSReleaseKeptBuffers else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        plaintextReads = ReusableBuffer()
+        ciphertextSends = ReusableBuffer()
+        promise?.succeed(())
     }
 
     /// Sends close_notify, then closes the connection.

@@ -223,6 +223,11 @@ struct AgentTableTests {
         #expect(harness.links.addresses == addresses)
         await harness.agent.repairDrift()
         #expect(await harness.agent.driftCheckCounts() == DriftCounts(checks: 3, repairs: 1))
+        // A repair that fails is a check, not a repair.
+        harness.firewall.drifted = true
+        harness.firewall.failApply = "iptables-restore: exit 4: Another app is currently holding the xtables lock"
+        await harness.agent.repairDrift()
+        #expect(await harness.agent.driftCheckCounts() == DriftCounts(checks: 4, repairs: 1))
     }
 
     /// A config saved on Windows keeps its CR LF line ends through `lbctl mode`; the edit used to find no line

@@ -1,5 +1,6 @@
 import Foundation
 import LBConfig
+import LBTLS
 import NIOCore
 import NIOPosix
 import LBTestSupport
@@ -371,6 +372,9 @@ struct RequestSafetyTests {
             }.get()
         }
         #expect(try await kept() == 2)
+        // Where a TLS connection's TLSHandler sits: it must be told once to give its buffers back too.
+        let spy = OutboundEventSpy()
+        try await accepted.eventLoop.submit { try accepted.pipeline.syncOperations.addHandler(spy, position: .first) }.get()
         // Checked every second: the first check after the exchange sees its activity, a later one a silent second.
         // Waited for until shortly before the idle close (after 4 to 5 s).
         let deadline = ContinuousClock.now + .milliseconds(3500)
@@ -380,6 +384,7 @@ struct RequestSafetyTests {
             released = try await kept() == 0
         }
         #expect(released, "the head buffers were still kept after 3.5 s of silence")
+        #expect(try await accepted.eventLoop.submit { spy.releases }.get() == 1)
         #expect(accepted.isActive, "still open: the idle timeout is 4 s")
         // The next request is served as before, and its buffers are kept again.
         client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -403,5 +408,15 @@ struct PipeliningTests {
         #expect(bodies == ["1", "0", "3"], "\(all)")
         #expect(all.components(separatedBy: "HTTP/1.1 200 OK").count == 4)
         await fixture.stop()
+    }
+}
+
+/// Counts the TLSReleaseKeptBuffers events that pass it, as the TLSHandler in its place would receive them.
+final class OutboundEventSpy: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = NIOAny
+    var releases = 0
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if event is TLSReleaseKeptBuffers { releases += 1 }
+        context.triggerUserOutboundEvent(event, promise: promise)
     }
 }

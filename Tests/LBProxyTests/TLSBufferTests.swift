@@ -112,6 +112,22 @@ struct TLSBufferTests {
         withExtendedLifetime(blockers) {}
     }
 
+    /// A silent connection is told to give its buffers back (HTTPFrontHandler's idle check sends the event); the
+    /// next exchange works as before and keeps new ones.
+    @Test func releasedBuffersAreGivenBack() throws {
+        let connection = try Connection()
+        try connection.clientSends("GET /a HTTP/1.1\r\n\r\n")
+        try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")).wait()
+        try connection.pump()
+        let handler = try connection.server.pipeline.syncOperations.handler(type: TLSHandler.self)
+        #expect(handler.keptBuffers == 2)
+        try connection.server.pipeline.triggerUserOutboundEvent(TLSReleaseKeptBuffers()).wait()
+        #expect(handler.keptBuffers == 0)
+        try connection.clientSends("GET /b HTTP/1.1\r\n\r\n")
+        #expect(connection.reads.texts.last == "GET /b HTTP/1.1\r\n\r\n")
+        #expect(handler.keptBuffers == 1)
+    }
+
     @Test func aSendStillQueuedIsNeverWrittenOver() throws {
         let connection = try Connection()
         try connection.server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")).wait()

@@ -146,9 +146,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             silentChecks = 0
         } else {
             silentChecks += 1
-            // A connection silent for a check period keeps no head buffers. (With the default timeouts a silent
-            // keep-alive connection is closed at the header timeout first, taking them along.)
+            // A connection silent for a check period keeps no head buffers, nor TLS buffers (a plain connection's
+            // pipeline has no TLSHandler and ignores the event). With the default timeouts a silent keep-alive
+            // connection is closed at the header timeout first, taking them along.
             dropHeadBuffers()
+            if silentChecks == 1 { context.triggerUserOutboundEvent(TLSReleaseKeptBuffers(), promise: nil) }
             if silentChecks >= Self.idleChecksPerPeriod {
                 logger.debug("closing idle client connection", metadata: ["client": "\(peer.text)"])
                 closeNow()

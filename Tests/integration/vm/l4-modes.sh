@@ -99,7 +99,7 @@ echo "== snat"; requests 10.0.0.41 4
 echo "== dr"; requests 10.0.0.42 4
 # IPVS folds its per-CPU counters into the totals every two seconds: wait until they show the requests above.
 ipvs_connections() { curl -s http://127.0.0.1:9780/metrics | awk -v s="lb_ipvs_connections{virtual_service=\"$1\"}" '$1 == s { print $2 + 0 }'; }
-wait_for '[ "$(ipvs_connections 10.0.0.40:80/tcp)" -ge 8 ] && [ "$(ipvs_connections 10.0.0.41:80/tcp)" -ge 4 ]' || echo "wait timed out: IPVS counters did not show the requests"
+wait_for '[ "$(ipvs_connections 10.0.0.40:80/tcp)" -ge 8 ] && [ "$(ipvs_connections 10.0.0.41:80/tcp)" -ge 4 ] && [ "$(ipvs_connections 10.0.0.42:80/tcp)" -ge 4 ]' || echo "wait timed out: IPVS counters did not show the requests"
 echo "== stats"; ipvsadm -Ln --stats
 echo "metrics: $(curl -s http://127.0.0.1:9780/metrics | grep -E '^lb_ipvs_(connections|in_bytes)\{virtual_service="10.0.0.4[01]:80/tcp"\}' | tr '\n' ' ')"
 echo "== announcements"; cat "$dir/announcements.txt"; echo "br-c $(cat /sys/class/net/br-c/address)"
@@ -248,8 +248,9 @@ start = text.index("  - name: Viewer-SNAT"); end = text.index("  - name: Viewer-
 open(sys.argv[2], "w").write(text[:start] + text[end:])
 PY
 start_lbd "$dir/l4-nosnat.yaml"
-wait_for "! ipvsadm -Ln | grep -q 10.0.0.41" || echo "SNAT service still there"
-wait_for "! iptables -t nat -S 2>&1 | grep -q LB-SNAT && ! ip -4 addr show dev br-c | grep -q 10.0.0.41" || echo "wait timed out: SNAT chain or address still there"
+# grep -c reads all its input: a negated grep -q could pass on the writer's SIGPIPE under pipefail.
+wait_for "[ \$(ipvsadm -Ln | grep -c 10.0.0.41) = 0 ]" || echo "SNAT service still there"
+wait_for "[ \$(iptables -t nat -S 2>&1 | grep -c LB-SNAT) = 0 ] && [ \$(ip -4 addr show dev br-c | grep -c 10.0.0.41) = 0 ]" || echo "wait timed out: SNAT chain or address still there"
 ipvsadm -Ln | grep '^TCP'
 echo "chain: $(iptables -t nat -S 2>&1 | grep -c LB-SNAT)"
 echo "address 10.0.0.41: $(ip -4 addr show dev br-c | grep -c 10.0.0.41)"
