@@ -85,7 +85,7 @@ requests() {  # VIP COUNT: the answers, one per line
 
 echo "== start"
 ns client python3 "$dir/announcements.py" eth0 25 "$dir/announcements.ready" > "$dir/announcements.txt" &
-for _ in $(seq 150); do [ -f "$dir/announcements.ready" ] && break; sleep 0.1; done
+wait_for '[ -f "$dir/announcements.ready" ]' || echo "wait timed out: the announcement listener did not start"
 start_lbd "$dir/l4.yaml"
 wait_for "ipvsadm -Ln | grep -q 10.0.0.42" || { echo "lbd did not program IPVS"; cat "$dir/lbd-1.log"; }
 wait_for "'$bin/lbctl' status > '$dir/status.txt' 2>/dev/null && ! grep -qw checking '$dir/status.txt'" || echo "wait timed out: health checks did not conclude"
