@@ -304,3 +304,11 @@ public final class Agent: @unchecked Sendable {
         }
     }
 }
+
+/// The periodic check that the kernel still holds what lbd put there (IPVS, VIP addresses, lb's netfilter chains):
+/// how often it ran, and how often it found a difference and repaired it. Something that keeps undoing lbd's work
+/// (a script, another tool) shows as repairs growing.
+public struct DriftCounts: Sendable, Equatable {
+    public var checks = 0
+    public var repairs = 0
+}

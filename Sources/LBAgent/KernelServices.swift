@@ -222,11 +222,3 @@ final class KernelServices {
         return Dictionary(found.map { ($0.0.address.withPort($0.0.port), $0.1) }, uniquingKeysWith: { a, _ in a })
     }
 }
-
-/// The periodic check that the kernel still holds what lbd put there (IPVS, VIP addresses, lb's netfilter chains):
-/// how often it ran, and how often it found a difference and repaired it. Something that keeps undoing lbd's work
-/// (a script, another tool) shows as repairs growing.
-public struct DriftCounts: Sendable, Equatable {
-    public var checks = 0
-    public var repairs = 0
-}

@@ -45,7 +45,6 @@ YAML
 "$bin/lbctl" config check "$work/lb.yaml" || fail "config check"
 "$bin/lbd" --config "$work/lb.yaml" --threads 1 --socket "$work/lbd.sock" --state-dir "$work/state" >> "$work/lbd.log" 2>&1 &
 pids+=($!)
-wait_until() { for _ in $(seq 100); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 wait_until "lbctl status Viewer-TLS 2>/dev/null | holds -E '^  core-1 .* up +up '" || fail "the https-get check with ca_file did not find core-1 up: $(lbctl status)"
 body=$(curl -s --cacert examples/certs/demo-ca.pem --resolve "ei-viewer.example.org:$base:127.0.0.1" "https://ei-viewer.example.org:$base/") \
     || fail "curl through the re-encrypting VIP failed"

@@ -11,6 +11,9 @@ fail() { echo "FAIL: $*" >&2; [ -f "$work/lbd.log" ] && cat "$work/lbd.log" >&2;
 # `… | grep -q` stops reading at the first match; the writer then dies of SIGPIPE and pipefail fails the pipeline
 # (a flake: it depends on whether the writer had finished). `… | holds PATTERN` reads everything.
 holds() { grep "$@" > /dev/null; }
+# wait_until CONDITION: true once the shell condition holds, checked every 0.1 s for at most 10 s; false if it never
+# does (the caller fails with what it waited for).
+wait_until() { for _ in $(seq 100); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 # make_study DIR COUNT SIDE: COUNT DICOM images (SIDE×SIDE RGB, deterministic pixels) of one study and series in
 # DIR/image00.dcm…, wrapped by dcmtk's img2dcm.
 make_study() {

@@ -134,8 +134,7 @@ for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | holds no
 lbctl online --server node-2 | holds "node-2: online in Viewer, DICOM" || fail "online --server"
 lbctl online DICOM "$server" >/dev/null
 both_serve() { [ "$(for i in 1 2 3 4; do curl -s "http://127.0.0.1:$web/" | head -1; done | sort -u | wc -l)" = 2 ]; }
-for _ in $(seq 50); do both_serve && break; sleep 0.1; done
-both_serve || fail "node-2 not back"
+wait_until both_serve || fail "node-2 not back"
 lbctl drain --server node-1 >/dev/null
 grep -qE "^  node-1 .* drain " <<<"$(lbctl status DICOM)" || fail "drain --server missed DICOM"
 lbctl online --server node-1 >/dev/null
@@ -178,7 +177,9 @@ while time.time() < end:
 PY
 modeload=$!
 # Each switch happens while requests flow: at least ten answered before it, ten more before the next.
-answered_at_least() { for _ in $(seq 100); do [ "$(wc -l < "$work/mode-load.txt")" -ge "$1" ] && return 0; sleep 0.05; done; fail "the load stopped: $(wc -l < "$work/mode-load.txt") requests"; }
+answered_at_least() {
+    wait_until "[ \$(wc -l < '$work/mode-load.txt') -ge $1 ]" || fail "the load stopped: $(wc -l < "$work/mode-load.txt") requests"
+}
 answered_at_least 10
 out=$(lbctl mode Viewer l7-tcp) || fail "mode switch failed: $out"
 grep -q "Viewer: l7-http → l7-tcp" <<<"$out" || fail "mode switch message: $out"

@@ -138,10 +138,7 @@ curl -sf --cacert "$work/ca.pem" "https://127.0.0.1:$vip/" >/dev/null || fail "T
 # over three more checks of each (lb_health_checks_total counts them).
 checks() { curl -s "http://127.0.0.1:$metrics/metrics" | awk -v s="server=\"$1\"" -v r="result=\"$2\"" 'index($0, "lb_health_checks_total{") == 1 && index($0, s) && index($0, r) { print $2 + 0; found = 1 } END { if (!found) print 0 }'; }
 plain_failed=$(checks plain-http failed); tls_passed=$(checks tls-up passed)
-for _ in $(seq 100); do
-    [ "$(checks plain-http failed)" -ge $((plain_failed + 3)) ] && [ "$(checks tls-up passed)" -ge $((tls_passed + 3)) ] && break
-    sleep 0.1
-done
+wait_until '[ "$(checks plain-http failed)" -ge $((plain_failed + 3)) ] && [ "$(checks tls-up passed)" -ge $((tls_passed + 3)) ]' || true
 [ "$(checks plain-http failed)" -ge $((plain_failed + 3)) ] || fail "the plain-HTTP server's https-get checks did not run (or did not fail): $(checks plain-http failed)"
 [ "$(checks tls-up passed)" -ge $((tls_passed + 3)) ] || fail "the TLS server's https-get checks did not run (or did not pass): $(checks tls-up passed)"
 last_transition() { grep "server=$1 service=https-checked" "$work/lbd.log" | grep -E "real server (up|down)" | tail -1; }

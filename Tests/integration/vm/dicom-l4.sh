@@ -39,7 +39,6 @@ YAML
 "$bin/lbd" --config "$dir/lb.yaml" --threads 1 --state-dir "$dir/state" > "$dir/lbd.log" 2>&1 & lbd=$!
 for _ in $(seq 100); do ipvsadm -Ln | grep -q 10.0.0.51 && break; sleep 0.1; done
 # The first C-ECHO checks have concluded: no real server is still "checking".
-wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 wait_for "'$bin/lbctl' status > '$dir/status.txt' 2>/dev/null && ! grep -qw checking '$dir/status.txt'" \
     || echo "wait timed out: the first checks did not conclude"
 echo "== ipvs"; ipvsadm -Ln

@@ -78,7 +78,6 @@ state="$dir/state"
 rm -rf "$state"
 run=0
 start_lbd() { run=$((run + 1)); "$bin/lbd" --config "$1" --threads 1 --state-dir "$state" --reconcile-interval 2 --metrics 127.0.0.1:9780 > "$dir/lbd-$run.log" 2>&1 & lbd=$!; }
-wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 requests() {  # VIP COUNT: the answers, one per line
     for _ in $(seq "$2"); do ns client curl -s --max-time 3 "http://$1/" || echo "FAILED"; done
 }

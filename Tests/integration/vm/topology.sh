@@ -2,6 +2,9 @@
 # client bridge (br-c, 10.0.0.1/24) and a server bridge (br-s, 10.0.1.1/24); `attach` adds a namespace to one.
 export PATH=$PATH:/usr/sbin:/sbin
 ns() { ip netns exec "$@"; }
+# wait_for CONDITION: true once the shell condition holds, checked every 0.1 s for at most 15 s. A caller that gives
+# up prints "wait timed out: …", which fails the host-side test.
+wait_for() { for _ in $(seq 150); do eval "$1" && return 0; sleep 0.1; done; return 1; }
 modprobe ip_vs 2>/dev/null
 ip link set lo up   # lbd's metrics endpoint and the checks use 127.0.0.1
 ip link add br-c type bridge && ip addr add 10.0.0.1/24 dev br-c && ip link set br-c up
