@@ -265,8 +265,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
         }
-        plaintextReads = ReusableBuffer()
-        ciphertextSends = ReusableBuffer()
+        dropKeptBuffers()
         promise?.succeed(())
     }
 
@@ -362,9 +361,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         for promise in promises { promise.fail(error) }
     }
 
-    private func freeSession() {
+    private func dropKeptBuffers() {
         plaintextReads = ReusableBuffer()
         ciphertextSends = ReusableBuffer()
+    }
+
+    private func freeSession() {
+        dropKeptBuffers()
         if let ssl { SSL_free(ssl) }  // frees the BIOs too
         ssl = nil
         readBIO = nil
