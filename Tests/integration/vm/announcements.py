@@ -3,7 +3,8 @@
   garp ADDRESS MAC   a gratuitous ARP (sender address == target address)
   na ADDRESS MAC     an unsolicited neighbour advertisement with the override flag
   announcements.py INTERFACE SECONDS [READY_FILE [STOP_FILE]]
-READY_FILE is created once it listens; it stops after SECONDS, or as soon as STOP_FILE exists."""
+READY_FILE is created once it listens; it stops after SECONDS, or as soon as STOP_FILE exists.
+Each announcement is followed by "at MS" and itself again: when the client received it."""
 import os
 import socket
 import struct
@@ -37,3 +38,4 @@ while time.time() < end and not (stop and os.path.exists(stop)):
     if line and line not in seen:
         seen.add(line)
         print(line, flush=True)
+        print(f"at {int(time.time() * 1000)} {line}", flush=True)  # when it arrived, in epoch milliseconds
