@@ -76,7 +76,7 @@ for run in $(seq $runs); do
     late=$(awk -v t=$took '$1 > t && $2 != "ok"' "$dir/http$run.out" | wc -l)
     after=$(awk -v t=$took '$1 > t' "$dir/http$run.out" | wc -l)
     around=$(grep -c FAIL "$dir/http$run.out" || true)
-    [ "$after" -gt 0 ] || fail "run $run: no HTTP request after the take-over"
+    [ "$after" -gt 0 ] || { cat "$dir/garp$run.out"; tail -3 "$dir/http$run.out"; fail "run $run: no HTTP request after the take-over (complete at $took)"; }
     [ "$late" = 0 ] || { awk -v t=$took '$1 > t && $2 != "ok"' "$dir/http$run.out" | head -3; fail "run $run: $late HTTP requests failed after the take-over"; }
     echo "run $run: take-over $ms ms; HTTP: $(wc -l < "$dir/http$run.out") requests, $around failed before the take-over completed, 0 of $after after"
     holds -E "^run $run: lb-[12] is back as backup and holds nothing$" <<<"$out" || { show; fail "run $run: the old master did not return as backup"; }

@@ -191,8 +191,14 @@ for run in $(seq $runs); do
     added=$(awk '/inet (10\.0\.0\.4[01]|10\.0\.1\.1)\// && !/^\[.*\] Deleted/ && !seen[$5]++ { gsub(/[][]/, "", $1); last = $1 } END { print last }' "$dir/monitor$run.out")
     t1=$(date -d "$added" +%s%3N 2>/dev/null || now)
     echo "takeover run $run ($kind): $(( t1 - t0 )) ms, $b holds the VIPs, killed at $t0 (VIP added at ${added:-?})"
-    # Requests flow after the take-over: ten answered by the new master.
-    wait_for 30 eval '[ "$(oks_since "$dir/http$run.out" "$t1")" -ge 10 ]' || echo "wait timed out: no requests answered after the take-over"
+    # Requests flow after the take-over: ten answered by the new master. For the client the take-over is complete
+    # once its gratuitous ARP for the l7-http VIP has arrived too (the host side counts from the later of the two),
+    # so the ten are counted from then.
+    new_mac=$(ns $b ip link show eth0 | awk '/link\/ether/ { print $2 }')
+    announced_at() { awk -v m="$new_mac" '$1 == "at" && $3 == "garp" && $4 == "10.0.0.41" && $5 == m { print $2; exit }' "$dir/garp$run.out"; }
+    wait_for 20 eval '[ -n "$(announced_at)" ]' || echo "wait timed out: no gratuitous ARP for 10.0.0.41 from $b"
+    since=$(announced_at); [ -n "$since" ] && [ "$since" -gt "$t1" ] || since=$t1
+    wait_for 30 eval '[ "$(oks_since "$dir/http$run.out" "$since")" -ge 10 ]' || echo "wait timed out: no requests answered after the take-over"
     if [ $run = 1 ]; then
         # The persistence cookie that the old master set still pins to the same server on the new one.
         served=$(for _ in 1 2 3; do ns client curl -s -b "$dir/cookies" http://10.0.0.41/ | awk '{ print $1 }'; done | sort -u | tr '\n' ' ')
@@ -203,7 +209,6 @@ for run in $(seq $runs); do
     fi
     touch "$dir/loop-stop-http$run"; wait $loop
     # The new master's gratuitous ARP for the VIP (the host side checks it); the listener stops once it is seen.
-    new_mac=$(ns $b ip link show eth0 | awk '/link\/ether/ { print $2 }')
     wait_for 20 grep -qx "garp 10.0.0.40 $new_mac" "$dir/garp$run.out" || true
     touch "$dir/garp-stop$run"; wait $garp
     echo "mac $new_mac" >> "$dir/garp$run.out"
