@@ -122,18 +122,24 @@ extension Agent {
         guard location.line >= 1, location.line <= lines.count else {
             return ControlResponse(ok: false, message: "cannot find the mode of \(name) in \(configPath); nothing changed")
         }
-        var line = lines[location.line - 1]
-        let start = line.index(line.startIndex, offsetBy: min(location.column - 1, line.count))
-        guard let range = line.range(of: old.rawValue, range: start..<line.endIndex) else {
+        // The loader's column counts Unicode scalars (as libyaml does), so the edit does too: a name with a
+        // combining accent earlier on a flow-style line must not move it onto another occurrence of the mode.
+        guard let edited = Self.replacingValue(old.rawValue, with: mode.rawValue, in: lines[location.line - 1],
+                                               atColumn: location.column) else {
             return ControlResponse(ok: false, message: "cannot find the mode of \(name) in \(configPath); nothing changed")
         }
-        line.replaceSubrange(range, with: mode.rawValue)
-        lines[location.line - 1] = line
+        lines[location.line - 1] = edited
         let newText = lines.joined(separator: "\n")
         let checked = ConfigurationLoader.check(yaml: newText, file: configPath, files: TLSFileChecker())
         guard let next = checked.configuration else {
             let errors = checked.diagnostics.filter { $0.severity == .error }.map(\.description).joined(separator: "\n")
             return ControlResponse(ok: false, message: "\(name) cannot be \(mode.rawValue):\n\(errors)\nnothing changed")
+        }
+        // The edited file must say exactly what was asked, or it is not written.
+        guard next.virtualServices.indices.contains(index), next.virtualServices[index].name == name,
+              next.virtualServices[index].mode == mode
+        else {
+            return ControlResponse(ok: false, message: "cannot find the mode of \(name) in \(configPath); nothing changed")
         }
         let previous = state.configuration
         let applied = applyNow(next, what: "mode \(name) \(old.rawValue) → \(mode.rawValue)")
@@ -149,6 +155,21 @@ extension Agent {
         }
         loadedConfigText = newText
         return ControlResponse(ok: true, message: "\(name): \(old.rawValue) → \(mode.rawValue); \(configPath) updated (previous in \(configPath).bak)")
+    }
+
+    /// `line` with the scalar `value` written at `column` (1-based, in Unicode scalars; the value may open with a
+    /// quote) replaced by `replacement`; nil if the value is not there.
+    static func replacingValue(_ value: String, with replacement: String, in line: String, atColumn column: Int) -> String? {
+        var scalars = Array(line.unicodeScalars)
+        var start = column - 1
+        guard start >= 0, start < scalars.count else { return nil }
+        if scalars[start] == "\"" || scalars[start] == "'" { start += 1 }
+        let wanted = Array(value.unicodeScalars)
+        guard start + wanted.count <= scalars.count, Array(scalars[start..<start + wanted.count]) == wanted else { return nil }
+        scalars.replaceSubrange(start..<start + wanted.count, with: replacement.unicodeScalars)
+        var edited = String.UnicodeScalarView()
+        edited.append(contentsOf: scalars)
+        return String(edited)
     }
 
     /// Applies a checked configuration as a difference from the one in force.

@@ -242,6 +242,41 @@ struct AgentTableTests {
         #expect(written == Data(windows.replacingOccurrences(of: "mode: l7-http", with: "mode: l7-tcp").utf8))
     }
 
+    /// The mode's column counts Unicode scalars: a combining accent before it on a flow-style line (here in the
+    /// body a check expects) used to move the edit onto the comment's "l7-http", leave the mode as it was, and
+    /// report the switch done.
+    @Test func modeSwitchEditsTheValueAfterACombiningAccent() async throws {
+        let viewer = "  - {name: viewer, health_check: {type: http-get, path: /, expect_body: \"cafe\u{301}\"}, mode: l7-http, "
+            + "vip: 10.0.0.42, ports: [8443], interface: eth0, real_servers: [{name: v-1, address: 10.0.1.3}]}  # l7-http since 2025\n"
+        let config = Self.config(extraService: viewer)
+        let harness = try await AgentHarness(config: config)
+        let response = await harness.agent.handle(ControlRequest(command: .mode, service: "viewer", mode: "l7-tcp"))
+        #expect(response.ok, "\(response.message ?? "")")
+        #expect(harness.proxy.services["viewer"]?.mode == .l7TCP)
+        let written = try String(contentsOfFile: harness.configPath, encoding: .utf8)
+        let expected = config.replacingOccurrences(of: "mode: l7-http, vip", with: "mode: l7-tcp, vip")
+        #expect(written.utf8.elementsEqual(expected.utf8), "written:\n\(written)")
+    }
+
+    /// A quoted mode is edited inside its quotes.
+    @Test func modeSwitchEditsAQuotedValue() async throws {
+        let config = Self.config().replacingOccurrences(of: "mode: l7-http", with: "mode: 'l7-http'")
+        let harness = try await AgentHarness(config: config)
+        let response = await harness.agent.handle(ControlRequest(command: .mode, service: "web", mode: "l7-tcp"))
+        #expect(response.ok, "\(response.message ?? "")")
+        let written = try String(contentsOfFile: harness.configPath, encoding: .utf8)
+        #expect(written == config.replacingOccurrences(of: "'l7-http'", with: "'l7-tcp'"))
+    }
+
+    @Test func replacingValueNeedsTheValueAtItsColumn() {
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "    mode: l4-nat", atColumn: 11) == "    mode: l4-dr")
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "    mode: \"l4-nat\"", atColumn: 11) == "    mode: \"l4-dr\"")
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "    mode: l4-nat", atColumn: 12) == nil)
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "    mode: l4-na", atColumn: 11) == nil)
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "", atColumn: 1) == nil)
+        #expect(Agent.replacingValue("l4-nat", with: "l4-dr", in: "x", atColumn: 0) == nil)
+    }
+
     @Test func layer4FallbackStandsInWhileNoServerIsUsable() async throws {
         let config = Self.config().replacingOccurrences(of: "      - {name: core-2, address: 10.0.1.2}\n",
                                                         with: "      - {name: core-2, address: 10.0.1.2}\n    fallback: {address: 10.0.1.99}\n")
