@@ -11,12 +11,28 @@ import LBFuzzReplay
 /// out, through the same parser configuration, checks, head rewriting and request bytes as the proxy
 /// (`checkedForForwarding`, `RequestBytes.forwarded`).
 ///
-/// Invariant: an independent strict parser (RFC 9112; only `Transfer-Encoding: chunked` exactly and one decimal
-/// Content-Length frame a body) reads exactly the requests lb forwarded — same method, target and body — and nothing
-/// else. A violation is a request smuggled past lb, so it traps.
+/// Invariants (a violation traps):
+/// - an independent strict parser (RFC 9112; only `Transfer-Encoding: chunked` exactly and one decimal
+///   Content-Length frame a body) reads exactly the requests lb forwarded — same method, target and body — and
+///   nothing else. A violation is a request smuggled past lb;
+/// - lb's own reader of simple requests (`RequestHeadScanner`, which reads a connection until the first request not
+///   of that form) never departs from llhttp: each request it takes from the start of the input, llhttp reads too,
+///   as the same method, version, keep-alive and persistence cookie, and lb forwards the same bytes for it.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTPRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    let forwarded = proxy(Array(UnsafeBufferPointer(start: data, count: size)))
+    let input = Array(UnsafeBufferPointer(start: data, count: size))
+    checkScanInPieces(input)
+    let forwarded = proxy(input)
+    for (index, simple) in simpleRequests(input).enumerated() {
+        guard index < forwarded.requests.count else {
+            fatalError("simple request \(index): lb's reader takes \(simple), llhttp and lb's checks forward only \(forwarded.requests.count) requests")
+        }
+        let parsed = forwarded.requests[index]
+        guard simple.head == parsed.head, simple.body == parsed.body, simple.keepAlive == parsed.keepAlive,
+              simple.isHTTP10 == parsed.isHTTP10, simple.method == parsed.method, simple.cookie == parsed.cookie else {
+            fatalError("simple request \(index): lb's reader takes \(simple), llhttp \(parsed.detail)")
+        }
+    }
     var offset = 0
     for (index, expected) in forwarded.requests.enumerated() {
         switch strictParseRequest(Array(forwarded.bytes[offset...])) {
@@ -39,7 +55,74 @@ struct ForwardedRequest: CustomStringConvertible {
     var method: String
     var target: String
     var body: [UInt8]
+    /// The head lb forwards, and what lb reads of the request.
+    var head: [UInt8] = []
+    var keepAlive = false
+    var isHTTP10 = false
+    var cookie: String?
     var description: String { "\(method) \(target) (\(body.count) body bytes)" }
+    var detail: String {
+        "\(method) keep-alive \(keepAlive) 1.0 \(isHTTP10) cookie \(cookie ?? "none") body \(body.count) forwarded as \(String(decoding: head, as: UTF8.self).debugDescription)"
+    }
+}
+
+/// A head arriving in pieces (each byte checked once, the scan resumed where it stopped) is read as the whole of it
+/// is: incomplete until its end, then the same head and fields; never simple when the whole is not.
+func checkScanInPieces(_ input: [UInt8]) {
+    var whole = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
+    let expected = whole.scan(ByteBuffer(bytes: input))
+    var pieces = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
+    var buffer = ByteBuffer()
+    var seed = UInt32(truncatingIfNeeded: input.count) &* 2654435761 | 1
+    var offset = 0
+    while offset < input.count {
+        seed = seed &* 1664525 &+ 1013904223
+        let end = min(input.count, offset + 1 + Int(seed >> 28))
+        buffer.writeBytes(input[offset..<end])
+        offset = end
+        let result = pieces.scan(buffer)
+        switch (result, expected) {
+        case (.incomplete, .simple(let wholeHead)) where offset < wholeHead.size:
+            continue
+        case (.incomplete, .notSimple) where offset < input.count, (.incomplete, .incomplete) where offset < input.count:
+            continue
+        case (.notSimple, .notSimple), (.incomplete, .incomplete):
+            return
+        case (.simple(let head), .simple(let wholeHead)) where head == wholeHead && pieces.fields == whole.fields:
+            return
+        default:
+            fatalError("the head read in pieces (\(offset) of \(input.count) bytes) is \(result), read whole \(expected)")
+        }
+    }
+}
+
+/// The cookie name the fuzz service persists with.
+let persistenceCookie = "lbsrv"
+
+/// The requests lb's own reader takes from the start of `input`: complete simple requests (head and body), until
+/// the first that is not simple or not complete (from there llhttp would read the connection), or one after which
+/// the connection closes.
+func simpleRequests(_ input: [UInt8]) -> [ForwardedRequest] {
+    var scanner = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
+    var buffer = ByteBuffer(bytes: input)
+    var requests: [ForwardedRequest] = []
+    while case .simple(let head) = scanner.scan(buffer) {
+        scanner.nextHead()
+        let (forwarded, cookie) = buffer.withUnsafeReadableBytes { raw in
+            (RequestBytes.forwarded(simple: head, fields: scanner.fields, head: raw, forwardedFor: ("198.51.100.7", "http"),
+                                    allocator: ByteBufferAllocator()),
+             SimpleRequestHead.cookie(named: persistenceCookie, in: scanner.fields, of: raw))
+        }
+        let target = buffer.getString(at: buffer.readerIndex + head.target.lowerBound, length: head.target.count) ?? ""
+        buffer.moveReaderIndex(forwardBy: head.size)
+        guard let body = buffer.readBytes(length: head.contentLength ?? 0) else { break }  // cut short
+        requests.append(ForwardedRequest(method: head.method.rawValue, target: target, body: body,
+                                         head: Array(forwarded.readableBytesView), keepAlive: head.keepAlive,
+                                         isHTTP10: head.isHTTP10, cookie: cookie))
+        // The connection closes after this one's response: what follows is never read.
+        if !head.keepAlive { break }
+    }
+    return requests
 }
 
 /// What lb sends upstream for `input`: complete requests only (a request lb would refuse, or one cut short, ends
@@ -76,9 +159,13 @@ func proxy(_ input: [UInt8]) -> (bytes: [UInt8], requests: [ForwardedRequest]) {
         switch part {
         case .head(let head):
             guard let framing = try? head.checkedForForwarding() else { break loop }
-            current = ForwardedRequest(method: head.method.rawValue, target: head.uri, body: [])
             // As a service with X-Forwarded-For writes it (the fields lb adds are covered too).
-            pending = [RequestBytes.forwarded(head, framing: framing, forwardedFor: ("198.51.100.7", "http"), allocator: allocator)]
+            let headBytes = RequestBytes.forwarded(head, framing: framing, forwardedFor: ("198.51.100.7", "http"), allocator: allocator)
+            current = ForwardedRequest(method: head.method.rawValue, target: head.uri, body: [],
+                                       head: Array(headBytes.readableBytesView), keepAlive: head.isKeepAlive && !head.asksForUpgrade,
+                                       isHTTP10: head.version.major == 1 && head.version.minor == 0,
+                                       cookie: head.headers.cookie(named: persistenceCookie))
+            pending = [headBytes]
             chunked = framing == .chunked
             // lb answers a request asking to switch protocols and closes: nothing after its end is forwarded.
             lastRequest = head.asksForUpgrade

@@ -38,6 +38,8 @@ struct InProcessExchangeTests {
             // them (lb reuses a head's storage only when nothing else holds it).
             if round == 1 { firstAtServer = (exchange.lastRequestAtServer, String(buffer: exchange.lastRequestAtServer)) }
             #expect(!exchange.clientIsWaiting && exchange.clientHasFrontHandler)
+            // A simple request: lb's reader reads it, NIO's parser is not in the pipeline.
+            #expect(exchange.clientReadByParser == false)
             let bytes = Array(exchange.lastRequestAtServer.readableBytesView)
             guard case .request(let request, let consumed) = strictParseRequest(bytes) else {
                 Issue.record("round \(round): the server could not read \(String(decoding: bytes, as: UTF8.self).debugDescription)")

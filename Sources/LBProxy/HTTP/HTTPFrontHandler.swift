@@ -38,6 +38,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var logger: Logger { runtime.logger }
     private let scheme: String
     private var state = State.idle
+    /// The reader of the client's requests (it holds this handler, which holds it weakly).
+    weak var reader: ClientRequestReader?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     /// Per request.
@@ -327,17 +329,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         }
     }
 
+    /// A request read by NIO's parser (one not of the simple form, and every later one on its connection).
     private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         guard case .idle = state else { return }
         followReload(on: context.eventLoop)
-        armTimer(service.timeouts.body, reason: "request body stalled")
-        clientKeepAlive = head.isKeepAlive && !head.asksForUpgrade
-        clientIsHTTP10 = head.version.major == 1 && head.version.minor == 0
-        requestMethod = head.method
-        requestIdempotent = head.isIdempotent
-        responseStarted = false
-        closeAfterResponse = false
-        backendResponseDelimited = true
         let framing: BodyFraming
         do {
             framing = try head.checkedForForwarding()
@@ -350,24 +345,80 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             }
             return
         }
-        let client = peer.address
         var cookie: String?
         if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
-        clientCookie = cookie
-
         // The body goes out exactly as lb's parser delimited it; the head is written from the client's fields.
-        let headBytes = RequestBytes.forwarded(head, framing: framing,
-                                               forwardedFor: service.forwardedFor && client != nil ? (peer.text, scheme) : nil,
+        let headBytes = RequestBytes.forwarded(head, framing: framing, forwardedFor: forwardedFor,
                                                into: &requestHeads, allocator: context.channel.allocator)
+        begin(method: head.method, isHTTP10: head.version.major == 1 && head.version.minor == 0,
+              keepAlive: head.isKeepAlive && !head.asksForUpgrade, cookie: cookie, parserHead: head,
+              headBytes: headBytes, chunked: framing == .chunked, context: context)
+    }
+
+    /// Whether the next request can start now (`ClientRequestReader` holds it back until then).
+    var isReadyForRequest: Bool { isIdle && pipelined.isEmpty }
+
+    /// A request of the simple form read by `ClientRequestReader`: `bytes` begin with its head, whose field lines
+    /// are `fields`. Its body follows through `requestBody` and `requestEnd`.
+    /// False if it was not taken (the handler was not idle).
+    @discardableResult
+    func startRequest(_ head: SimpleRequestHead, fields: [FieldSpan], bytes: ByteBuffer) -> Bool {
+        guard let context, case .idle = state else { return false }
+        activity &+= 1
+        followReload(on: context.eventLoop)
+        var cookie: String?
+        let forwardedFor = self.forwardedFor
+        let headBytes = bytes.withUnsafeReadableBytes { raw in
+            if case .httpCookie(let name) = service.persistence { cookie = SimpleRequestHead.cookie(named: name, in: fields, of: raw) }
+            return RequestBytes.forwarded(simple: head, fields: fields, head: raw, forwardedFor: forwardedFor,
+                                          into: &requestHeads, allocator: context.channel.allocator)
+        }
+        begin(method: head.method, isHTTP10: head.isHTTP10, keepAlive: head.keepAlive, cookie: cookie,
+              parserHead: head.method.headForResponseParser, headBytes: headBytes, chunked: false, context: context)
+        return true
+    }
+
+    /// Body bytes of a simple request, as they came (its Content-Length frames them).
+    func requestBody(_ bytes: ByteBuffer) {
+        activity &+= 1
+        armTimer(service.timeouts.body, reason: "request body stalled")
+        forward(bytes, ended: false)
+    }
+
+    /// The simple request is complete.
+    func requestEnd() {
+        disarmTimer()
+        forward(nil, ended: true)
+    }
+
+    /// X-Forwarded-For's client and X-Forwarded-Proto, when the service adds them.
+    private var forwardedFor: (client: String, proto: String)? {
+        service.forwardedFor && peer.address != nil ? (peer.text, scheme) : nil
+    }
+
+    /// What both readers' requests have in common from here: the exchange's settings, the head's bytes kept for a
+    /// retry, then a real server.
+    private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, parserHead: HTTPRequestHead,
+                       headBytes: ByteBuffer, chunked: Bool, context: ChannelHandlerContext) {
+        armTimer(service.timeouts.body, reason: "request body stalled")
+        clientKeepAlive = keepAlive
+        clientIsHTTP10 = isHTTP10
+        requestMethod = method
+        requestIdempotent = method.isIdempotent
+        responseStarted = false
+        closeAfterResponse = false
+        backendResponseDelimited = true
+        clientCookie = cookie
         requestHeads.keep(headBytes)
-        forwarded = (head, headBytes)
-        requestChunked = framing == .chunked
+        forwarded = (parserHead, headBytes)
+        requestChunked = chunked
         state = .connecting(buffered: [], requestEnded: false)  // an empty array allocates nothing
 
+        let client = peer.address
         let port = peer.vipPort
-        requestOrigin = (client, port, head.uri)
+        requestOrigin = (client, port)
         guard let chosen = connector.pool.select(client: client, cookie: cookie, port: port) else {
-            logger.error("no real server for request", metadata: ["uri": "\(head.uri)"])
+            logger.error("no real server for request", metadata: ["uri": "\(requestTarget)"])
             sendError(.serviceUnavailable, "Service Unavailable\n")
             return
         }
@@ -375,11 +426,19 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             attach(backend: reused, selection: chosen, reused: true)
             return
         }
-        connectFresh(to: chosen, client: client, port: port, uri: head.uri)
+        connectFresh(to: chosen, client: client, port: port)
+    }
+
+    /// The current request's target, for the log: read from the head lb forwards ("METHOD target HTTP/1.1").
+    private var requestTarget: String {
+        guard let bytes = forwarded?.bytes, let space = bytes.readableBytesView.firstIndex(of: UInt8(ascii: " ")) else { return "?" }
+        let rest = bytes.readableBytesView[(space + 1)...]
+        let end = rest.firstIndex(of: UInt8(ascii: " ")) ?? rest.endIndex
+        return String(decoding: rest[..<end], as: UTF8.self)
     }
 
     /// Opens a new real-server connection for the current request (moving on to other servers if it is refused).
-    private func connectFresh(to chosen: Selection, client: IPAddress?, port: UInt16, uri: String) {
+    private func connectFresh(to chosen: Selection, client: IPAddress?, port: UInt16) {
         guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         connector.connect(to: chosen, client: client, port: port, on: context.eventLoop) { channel in
@@ -401,7 +460,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
                 }
                 front.attach(backend: backend, selection: selection, reused: false)
             case .failure(let error):
-                front.logger.error("no real server for request: \(error)", metadata: ["uri": "\(uri)"])
+                front.logger.error("no real server for request: \(error)", metadata: ["uri": "\(front.requestTarget)"])
                 front.sendError(.serviceUnavailable, "Service Unavailable\n")
             }
         }
@@ -412,7 +471,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var retryCopy: [ByteBuffer]?  // the body bytes; the head's stay in `forwarded`
     private var retryCopyBytes = 0
     private static let retryCopyLimit = 64 * 1024
-    private var requestOrigin: (client: IPAddress?, port: UInt16, uri: String)?
+    private var requestOrigin: (client: IPAddress?, port: UInt16)?
 
     private func attach(backend: BackendHandler, selection: Selection, reused: Bool) {
         guard case .connecting(let buffered, let requestEnded) = state else {
@@ -429,7 +488,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         if let forwarded { backend.writeHead(forwarded.head, bytes: forwarded.bytes) }
         for bytes in buffered { backend.write(bytes) }
         backend.flush()
-        if pendingRead, pipelined.isEmpty, !isBlockedOnBackend {
+        if pendingRead, !holdsRequests, !isBlockedOnBackend {
             pendingRead = false
             context?.read()
         }
@@ -467,9 +526,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let parts = pipelined
         pipelined = []
         for part in parts { handle(part, context: context) }
+        reader?.frontIsReady()
         // No channelReadComplete follows a replay: flush what was forwarded.
         if case .forwarding(let backend, _) = state { backend.flush() }
-        if pipelined.isEmpty, pendingRead, isIdle || !isBlockedOnBackend {
+        if !holdsRequests, pendingRead, isIdle || !isBlockedOnBackend {
             pendingRead = false
             context.read()
         }
@@ -488,9 +548,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         context.fireChannelReadComplete()
     }
 
+    /// A next request waits (here, or in the reader) for the current one to finish.
+    private var holdsRequests: Bool { !pipelined.isEmpty || reader?.holdsNextRequest == true }
+
     /// Reads from the client only while the real server can take what we read.
     func read(context: ChannelHandlerContext) {
-        if !pipelined.isEmpty || isBlockedOnBackend {
+        if holdsRequests || isBlockedOnBackend {
             pendingRead = true
         } else {
             context.read()
@@ -498,7 +561,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 
     func backendBecameWritable() {
-        if pendingRead, pipelined.isEmpty, case .forwarding = state {
+        if pendingRead, !holdsRequests, case .forwarding = state {
             pendingRead = false
             context?.read()
         }
@@ -684,7 +747,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
                 sendError(.serviceUnavailable, "Service Unavailable\n")
                 return
             }
-            connectFresh(to: chosen, client: origin.client, port: origin.port, uri: origin.uri)
+            connectFresh(to: chosen, client: origin.client, port: origin.port)
             return
         }
         logger.warning("real server connection ended early", metadata: [

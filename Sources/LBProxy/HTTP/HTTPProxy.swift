@@ -45,14 +45,13 @@ struct HTTPProxy: Sendable {
         limits.maxHeaderFieldCount = service.limits.maxHeaders
         // Pipelined requests are queued by HTTPFrontHandler itself (NIO's pipelining helper would pause and
         // resume reading around every request, a system call each time), and it writes the responses' bytes
-        // itself (`ResponseBytes`): NIO's decoder is the only other handler.
-        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes,
-                                                              informationalResponseStrategy: .drop,
-                                                              limitConfiguration: limits))
+        // itself (`ResponseBytes`). The reader reads simple requests itself and puts NIO's parser in for the rest.
         let front = HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https",
                                      headerDeadline: headerDeadline, timer: timer)
-        try sync.addHandler(decoder, position: .after(waiting))
-        try sync.addHandler(front, position: .after(decoder))
+        let reader = ClientRequestReader(front: front, limits: limits)
+        front.reader = reader
+        try sync.addHandler(reader, position: .after(waiting))
+        try sync.addHandler(front, position: .after(reader))
         return front
     }
 }
@@ -60,38 +59,40 @@ struct HTTPProxy: Sendable {
 extension HTTPHeaders {
     /// The value of one cookie from the Cookie header(s): the first pair whose name is `name` (spaces around the
     /// name and value, and quotes around the value, dropped). Read in place: nothing is allocated but the value.
-    func cookie(named name: String) -> String? {
+    package func cookie(named name: String) -> String? {
         for (field, value) in self where field.equalsIgnoringASCIICase("cookie") {
             var value = value
             value.makeContiguousUTF8()  // a no-op for the native strings the parser makes
-            if let found = value.utf8.withContiguousStorageIfAvailable({ Self.cookie(named: name, in: $0) }) ?? nil {
+            if let found = value.utf8.withContiguousStorageIfAvailable({ cookieValue(named: name, in: $0) }) ?? nil {
                 return found
             }
         }
         return nil
     }
+}
 
-    private static func cookie(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> String? {
-        func isTrimmed(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
-        var pairStart = 0
-        while pairStart <= bytes.count {
-            var pairEnd = pairStart
-            while pairEnd < bytes.count, bytes[pairEnd] != UInt8(ascii: ";") { pairEnd += 1 }
-            if let equals = bytes[pairStart..<pairEnd].firstIndex(of: UInt8(ascii: "=")) {
-                var nameStart = pairStart, nameEnd = equals
-                while nameStart < nameEnd, isTrimmed(bytes[nameStart]) { nameStart += 1 }
-                while nameEnd > nameStart, isTrimmed(bytes[nameEnd - 1]) { nameEnd -= 1 }
-                if name.utf8.elementsEqual(bytes[nameStart..<nameEnd]) {
-                    var valueStart = equals + 1, valueEnd = pairEnd
-                    func isDropped(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\"") }
-                    while valueStart < valueEnd, isDropped(bytes[valueStart]) { valueStart += 1 }
-                    while valueEnd > valueStart, isDropped(bytes[valueEnd - 1]) { valueEnd -= 1 }
-                    // An empty value names no server: a later pair of the same name may.
-                    if valueStart < valueEnd { return String(decoding: UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self) }
-                }
+/// The value of the first cookie named `name` in one Cookie field's value (spaces around the name and value, and
+/// quotes around the value, dropped); nil if there is none, or only empty ones.
+func cookieValue(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> String? {
+    func isTrimmed(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+    var pairStart = 0
+    while pairStart <= bytes.count {
+        var pairEnd = pairStart
+        while pairEnd < bytes.count, bytes[pairEnd] != UInt8(ascii: ";") { pairEnd += 1 }
+        if let equals = bytes[pairStart..<pairEnd].firstIndex(of: UInt8(ascii: "=")) {
+            var nameStart = pairStart, nameEnd = equals
+            while nameStart < nameEnd, isTrimmed(bytes[nameStart]) { nameStart += 1 }
+            while nameEnd > nameStart, isTrimmed(bytes[nameEnd - 1]) { nameEnd -= 1 }
+            if name.utf8.elementsEqual(bytes[nameStart..<nameEnd]) {
+                var valueStart = equals + 1, valueEnd = pairEnd
+                func isDropped(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\"") }
+                while valueStart < valueEnd, isDropped(bytes[valueStart]) { valueStart += 1 }
+                while valueEnd > valueStart, isDropped(bytes[valueEnd - 1]) { valueEnd -= 1 }
+                // An empty value names no server: a later pair of the same name may.
+                if valueStart < valueEnd { return String(decoding: UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self) }
             }
-            pairStart = pairEnd + 1
         }
-        return nil
+        pairStart = pairEnd + 1
     }
+    return nil
 }

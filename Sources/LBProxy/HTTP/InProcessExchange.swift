@@ -45,6 +45,8 @@ public final class InProcessExchange {
     /// Whether the client connection still holds `WaitingClientHandler` / `HTTPFrontHandler` (for tests).
     var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
     var clientHasFrontHandler: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self)) != nil }
+    /// Whether the client connection's requests are read by NIO's parser rather than lb's reader (for tests).
+    var clientReadByParser: Bool? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.handedToParser }
     /// Timers the client's `HTTPFrontHandler` scheduled beyond the one it took over (for tests).
     var frontTimersScheduled: Int? { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self))?.timersScheduled }
 
@@ -85,6 +87,20 @@ public final class InProcessExchange {
         while var more = try client.readOutbound(as: ByteBuffer.self) { toClient.writeBuffer(&more) }
         if keepsLastMessages { lastResponseAtClient = toClient }
     }
+
+    /// The client sends `text` (any piece of a request stream), the server answers one request with the response
+    /// (for tests: each call must complete exactly one request).
+    func clientSendsAndOneRequestIsAnswered(_ text: String) throws {
+        try client.writeInbound(ByteBuffer(string: text))
+        guard try server.readOutbound(as: ByteBuffer.self) != nil else { throw Failure.noRequestAtServer }
+        while try server.readOutbound(as: ByteBuffer.self) != nil {}
+        try server.writeInbound(response)
+        guard try client.readOutbound(as: ByteBuffer.self) != nil else { throw Failure.noResponseAtClient }
+        while try client.readOutbound(as: ByteBuffer.self) != nil {}
+    }
+
+    /// The capacity of the buffer in which the client's reader holds what it has not passed on (for tests).
+    var clientReaderCapacity: Int? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.heldCapacity }
 
     /// Closes both ends; the loop runs what the closes scheduled.
     public func finish() {

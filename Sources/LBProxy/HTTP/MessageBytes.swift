@@ -132,6 +132,93 @@ package enum RequestBytes {
         return buffer
     }
 
+    /// The same bytes for a request of the simple form (`SimpleRequestHead`), written from the client's own bytes
+    /// (`head` starts at the request): the field lines lb keeps are copied as they came, consecutive ones in one
+    /// piece, where they are already in the form `name: value` CRLF. The fuzz target checks that these are the
+    /// bytes the function above writes for llhttp's reading of the same head.
+    package static func forwarded(simple: SimpleRequestHead, fields: [FieldSpan], head: UnsafeRawBufferPointer,
+                                  forwardedFor: (client: String, proto: String)?, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var fresh = ReusableBuffer()
+        return forwarded(simple: simple, fields: fields, head: head, forwardedFor: forwardedFor, into: &fresh, allocator: allocator)
+    }
+
+    /// As above, written into the storage of the connection's last head if nothing else holds it.
+    static func forwarded(simple: SimpleRequestHead, fields: [FieldSpan], head: UnsafeRawBufferPointer,
+                          forwardedFor: (client: String, proto: String)?, into heads: inout ReusableBuffer,
+                          allocator: ByteBufferAllocator) -> ByteBuffer {
+        let statesEmptyBody = simple.contentLength == nil
+            && (simple.method == .POST || simple.method == .PUT || simple.method == .PATCH)
+        // At most: the head as it came with every line normalised (": " adds at most 2 bytes a line), an empty
+        // body's length, the X-Forwarded fields.
+        var size = simple.size + 2 * fields.count + 20
+        if let forwardedFor { size += 17 + 2 + forwardedFor.client.utf8.count + 2 + 19 + forwardedFor.proto.utf8.count + 2 }
+        var buffer = heads.take(capacity: size, allocator: allocator)
+        func copy(_ range: Range<Int>) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: head[range])) }
+        copy(0..<simple.target.upperBound)
+        buffer.writeStaticString(" HTTP/1.1\r\n")
+        var run = 0..<0  // field lines to copy in one piece
+        var forwardedForFields = 0
+        for (index, field) in fields.enumerated() {
+            let dropped: Bool
+            if index == simple.connectionField {
+                dropped = true
+            } else if forwardedFor != nil, let kind = forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) {
+                dropped = true
+                if kind == .forwardedFor { forwardedForFields += 1 }
+            } else {
+                dropped = false
+            }
+            if dropped { continue }
+            let colon = field.name.upperBound
+            let normalised = field.value.lowerBound == colon + 2 && head[colon + 1] == UInt8(ascii: " ")
+            if normalised {
+                let line = field.name.lowerBound..<field.value.upperBound + 2
+                if run.isEmpty { run = line } else if run.upperBound == line.lowerBound { run = run.lowerBound..<line.upperBound } else {
+                    copy(run)
+                    run = line
+                }
+                continue
+            }
+            if !run.isEmpty { copy(run); run = 0..<0 }
+            copy(field.name)
+            buffer.writeStaticString(": ")
+            copy(field.value)
+            buffer.writeStaticString("\r\n")
+        }
+        if !run.isEmpty { copy(run) }
+        if statesEmptyBody { buffer.writeStaticString("Content-Length: 0\r\n") }
+        if let forwardedFor {
+            buffer.writeStaticString("X-Forwarded-For: ")
+            // The client's fields joined with ", " (as one list), then the client, as above.
+            var listBytes = 0, written = 0
+            if forwardedForFields > 0 {
+                for field in fields where forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) == .forwardedFor {
+                    if written > 0 { buffer.writeStaticString(", "); listBytes += 2 }
+                    copy(field.value)
+                    listBytes += field.value.count
+                    written += 1
+                }
+            }
+            if listBytes > 0 { buffer.writeStaticString(", ") }
+            buffer.writeString(forwardedFor.client)
+            buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
+            buffer.writeString(forwardedFor.proto)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+
+    private enum ForwardedKind { case forwardedFor, forwardedProto }
+
+    private static func forwardedKind(_ name: UnsafeRawBufferPointer) -> ForwardedKind? {
+        switch name.count {
+        case 15: name.equalsIgnoringASCIICase("x-forwarded-for") ? .forwardedFor : nil
+        case 17: name.equalsIgnoringASCIICase("x-forwarded-proto") ? .forwardedProto : nil
+        default: nil
+        }
+    }
+
     /// A part of a request body, framed as the head stated: as it came, or as one chunk. Nil for an empty part,
     /// which as a chunk would end the body.
     package static func body(_ body: ByteBuffer, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer? {

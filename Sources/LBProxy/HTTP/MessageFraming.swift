@@ -70,11 +70,22 @@ extension StringProtocol {
     func equalsIgnoringASCIICase(lowercase: String) -> Bool { equalsIgnoringASCIICase(lowercaseBytes: lowercase.utf8) }
 
     private func equalsIgnoringASCIICase<Lower: Collection<UInt8>>(lowercaseBytes theirs: Lower) -> Bool {
-        let mine = utf8
-        guard mine.count == theirs.count else { return false }
-        return zip(mine, theirs).allSatisfy { byte, lower in
-            byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
-        }
+        bytesEqualIgnoringASCIICase(utf8, lowercase: theirs)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// The same for bytes in place (a field name in a head lb scanned itself).
+    func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
+        lowercase.withUTF8Buffer { bytesEqualIgnoringASCIICase(self, lowercase: $0) }
+    }
+}
+
+/// `bytes` equal to `lowercase` (lower-case ASCII) when ASCII letters are compared without case.
+func bytesEqualIgnoringASCIICase<Bytes: Collection<UInt8>, Lower: Collection<UInt8>>(_ bytes: Bytes, lowercase: Lower) -> Bool {
+    guard bytes.count == lowercase.count else { return false }
+    return zip(bytes, lowercase).allSatisfy { byte, lower in
+        byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
     }
 }
 
@@ -226,18 +237,23 @@ extension HTTPRequestHead {
         return framing
     }
 
-    /// Whether the method is idempotent (RFC 9110 §9.2.2): only these may be sent to a server a second time.
-    package var isIdempotent: Bool {
-        switch method {
-        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
-        default: false
-        }
-    }
+    /// Whether the method is idempotent (`HTTPMethod.isIdempotent`).
+    package var isIdempotent: Bool { method.isIdempotent }
 
     /// Whether the client asked to switch protocols. lb's l7-http does not switch (Upgrade is hop-by-hop and not
     /// forwarded), and its parser reads nothing after such a request, so the connection closes after the response.
     package var asksForUpgrade: Bool {
         headers.contains(name: "upgrade") && headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+    }
+}
+
+extension HTTPMethod {
+    /// Whether the method is idempotent (RFC 9110 §9.2.2): only these may be sent to a server a second time.
+    package var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
+        default: false
+        }
     }
 }
 
