@@ -172,7 +172,7 @@ let package = Package(
         .executableTarget(
             name: "lb-fuzz-http-request",
             dependencies: [
-                "LBProxy", "CFuzz", "LBStrictHTTP", "LBFuzzReplay",
+                "LBProxy", "LBConfig", "CFuzz", "LBStrictHTTP", "LBFuzzReplay",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import CFuzz
 import Foundation
+import LBConfig
 import LBProxy
 import LBStrictHTTP
 import NIOCore
@@ -22,6 +23,7 @@ import LBFuzzReplay
 public func fuzzHTTPRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let input = Array(UnsafeBufferPointer(start: data, count: size))
     checkScanInPieces(input)
+    checkSplitReadsThroughTheProxy(input)
     let forwarded = proxy(input)
     for (index, simple) in simpleRequests(input).enumerated() {
         guard index < forwarded.requests.count else {
@@ -95,6 +97,83 @@ func checkScanInPieces(_ input: [UInt8]) {
         }
     }
 }
+
+/// The client's pipeline itself (lb's reader, the hand-over to llhttp, the front handler), fed the input whole and
+/// then in pieces, the real server answering each request it reads in full: how the bytes are split into reads
+/// never changes the requests lb forwards. Where llhttp reads, a refusal answers the connection at once, so a later
+/// request may or may not have been forwarded depending on when the one before was answered: then one list must
+/// be the start of the other; where lb's reader read the whole input, they must be equal.
+func checkSplitReadsThroughTheProxy(_ input: [UInt8]) {
+    func serve(in pieces: [ArraySlice<UInt8>]) -> (stream: [UInt8], readByParser: Bool) {
+        guard let exchange = try? InProcessExchange(service: fuzzService, request: "", response: "") else {
+            fatalError("in-process exchange set-up")
+        }
+        defer { exchange.finish() }
+        var stream: [UInt8] = []
+        var answered = 0
+        for piece in pieces {
+            exchange.clientSends(ByteBuffer(bytes: piece))
+            // Answer every request the server has in full; an answer can release a request lb held back.
+            while true {
+                stream += exchange.takeBytesAtServer()
+                guard case .request(_, let consumed) = strictParseRequest(Array(stream[answered...])) else { break }
+                answered += consumed
+                exchange.serverSends(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+            }
+        }
+        return (stream, exchange.clientReadByParser ?? true)
+    }
+    let whole = serve(in: [input[...]])
+    var pieces: [ArraySlice<UInt8>] = []
+    var seed = UInt32(truncatingIfNeeded: input.count) &* 2246822519 | 1
+    var offset = 0
+    while offset < input.count {
+        seed = seed &* 1664525 &+ 1013904223
+        let end = min(input.count, offset + 1 + Int(seed >> 27))
+        pieces.append(input[offset..<end])
+        offset = end
+    }
+    let split = serve(in: pieces)
+    // Compared as the requests a server reads: lb frames a chunked body by the parts it read, so its chunk sizes
+    // follow the reads.
+    let wholeRequests = requests(in: whole.stream), splitRequests = requests(in: split.stream)
+    let agree = !whole.readByParser && !split.readByParser
+        ? wholeRequests == splitRequests
+        : wholeRequests.starts(with: splitRequests) || splitRequests.starts(with: wholeRequests)
+    guard agree else {
+        fatalError("lb forwarded \(wholeRequests) for the input whole, \(splitRequests) in \(pieces.count) pieces")
+    }
+}
+
+/// The complete requests a strict server reads from `stream`.
+func requests(in stream: [UInt8]) -> [StrictRequest] {
+    var found: [StrictRequest] = []
+    var offset = 0
+    while case .request(let request, let consumed) = strictParseRequest(Array(stream[offset...])) {
+        found.append(request)
+        offset += consumed
+    }
+    return found
+}
+
+/// An l7-http service with X-Forwarded-For and cookie persistence, as the proxy model above writes requests.
+let fuzzService: VirtualService = {
+    do {
+        let report = ConfigurationLoader.check(yaml: """
+            virtual_services:
+              - name: fuzz
+                vip: 192.0.2.10
+                ports: [80]
+                mode: l7-http
+                forwarded_for: true
+                persistence: {type: http-cookie, cookie: \(persistenceCookie)}
+                health_check: {type: none}
+                real_servers: [{name: web-1, address: 192.0.2.20, port: 80}]
+            """, file: "fuzz.yaml")
+        guard let service = report.configuration?.virtualServices.first else { fatalError("fuzz service: \(report.diagnostics)") }
+        return service
+    }
+}()
 
 /// The cookie name the fuzz service persists with.
 let persistenceCookie = "lbsrv"

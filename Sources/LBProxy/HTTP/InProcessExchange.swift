@@ -46,7 +46,7 @@ public final class InProcessExchange {
     var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
     var clientHasFrontHandler: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self)) != nil }
     /// Whether the client connection's requests are read by NIO's parser rather than lb's reader (for tests).
-    var clientReadByParser: Bool? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.handedToParser }
+    package var clientReadByParser: Bool? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.handedToParser }
     /// Timers the client's `HTTPFrontHandler` scheduled beyond the one it took over (for tests).
     var frontTimersScheduled: Int? { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self))?.timersScheduled }
 
@@ -88,6 +88,24 @@ public final class InProcessExchange {
         if keepsLastMessages { lastResponseAtClient = toClient }
     }
 
+    /// For the fuzz target, which drives the two ends itself: client bytes in (a refusal is lb's answer, not an
+    /// error here), what lb has sent the real server since the last call, a response from the real server.
+    package func clientSends(_ bytes: ByteBuffer) {
+        _ = try? client.writeInbound(bytes)
+        while (try? client.readOutbound(as: ByteBuffer.self)) != nil {}
+    }
+
+    package func takeBytesAtServer() -> [UInt8] {
+        var bytes: [UInt8] = []
+        while let buffer = try? server.readOutbound(as: ByteBuffer.self) { bytes += buffer.readableBytesView }
+        return bytes
+    }
+
+    package func serverSends(_ bytes: ByteBuffer) {
+        _ = try? server.writeInbound(bytes)
+        while (try? client.readOutbound(as: ByteBuffer.self)) != nil {}
+    }
+
     /// The client sends `text` (any piece of a request stream), the server answers one request with the response
     /// (for tests: each call must complete exactly one request).
     func clientSendsAndOneRequestIsAnswered(_ text: String) throws {
@@ -102,10 +120,12 @@ public final class InProcessExchange {
     /// The capacity of the buffer in which the client's reader holds what it has not passed on (for tests).
     var clientReaderCapacity: Int? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.heldCapacity }
 
-    /// Closes both ends; the loop runs what the closes scheduled.
+    /// Closes both ends and retires the service's runtime; the loop runs what they scheduled.
     public func finish() {
         _ = try? client.finish()
         _ = try? server.finish()
+        // As a reload retires a generation: the per-loop keep-alive registry lets go of this loop and pool.
+        runtime.retire()
         loop.run()
     }
 }
