@@ -160,6 +160,26 @@ struct ClientRequestReaderTests {
         await fixture.stop()
     }
 
+    /// Bytes after a request that ends the connection are never read, whichever parser read it: the request is
+    /// answered, then the connection closes. (llhttp refuses such bytes; lb used to answer 400 and drop the
+    /// request in flight.)
+    @Test(arguments: [
+        "GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /last HTTP/1.0\r\nHost: t\r\n\r\n",
+        "POST /last HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ])
+    func bytesAfterTheLastRequestAreNotRead(_ last: String) async throws {
+        let fixture = try await RawFixture { request, _ in .send(ok("for \(request.target)")) }
+        let client = try RawClient(port: fixture.vipPort)
+        client.send(last + "GET /never HTTP/1.1\r\nHost: t\r\n\r\n\u{1}garbage")
+        let all = client.readAllText()
+        #expect(statusLine(all) == "HTTP/1.1 200 OK" && all.hasSuffix("for /last"), "\(all)")
+        #expect(all.components(separatedBy: "HTTP/1.1 ").count == 2, "\(all)")
+        #expect(await eventually { fixture.backend.requests.count == 1 })
+        #expect(fixture.backend.requests.map(\.target) == ["/last"])
+        await fixture.stop()
+    }
+
     /// A head and a body in pieces, the next request's head right behind the body in the same read.
     @Test func headsAndBodiesInPiecesAreForwardedWhole() async throws {
         let fixture = try await RawFixture { request, _ in .send(ok("for \(request.target)")) }

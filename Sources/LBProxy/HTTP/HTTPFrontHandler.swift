@@ -174,6 +174,16 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             closeNow()
             return
         }
+        // After a request that ends the connection (`Connection: close`, HTTP/1.0 without keep-alive) nothing more
+        // is read: llhttp refuses what follows it, but that request is still answered, then the connection closes
+        // (lb's own reader never reads past it either).
+        switch state {
+        case .connecting(_, requestEnded: true) where !clientKeepAlive, .forwarding(_, requestEnded: true) where !clientKeepAlive:
+            logger.debug("bytes after the last request of the connection ignored: \(error)", metadata: ["client": "\(peer.text)"])
+            return
+        default:
+            break
+        }
         logger.info("malformed request refused: \(error)", metadata: ["client": "\(peer.text)"])
         switch state {
         case .closing:
