@@ -73,16 +73,13 @@ struct ForwardedRequest: CustomStringConvertible {
 func checkScanInPieces(_ input: [UInt8]) {
     var whole = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
     let expected = whole.scan(ByteBuffer(bytes: input))
-    var pieces = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
+    var inPieces = RequestHeadScanner(maxHeadBytes: 32 * 1024, maxFields: 100)
     var buffer = ByteBuffer()
-    var seed = UInt32(truncatingIfNeeded: input.count) &* 2654435761 | 1
     var offset = 0
-    while offset < input.count {
-        seed = seed &* 1664525 &+ 1013904223
-        let end = min(input.count, offset + 1 + Int(seed >> 28))
-        buffer.writeBytes(input[offset..<end])
-        offset = end
-        let result = pieces.scan(buffer)
+    for piece in pieces(of: input, mixing: 2654435761, largest: 16) {
+        buffer.writeBytes(piece)
+        offset = piece.endIndex
+        let result = inPieces.scan(buffer)
         switch (result, expected) {
         case (.incomplete, .simple(let wholeHead)) where offset < wholeHead.size:
             continue
@@ -90,7 +87,7 @@ func checkScanInPieces(_ input: [UInt8]) {
             continue
         case (.notSimple, .notSimple), (.incomplete, .incomplete):
             return
-        case (.simple(let head), .simple(let wholeHead)) where head == wholeHead && pieces.fields == whole.fields:
+        case (.simple(let head), .simple(let wholeHead)) where head == wholeHead && inPieces.fields == whole.fields:
             return
         default:
             fatalError("the head read in pieces (\(offset) of \(input.count) bytes) is \(result), read whole \(expected)")
@@ -124,15 +121,7 @@ func checkSplitReadsThroughTheProxy(_ input: [UInt8]) {
         return (stream, exchange.clientReadByParser ?? true)
     }
     let whole = serve(in: [input[...]])
-    var pieces: [ArraySlice<UInt8>] = []
-    var seed = UInt32(truncatingIfNeeded: input.count) &* 2246822519 | 1
-    var offset = 0
-    while offset < input.count {
-        seed = seed &* 1664525 &+ 1013904223
-        let end = min(input.count, offset + 1 + Int(seed >> 27))
-        pieces.append(input[offset..<end])
-        offset = end
-    }
+    let pieces = pieces(of: input, mixing: 2246822519, largest: 32)
     let split = serve(in: pieces)
     // Compared as the requests a server reads: lb frames a chunked body by the parts it read, so its chunk sizes
     // follow the reads.
@@ -143,6 +132,22 @@ func checkSplitReadsThroughTheProxy(_ input: [UInt8]) {
     guard agree else {
         fatalError("lb forwarded \(wholeRequests) for the input whole, \(splitRequests) in \(pieces.count) pieces")
     }
+}
+
+/// `input` cut into pieces of 1 to `largest` (a power of two) bytes, the sizes drawn from a generator seeded by the input's
+/// length and `mixing`, so each input is always cut the same way.
+func pieces(of input: [UInt8], mixing: UInt32, largest: Int) -> [ArraySlice<UInt8>] {
+    let shift = UInt32(32 - largest.trailingZeroBitCount)
+    var seed = UInt32(truncatingIfNeeded: input.count) &* mixing | 1
+    var pieces: [ArraySlice<UInt8>] = []
+    var offset = 0
+    while offset < input.count {
+        seed = seed &* 1664525 &+ 1013904223
+        let end = min(input.count, offset + 1 + Int(seed >> shift))
+        pieces.append(input[offset..<end])
+        offset = end
+    }
+    return pieces
 }
 
 /// The complete requests a strict server reads from `stream`.

@@ -122,11 +122,7 @@ package enum RequestBytes {
                 listBytes += buffer.writeString(value)
                 fieldCount += 1
             }
-            if listBytes > 0 { buffer.writeStaticString(", ") }
-            buffer.writeString(forwardedFor.client)
-            buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
-            buffer.writeString(forwardedFor.proto)
-            buffer.writeStaticString("\r\n")
+            writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &buffer)
         }
         buffer.writeStaticString("\r\n")
         return buffer
@@ -199,11 +195,7 @@ package enum RequestBytes {
                     written += 1
                 }
             }
-            if listBytes > 0 { buffer.writeStaticString(", ") }
-            buffer.writeString(forwardedFor.client)
-            buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
-            buffer.writeString(forwardedFor.proto)
-            buffer.writeStaticString("\r\n")
+            writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &buffer)
         }
         buffer.writeStaticString("\r\n")
         return buffer
@@ -217,6 +209,16 @@ package enum RequestBytes {
         case 17: name.equalsIgnoringASCIICase("x-forwarded-proto") ? .forwardedProto : nil
         default: nil
         }
+    }
+
+    /// After the client's own X-Forwarded-For list (`listBytes` long, maybe empty): the client, and X-Forwarded-Proto.
+    private static func writeForwardedForEnd(afterListOf listBytes: Int, _ forwardedFor: (client: String, proto: String),
+                                             to buffer: inout ByteBuffer) {
+        if listBytes > 0 { buffer.writeStaticString(", ") }
+        buffer.writeString(forwardedFor.client)
+        buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
+        buffer.writeString(forwardedFor.proto)
+        buffer.writeStaticString("\r\n")
     }
 
     /// A part of a request body, framed as the head stated: as it came, or as one chunk. Nil for an empty part,
