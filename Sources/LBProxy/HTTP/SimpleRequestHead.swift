@@ -27,9 +27,6 @@ package struct SimpleRequestHead: Equatable, Sendable {
     /// The one `Connection` field (`keep-alive` or `close`): lb leaves it out, as every hop-by-hop field.
     package var connectionField: Int?
 
-    /// The body framing lb states when it forwards the request.
-    package var framing: BodyFraming { contentLength.map { .contentLength($0) } ?? .unframed }
-
     /// The first pair named `name` in the Cookie fields of a simple head, as `HTTPHeaders.cookie(named:)` reads it
     /// from llhttp's fields.
     package static func cookie(named name: String, in fields: [FieldSpan], of head: UnsafeRawBufferPointer) -> String? {
