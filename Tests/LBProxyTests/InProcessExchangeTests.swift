@@ -40,6 +40,8 @@ struct InProcessExchangeTests {
             #expect(!exchange.clientIsWaiting && exchange.clientHasFrontHandler)
             // A simple request: lb's reader reads it, NIO's parser is not in the pipeline.
             #expect(exchange.clientReadByParser == false)
+            // A simple response too: lb's reader reads it, NIO's response parser is not in the pipeline.
+            #expect(exchange.serverReadByParser == false)
             let bytes = Array(exchange.lastRequestAtServer.readableBytesView)
             guard case .request(let request, let consumed) = strictParseRequest(bytes) else {
                 Issue.record("round \(round): the server could not read \(String(decoding: bytes, as: UTF8.self).debugDescription)")

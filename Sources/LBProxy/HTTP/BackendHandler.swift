@@ -2,8 +2,9 @@ import NIOCore
 import NIOHTTP1
 
 /// The real-server end of an l7-http exchange: writes the request bytes `HTTPFrontHandler` made (`RequestBytes`)
-/// straight to the socket, passes response parts to the front handler, and reads from the real server only while
-/// the client can take more.
+/// straight to the socket, passes the response to the front handler, and reads from the real server only while the
+/// client can take more. Responses of the simple form come from `RealServerResponseReader` by direct calls; the
+/// rest, once that reader has handed the connection to NIO's parser, as response parts.
 final class BackendHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = ByteBuffer
@@ -15,11 +16,11 @@ final class BackendHandler: ChannelDuplexHandler {
     private var pendingRead = false
     private var responseKeepAlive = true
     private(set) var isClosed = false
-    /// The parser of this connection's responses, which must know each request's method (a response to HEAD has
-    /// no body whatever its Content-Length says).
-    private let responseParser: ResponseParserFeed
+    /// The requests sent and not yet answered, which the readers of responses must know (a response to HEAD has no
+    /// body whatever its Content-Length says).
+    private let expected: ExpectedResponses
 
-    init(responseParser: ResponseParserFeed) { self.responseParser = responseParser }
+    init(expected: ExpectedResponses) { self.expected = expected }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -27,9 +28,9 @@ final class BackendHandler: ChannelDuplexHandler {
     var isWritable: Bool { context?.channel.isWritable ?? false }
     var channel: Channel? { context?.channel }
 
-    /// Starts a request: its head's bytes (`RequestBytes.forwarded`) and the method the response parser expects.
-    func writeHead(_ head: HTTPRequestHead, bytes: ByteBuffer) {
-        responseParser.expectResponse(to: head)
+    /// Starts a request: its head's bytes (`RequestBytes.forwarded`) and its method, for the response's reader.
+    func writeHead(method: HTTPMethod, bytes: ByteBuffer) {
+        expected.requestWritten(method)
         context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -54,22 +55,50 @@ final class BackendHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A real-server connection's handlers: the response parser and this handler, nothing else. Requests leave as
-    /// the bytes lb wrote (no encoder between this handler and the socket); interim 1xx responses are passed up so
-    /// they can reach the client. No outbound header validator: what lb writes was read by llhttp under the same
-    /// rules, or is lb's own (see `HTTPProxy`).
+    /// A real-server connection's handlers: lb's reader of simple responses and this handler (NIO's parser goes in
+    /// between at the first response that is not simple). Requests leave as the bytes lb wrote (no encoder
+    /// between this handler and the socket); interim 1xx responses are passed up so they can reach the client. No
+    /// outbound header validator: what lb writes was read by llhttp or lb's reader under the same rules, or is lb's
+    /// own (see `HTTPProxy`).
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
-        let feed = ResponseParserFeed(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward))
-        try pipeline.addHandler(ByteToMessageHandler(RealServerResponseDecoder(feed: feed)))
-        try pipeline.addHandler(BackendHandler(responseParser: feed))
+        let expected = ExpectedResponses()
+        let backend = BackendHandler(expected: expected)
+        try pipeline.addHandler(RealServerResponseReader(backend: backend, expected: expected))
+        try pipeline.addHandler(backend)
+    }
+
+    /// A response head of the simple form from `RealServerResponseReader`; false if nobody is waiting for it (the
+    /// connection is then closed).
+    func receivedHead(_ head: SimpleResponseHead, fields: [FieldSpan], bytes: ByteBuffer) -> Bool {
+        guard let front else { return closeOnUnsolicitedBytes() }
+        responseKeepAlive = head.keepAlive
+        front.responseHead(head, fields: fields, bytes: bytes)
+        return true
+    }
+
+    /// Body bytes of a simple response, as they came (its Content-Length frames them).
+    func receivedBody(_ body: ByteBuffer) -> Bool {
+        guard let front else { return closeOnUnsolicitedBytes() }
+        front.responseBody(body)
+        return true
+    }
+
+    /// The simple response is complete.
+    func receivedEnd() {
+        front?.responseEnd(nil, backendReusable: responseKeepAlive && !isClosed)
+    }
+
+    /// Bytes from a server that owes nobody an answer (after the response it framed, or while the connection idles
+    /// in the pool): a later request must never receive them as its response.
+    private func closeOnUnsolicitedBytes() -> Bool {
+        isClosed = true
+        context?.close(promise: nil)
+        return false
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard front != nil else {
-            // Bytes from a server that owes nobody an answer (after the response it framed, or while the connection
-            // idles in the pool): a later request must never receive them as its response.
-            isClosed = true
-            context.close(promise: nil)
+            _ = closeOnUnsolicitedBytes()
             return
         }
         switch unwrapInboundIn(data) {
@@ -119,26 +148,31 @@ final class BackendHandler: ChannelDuplexHandler {
         front?.backendFailed(nil)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
+    func errorCaught(context: ChannelHandlerContext, error: Error) { failed(error) }
+
+    /// The response cannot be read (a parser error, bytes after a response that no request awaits, a close in the
+    /// middle of one): the front handler answers its client, and the connection closes.
+    func failed(_ error: Error) {
         isClosed = true
         front?.backendFailed(error)
-        context.close(promise: nil)
+        context?.close(promise: nil)
     }
 }
 
-/// NIO's response parser and the methods of the requests it will read answers to. A request written while the parser
-/// is in the middle of a read (a pipelined request sent as the response before it ends) is told to the parser only
-/// once that read is parsed: bytes after that response in the same read were sent before the request, and are never
-/// its answer (the parser finds no request for them and fails, a 502), as with NIO's own write-observing codec.
+/// NIO's response parser and the methods of the requests it will read answers to, once `RealServerResponseReader`
+/// has handed the connection over. A request written while the parser is in the middle of a read (a pipelined
+/// request sent as the response before it ends) is told to the parser only once that read is parsed: bytes after
+/// that response in the same read were sent before the request, and are never its answer (the parser finds no
+/// request for them and fails, a 502), as with NIO's own write-observing codec.
 final class ResponseParserFeed {
     let parser: HTTPResponseDecoder
     private var parsing = false
-    private var waiting: [HTTPRequestHead] = []
+    private var waiting: [HTTPMethod] = []
 
     init(_ parser: HTTPResponseDecoder) { self.parser = parser }
 
-    func expectResponse(to head: HTTPRequestHead) {
-        if parsing { waiting.append(head) } else { parser.write(data: .head(head)) }
+    func expectResponse(to method: HTTPMethod) {
+        if parsing { waiting.append(method) } else { parser.write(data: .head(method.headForResponseParser)) }
     }
 
     /// Runs one pass of the parser over what was read, then tells it the requests written meanwhile.
@@ -147,7 +181,7 @@ final class ResponseParserFeed {
         defer {
             parsing = false
             if !waiting.isEmpty {
-                for head in waiting { parser.write(data: .head(head)) }
+                for method in waiting { parser.write(data: .head(method.headForResponseParser)) }
                 waiting.removeAll()
             }
         }
@@ -157,8 +191,8 @@ final class ResponseParserFeed {
 
 /// NIO's response parser, without its watch on outbound writes. Handed to `ByteToMessageHandler` directly, the parser
 /// makes that handler an outbound one that reads every write as a request part to learn its method; lb writes bytes,
-/// and `BackendHandler.writeHead` tells the parser each request's method instead (`ResponseParserFeed`). Inbound, it
-/// is the parser itself.
+/// and `BackendHandler.writeHead` tells the parser each request's method instead (`ExpectedResponses`,
+/// `ResponseParserFeed`). Inbound, it is the parser itself.
 struct RealServerResponseDecoder: ByteToMessageDecoder {
     typealias InboundOut = HTTPClientResponsePart
     let feed: ResponseParserFeed

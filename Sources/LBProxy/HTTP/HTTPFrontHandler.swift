@@ -54,7 +54,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var clientIsHTTP10 = false
     /// The request being forwarded (its method tells the response parser whether a body follows) and its head's
     /// bytes (kept for a retry); whether its body goes in chunked coding (lb frames each part itself).
-    private var forwarded: (head: HTTPRequestHead, bytes: ByteBuffer)?
+    private var forwarded: (method: HTTPMethod, bytes: ByteBuffer)?
     /// The storage the request heads and the response heads are written into, reused while nothing else holds it.
     private var requestHeads = ReusableBuffer()
     private var responseHeads = ReusableBuffer()
@@ -361,8 +361,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         let headBytes = RequestBytes.forwarded(head, framing: framing, forwardedFor: forwardedFor,
                                                into: &requestHeads, allocator: context.channel.allocator)
         begin(method: head.method, isHTTP10: head.version.major == 1 && head.version.minor == 0,
-              keepAlive: head.isKeepAlive && !head.asksForUpgrade, cookie: cookie, parserHead: head,
-              headBytes: headBytes, chunked: framing == .chunked, context: context)
+              keepAlive: head.isKeepAlive && !head.asksForUpgrade, cookie: cookie, headBytes: headBytes,
+              chunked: framing == .chunked, context: context)
     }
 
     /// Whether the next request can start now (`ClientRequestReader` holds it back until then).
@@ -384,7 +384,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
                                           into: &requestHeads, allocator: context.channel.allocator)
         }
         begin(method: head.method, isHTTP10: head.isHTTP10, keepAlive: head.keepAlive, cookie: cookie,
-              parserHead: head.method.headForResponseParser, headBytes: headBytes, chunked: false, context: context)
+              headBytes: headBytes, chunked: false, context: context)
         return true
     }
 
@@ -408,8 +408,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// What both readers' requests have in common from here: the exchange's settings, the head's bytes kept for a
     /// retry, then a real server.
-    private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, parserHead: HTTPRequestHead,
-                       headBytes: ByteBuffer, chunked: Bool, context: ChannelHandlerContext) {
+    private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, headBytes: ByteBuffer,
+                       chunked: Bool, context: ChannelHandlerContext) {
         armTimer(service.timeouts.body, reason: "request body stalled")
         clientKeepAlive = keepAlive
         clientIsHTTP10 = isHTTP10
@@ -420,7 +420,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         backendResponseDelimited = true
         clientCookie = cookie
         requestHeads.keep(headBytes)
-        forwarded = (parserHead, headBytes)
+        forwarded = (method, headBytes)
         requestChunked = chunked
         state = .connecting(buffered: [], requestEnded: false)  // an empty array allocates nothing
 
@@ -495,7 +495,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         state = .forwarding(backend: backend, requestEnded: requestEnded)
         retryCopy = reused ? buffered : nil
         retryCopyBytes = buffered.reduce(0) { $0 + $1.readableBytes }
-        if let forwarded { backend.writeHead(forwarded.head, bytes: forwarded.bytes) }
+        if let forwarded { backend.writeHead(method: forwarded.method, bytes: forwarded.bytes) }
         for bytes in buffered { backend.write(bytes) }
         backend.flush()
         if pendingRead, !holdsRequests, !isBlockedOnBackend {
@@ -579,6 +579,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     // MARK: Real server → client
 
+    /// A response head read by NIO's parser (one not of the simple form, and every later one on its connection).
     func responseHead(_ head: HTTPResponseHead) {
         guard let context, case .forwarding(let backend, _) = state, !responseStarted else { return }
         // The server has read (some of) the request: it is never sent again.
@@ -596,15 +597,31 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
             refuseResponse(error, from: backend)
             return
         }
-        // What lb writes is decided here; the bytes are written from the server's own fields (`ResponseBytes`).
-        var outbound = ForwardedResponseHead(head: head, framing: .unframed)
         if (100..<200).contains(code) {
             // Interim (100 Continue, 103 Early Hints): an HTTP/1.0 client would take it for the final answer.
             guard !clientIsHTTP10 else { return }
             activity &+= 1
+            let outbound = ForwardedResponseHead(head: head, framing: .unframed)
             context.writeAndFlush(wrapOutboundOut(ResponseBytes.forwarded(outbound, allocator: context.channel.allocator)), promise: nil)
             return
         }
+        startResponse(.parsed(head), code: code, framing: framing)
+    }
+
+    /// A response head of the simple form read by `RealServerResponseReader`: `bytes` begin with the head, whose
+    /// field lines are `fields`. Its body follows through `responseBody` and `responseEnd`.
+    func responseHead(_ head: SimpleResponseHead, fields: [FieldSpan], bytes: ByteBuffer) {
+        guard case .forwarding = state, !responseStarted else { return }
+        retryCopy = nil
+        forwarded = nil
+        startResponse(.simple(head, fields: fields, bytes: bytes), code: head.status.code,
+                      framing: head.contentLength.map { .contentLength($0) } ?? .unframed)
+    }
+
+    /// A final response head from either reader: what lb writes is decided here, and written from the server's own
+    /// fields when the head leaves (`ResponseBytes`).
+    private func startResponse(_ source: ForwardedResponseHead.Source, code: UInt, framing: BodyFraming) {
+        var outbound = ForwardedResponseHead(source, framing: .unframed)
         responseStarted = true
         responseChunked = false
         if requestMethod == .HEAD || code == 304 {

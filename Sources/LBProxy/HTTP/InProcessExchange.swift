@@ -47,6 +47,8 @@ public final class InProcessExchange {
     var clientHasFrontHandler: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self)) != nil }
     /// Whether the client connection's requests are read by NIO's parser rather than lb's reader (for tests).
     package var clientReadByParser: Bool? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.handedToParser }
+    /// Whether the real server's responses are read by NIO's parser rather than lb's reader (for tests).
+    package var serverReadByParser: Bool? { (try? server.pipeline.syncOperations.handler(type: RealServerResponseReader.self))?.handedToParser }
     /// Timers the client's `HTTPFrontHandler` scheduled beyond the one it took over (for tests).
     var frontTimersScheduled: Int? { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self))?.timersScheduled }
 
@@ -104,6 +106,14 @@ public final class InProcessExchange {
     package func serverSends(_ bytes: ByteBuffer) {
         _ = try? server.writeInbound(bytes)
         while (try? client.readOutbound(as: ByteBuffer.self)) != nil {}
+    }
+
+    /// The server sends `bytes` (any piece of a response stream); what lb has sent the client since the last call.
+    package func serverSendsAndClientReceives(_ bytes: ByteBuffer) -> [UInt8] {
+        _ = try? server.writeInbound(bytes)
+        var received: [UInt8] = []
+        while let buffer = try? client.readOutbound(as: ByteBuffer.self) { received += buffer.readableBytesView }
+        return received
     }
 
     /// The client sends `text` (any piece of a request stream), the server answers one request with the response

@@ -28,6 +28,34 @@ package enum MessageBytes {
         buffer.writeStaticString("\r\n")
     }
 
+    /// The field lines of a head lb scanned itself (`head` starts at the message), but those `leavesOut` names by
+    /// position: lines already in the form `name: value` CRLF are copied as they came, consecutive ones in one piece;
+    /// others are written in that form.
+    static func copyFieldLines(_ fields: [FieldSpan], of head: UnsafeRawBufferPointer, to buffer: inout ByteBuffer,
+                               leavingOut leavesOut: (Int, FieldSpan) -> Bool) {
+        func copy(_ range: Range<Int>) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: head[range])) }
+        var run = 0..<0  // field lines to copy in one piece
+        for (index, field) in fields.enumerated() {
+            if leavesOut(index, field) { continue }
+            let colon = field.name.upperBound
+            let normalised = field.value.lowerBound == colon + 2 && head[colon + 1] == UInt8(ascii: " ")
+            if normalised {
+                let line = field.name.lowerBound..<field.value.upperBound + 2
+                if run.isEmpty { run = line } else if run.upperBound == line.lowerBound { run = run.lowerBound..<line.upperBound } else {
+                    copy(run)
+                    run = line
+                }
+                continue
+            }
+            if !run.isEmpty { copy(run); run = 0..<0 }
+            copy(field.name)
+            buffer.writeStaticString(": ")
+            copy(field.value)
+            buffer.writeStaticString("\r\n")
+        }
+        if !run.isEmpty { copy(run) }
+    }
+
     /// Room for the framing field lb may write (`Content-Length: ` and 18 digits, or `Transfer-Encoding: chunked`).
     static let framingFieldSize = 40
 
@@ -152,36 +180,15 @@ package enum RequestBytes {
         func copy(_ range: Range<Int>) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: head[range])) }
         copy(0..<simple.target.upperBound)
         buffer.writeStaticString(" HTTP/1.1\r\n")
-        var run = 0..<0  // field lines to copy in one piece
         var forwardedForFields = 0
-        for (index, field) in fields.enumerated() {
-            let dropped: Bool
-            if index == simple.connectionField {
-                dropped = true
-            } else if forwardedFor != nil, let kind = forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) {
-                dropped = true
-                if kind == .forwardedFor { forwardedForFields += 1 }
-            } else {
-                dropped = false
+        MessageBytes.copyFieldLines(fields, of: head, to: &buffer) { index, field in
+            if index == simple.connectionField { return true }
+            guard forwardedFor != nil, let kind = forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) else {
+                return false
             }
-            if dropped { continue }
-            let colon = field.name.upperBound
-            let normalised = field.value.lowerBound == colon + 2 && head[colon + 1] == UInt8(ascii: " ")
-            if normalised {
-                let line = field.name.lowerBound..<field.value.upperBound + 2
-                if run.isEmpty { run = line } else if run.upperBound == line.lowerBound { run = run.lowerBound..<line.upperBound } else {
-                    copy(run)
-                    run = line
-                }
-                continue
-            }
-            if !run.isEmpty { copy(run); run = 0..<0 }
-            copy(field.name)
-            buffer.writeStaticString(": ")
-            copy(field.value)
-            buffer.writeStaticString("\r\n")
+            if kind == .forwardedFor { forwardedForFields += 1 }
+            return true
         }
-        if !run.isEmpty { copy(run) }
         if statesEmptyBody { buffer.writeStaticString("Content-Length: 0\r\n") }
         if let forwardedFor {
             buffer.writeStaticString("X-Forwarded-For: ")
@@ -244,17 +251,34 @@ package enum RequestBytes {
 /// What lb sends a client for a real server's response head: the server's fields without hop-by-hop ones, and lb's
 /// framing, Connection and persistence cookie. Decided when the head arrives, written when it leaves.
 struct ForwardedResponseHead {
-    /// As the real server sent it.
-    let head: HTTPResponseHead
+    /// The server's head, as one of lb's two readers read it.
+    enum Source {
+        /// Read by NIO's parser.
+        case parsed(HTTPResponseHead)
+        /// Read by lb's own reader: `bytes` begin with the head, whose field lines are `fields`. lb forwards its
+        /// framing unchanged (that is what makes it simple), so only the status line and lb's fields are written.
+        case simple(SimpleResponseHead, fields: [FieldSpan], bytes: ByteBuffer)
+    }
+
+    let source: Source
     var framing: BodyFraming
     /// `close` or `keep-alive`, or nil for none.
     var connection: StaticString?
     /// The persistence cookie, sent as `name=value; Path=/; HttpOnly` (and `; Secure` over HTTPS).
     var setCookie: (name: String, value: String, secure: Bool)?
 
-    init(head: HTTPResponseHead, framing: BodyFraming) {
-        self.head = head
+    init(_ source: Source, framing: BodyFraming) {
+        self.source = source
         self.framing = framing
+    }
+
+    init(head: HTTPResponseHead, framing: BodyFraming) { self.init(.parsed(head), framing: framing) }
+
+    var status: HTTPResponseStatus {
+        switch source {
+        case .parsed(let head): head.status
+        case .simple(let head, _, _): head.status
+        }
     }
 }
 
@@ -300,13 +324,26 @@ enum ResponseBytes {
     /// As above, written into the storage of the connection's last head if nothing else holds it (`ReusableBuffer`).
     static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, into heads: inout ReusableBuffer,
                           allocator: ByteBufferAllocator) -> ByteBuffer {
-        let reason = out.head.status.reasonPhrase
-        var size = 9 + 3 + 1 + reason.utf8.count + 2 + MessageBytes.fieldsSize(out.head.headers) + MessageBytes.framingFieldSize
+        let status = out.status
+        var size = 9 + 3 + 1 + status.reasonPhrase.utf8.count + 2 + MessageBytes.framingFieldSize
+        switch out.source {
+        case .parsed(let head): size += MessageBytes.fieldsSize(head.headers)
+        case .simple(let head, let fields, _): size += head.size + 2 * fields.count  // ": " adds at most 2 a line
+        }
         if let connection = out.connection { size += 12 + connection.utf8CodeUnitCount + 2 }
         if let cookie = out.setCookie { size += 12 + cookie.name.utf8.count + 1 + cookie.value.utf8.count + 18 + 8 + 2 }
         var buffer = heads.take(capacity: size + extra, allocator: allocator)
-        writeStatusLine(out.head.status, to: &buffer)
-        MessageBytes.writeForwardedFields(out.head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
+        writeStatusLine(status, to: &buffer)
+        switch out.source {
+        case .parsed(let head):
+            MessageBytes.writeForwardedFields(head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
+        case .simple(let head, let fields, let bytes):
+            bytes.withUnsafeReadableBytes { raw in
+                MessageBytes.copyFieldLines(fields, of: raw, to: &buffer) { index, _ in
+                    index == head.connectionField || index == head.keepAliveField
+                }
+            }
+        }
         if let connection = out.connection {
             buffer.writeStaticString("Connection: ")
             buffer.writeStaticString(connection)

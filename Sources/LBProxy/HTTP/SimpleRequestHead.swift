@@ -1,13 +1,6 @@
 import NIOCore
 import NIOHTTP1
 
-/// One field line of a scanned head: where its name and its value (without the spaces and tabs before it) are, as
-/// offsets from the start of the head.
-package struct FieldSpan: Equatable, Sendable {
-    package var name: Range<Int>
-    package var value: Range<Int>
-}
-
 /// A request head in the form nearly every client sends, read by lb itself (`RequestHeadScanner`): one of seven
 /// methods, an origin-form target, HTTP/1.1 or 1.0, plain field lines, no body or one stated by a single
 /// Content-Length, and none of the fields that need more than copying (framing by Transfer-Encoding, Upgrade,
@@ -63,7 +56,7 @@ package struct RequestHeadScanner {
     /// The field lines of the last simple head (storage kept from request to request).
     package private(set) var fields: [FieldSpan] = []
     /// How far the bytes of the current head have been checked (a head arriving in pieces is not checked again).
-    private var checked = 0
+    private var check = HeadBytesCheck()
 
     package init(maxHeadBytes: Int, maxFields: Int) {
         self.maxHeadBytes = maxHeadBytes
@@ -77,96 +70,67 @@ package struct RequestHeadScanner {
     }
 
     /// The head before was consumed: the next bytes begin a new one.
-    package mutating func nextHead() { checked = 0 }
+    package mutating func nextHead() { check.reset() }
 
     private mutating func scan(_ bytes: UnsafeRawBufferPointer) -> RequestHeadScan {
-        // 1. Only visible ASCII, spaces, tabs and CR LF line ends, up to the empty line (checked once per byte).
-        var end: Int?
-        var index = checked
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == lf {
-                guard index > 0, bytes[index - 1] == cr else { return .notSimple }
-                if index >= 3, bytes[index - 2] == lf, bytes[index - 3] == cr {
-                    end = index + 1
-                    break
-                }
-            } else {
-                if index > 0, bytes[index - 1] == cr { return .notSimple }  // a CR not ending a line
-                guard (byte >= 0x20 && byte < 0x7F) || byte == tab || byte == cr else { return .notSimple }
-            }
-            index += 1
+        // Not a request of the simple form at all (llhttp may refuse it at once): no need to wait for an empty line.
+        if let first = bytes.first, !"GPHDO".utf8.contains(first) { return .notSimple }
+        switch check.findEnd(bytes, maxHeadBytes: maxHeadBytes) {
+        case .incomplete: return .incomplete
+        case .notPlain: return .notSimple
+        case .end(let end): return parse(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
         }
-        guard let end else {
-            checked = index
-            return bytes.count > maxHeadBytes ? .notSimple : .incomplete
-        }
-        checked = end
-        guard end <= maxHeadBytes else { return .notSimple }
-        return parse(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
     }
 
-    /// 2. The lines of a complete head whose bytes passed the check above.
+    /// The lines of a complete head whose bytes passed `HeadBytesCheck`.
     private mutating func parse(_ head: UnsafeRawBufferPointer) -> RequestHeadScan {
         fields.removeAll(keepingCapacity: true)
         // The request line: METHOD SP /target SP HTTP/1.x CRLF.
         guard let (method, methodEnd) = Self.method(head) else { return .notSimple }
         var index = methodEnd + 1
         let targetStart = index
-        guard index < head.count, head[index] == slash else { return .notSimple }
+        guard index < head.count, head[index] == ASCII.slash else { return .notSimple }
         while index < head.count, isTargetByte(head[index]) { index += 1 }
         let target = targetStart..<index
-        guard index + 10 <= head.count, head[index] == space, head[index + 1] == h, head[index + 2] == t,
-              head[index + 3] == t, head[index + 4] == p, head[index + 5] == slash, head[index + 6] == one,
-              head[index + 7] == dot, head[index + 8] == one || head[index + 8] == zero, head[index + 9] == cr
+        guard index + 10 <= head.count, head[index] == ASCII.space, let isHTTP10 = httpVersionIsHTTP10(head, at: index + 1),
+              head[index + 9] == ASCII.cr
         else { return .notSimple }
-        let isHTTP10 = head[index + 8] == zero
         index += 11  // past CR LF
 
         var contentLength: Int?
         var connection: (index: Int, close: Bool)?
         var hostSeen = false
-        while index < head.count - 2 {  // up to the empty line
-            // name ":" OWS value OWS CRLF
-            let nameStart = index
-            while isTokenByte(head[index]) { index += 1 }
-            guard index > nameStart, head[index] == colon else { return .notSimple }
-            let name = nameStart..<index
-            index += 1
-            while head[index] == space || head[index] == tab { index += 1 }
-            let valueStart = index
-            while head[index] != cr { index += 1 }
-            // Spaces and tabs at the end stay part of the value, as llhttp reads it.
-            let value = valueStart..<index
-            index += 2
-            guard fields.count < maxFields else { return .notSimple }
-            switch Self.kind(of: UnsafeRawBufferPointer(rebasing: head[name])) {
+        let plain = forEachFieldLine(of: head, from: index) { field in
+            guard fields.count < maxFields else { return false }
+            switch Self.kind(of: UnsafeRawBufferPointer(rebasing: head[field.name])) {
             case .other:
                 break
             case .needsParser:
-                return .notSimple
+                return false
             case .contentLength:
-                guard contentLength == nil, let length = Self.plainLength(UnsafeRawBufferPointer(rebasing: head[value]))
-                else { return .notSimple }
+                guard contentLength == nil, let length = plainLength(UnsafeRawBufferPointer(rebasing: head[field.value]))
+                else { return false }
                 contentLength = length
             case .connection:
-                guard connection == nil else { return .notSimple }
-                let token = UnsafeRawBufferPointer(rebasing: head[value])
+                guard connection == nil else { return false }
+                let token = UnsafeRawBufferPointer(rebasing: head[field.value])
                 if token.equalsIgnoringASCIICase("close") {
                     connection = (fields.count, true)
                 } else if token.equalsIgnoringASCIICase("keep-alive") {
                     connection = (fields.count, false)
                 } else {
-                    return .notSimple
+                    return false
                 }
             case .host:
-                guard !hostSeen, !value.isEmpty,
-                      !head[value].contains(where: { $0 == comma || $0 == space || $0 == tab || $0 == slash || $0 == at })
-                else { return .notSimple }
+                guard !hostSeen, !field.value.isEmpty,
+                      !head[field.value].contains(where: { $0 == ASCII.comma || $0 == ASCII.space || $0 == ASCII.tab || $0 == ASCII.slash || $0 == ASCII.at })
+                else { return false }
                 hostSeen = true
             }
-            fields.append(FieldSpan(name: name, value: value))
+            fields.append(field)
+            return true
         }
+        guard plain else { return .notSimple }
         let keepAlive = isHTTP10 ? connection?.close == false : connection?.close != true
         return .simple(SimpleRequestHead(method: method, isHTTP10: isHTTP10, keepAlive: keepAlive,
                                          contentLength: contentLength, size: head.count, target: target,
@@ -177,7 +141,7 @@ package struct RequestHeadScanner {
     private static func method(_ head: UnsafeRawBufferPointer) -> (HTTPMethod, Int)? {
         func starts(_ word: StaticString) -> Bool {
             let count = word.utf8CodeUnitCount
-            guard head.count > count, head[count] == space else { return false }
+            guard head.count > count, head[count] == ASCII.space else { return false }
             return word.withUTF8Buffer { $0.elementsEqual(head[0..<count]) }
         }
         if starts("GET") { return (.GET, 3) }
@@ -200,30 +164,10 @@ package struct RequestHeadScanner {
             if name.equalsIgnoringASCIICase("connection") { return .connection }
             return name.equalsIgnoringASCIICase("keep-alive") ? .needsParser : .other
         case 14: return name.equalsIgnoringASCIICase("content-length") ? .contentLength : .other
-        // Hop-by-hop fields but Connection, a field named "close" (which `Connection: close` would remove), and
         // Expect (100-continue).
-        case 2: return name.equalsIgnoringASCIICase("te") ? .needsParser : .other
-        case 5: return name.equalsIgnoringASCIICase("close") ? .needsParser : .other
         case 6: return name.equalsIgnoringASCIICase("expect") ? .needsParser : .other
-        case 7: return name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade") ? .needsParser : .other
-        case 16: return name.equalsIgnoringASCIICase("proxy-connection") ? .needsParser : .other
-        case 17: return name.equalsIgnoringASCIICase("transfer-encoding") ? .needsParser : .other
-        case 18: return name.equalsIgnoringASCIICase("proxy-authenticate") ? .needsParser : .other
-        case 19: return name.equalsIgnoringASCIICase("proxy-authorization") ? .needsParser : .other
-        default: return .other
+        default: return leavesSimpleForm(name) ? .needsParser : .other
         }
-    }
-
-    /// 1 to 18 decimal digits, without a leading zero unless it is the only one (lb forwards the length as it
-    /// came only in this form), or nil.
-    private static func plainLength(_ digits: UnsafeRawBufferPointer) -> Int? {
-        guard !digits.isEmpty, digits.count <= 18, digits[0] != zero || digits.count == 1 else { return nil }
-        var length = 0
-        for digit in digits {
-            guard digit >= zero, digit <= zero + 9 else { return nil }
-            length = length * 10 + Int(digit - zero)
-        }
-        return length
     }
 }
 
@@ -242,25 +186,6 @@ extension HTTPMethod {
     private static let getHead = HTTPRequestHead(version: .http1_1, method: .GET, uri: "")
     private static let headHead = HTTPRequestHead(version: .http1_1, method: .HEAD, uri: "")
     private static let postHead = HTTPRequestHead(version: .http1_1, method: .POST, uri: "")
-}
-
-private let cr: UInt8 = 13, lf: UInt8 = 10, tab: UInt8 = 9, space: UInt8 = 32, colon = UInt8(ascii: ":"),
-            slash = UInt8(ascii: "/"), comma = UInt8(ascii: ","), at = UInt8(ascii: "@"), dot = UInt8(ascii: "."),
-            zero = UInt8(ascii: "0"), one = UInt8(ascii: "1"), h = UInt8(ascii: "H"), t = UInt8(ascii: "T"),
-            p = UInt8(ascii: "P")
-
-/// tchar (RFC 9110 §5.6.2).
-@inline(__always) private func isTokenByte(_ byte: UInt8) -> Bool {
-    switch byte {
-    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-        return true
-    case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-         UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-         UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-        return true
-    default:
-        return false
-    }
 }
 
 /// The bytes of an origin-form target in the simple form: RFC 3986 path and query characters (pchar, "/", "?").

@@ -1,0 +1,129 @@
+import NIOCore
+
+/// What lb's two head scanners (`RequestHeadScanner`, `ResponseHeadScanner`) share: the check of a head's bytes up
+/// to its empty line, the reading of plain field lines, and a plain Content-Length.
+
+/// One field line of a scanned head: where its name and its value (without the spaces and tabs before it) are, as
+/// offsets from the start of the head.
+package struct FieldSpan: Equatable, Sendable {
+    package var name: Range<Int>
+    package var value: Range<Int>
+}
+
+/// The first pass over a head: only visible ASCII, spaces, tabs and CR LF line ends, up to the empty line. Each byte
+/// is checked once: a head arriving in pieces resumes where the last look stopped.
+struct HeadBytesCheck {
+    enum Outcome {
+        /// The head ends (after its empty line) at this offset.
+        case end(Int)
+        /// Every byte so far could begin a plain head; more are needed.
+        case incomplete
+        /// A byte or line end that no plain head has, or a head larger than the limit.
+        case notPlain
+    }
+
+    private var checked = 0
+
+    /// The bytes before were a head that was consumed: the next bytes begin a new one.
+    mutating func reset() { checked = 0 }
+
+    mutating func findEnd(_ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int) -> Outcome {
+        var index = checked
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == ASCII.lf {
+                guard index > 0, bytes[index - 1] == ASCII.cr else { return .notPlain }
+                if index >= 3, bytes[index - 2] == ASCII.lf, bytes[index - 3] == ASCII.cr {
+                    checked = index + 1
+                    return index + 1 <= maxHeadBytes ? .end(index + 1) : .notPlain
+                }
+            } else {
+                if index > 0, bytes[index - 1] == ASCII.cr { return .notPlain }  // a CR not ending a line
+                guard (byte >= 0x20 && byte < 0x7F) || byte == ASCII.tab || byte == ASCII.cr else { return .notPlain }
+            }
+            index += 1
+        }
+        checked = index
+        return bytes.count > maxHeadBytes ? .notPlain : .incomplete
+    }
+}
+
+/// The field lines of `head` (whose bytes passed `HeadBytesCheck`) from `start` to its empty line, each
+/// `name ":" OWS value CRLF` with a token name, handed to `body` with its position among them; false as soon as a
+/// line is not of that form or `body` returns false. A value's spaces and tabs at the end stay part of it, as
+/// llhttp reads it.
+func forEachFieldLine(of head: UnsafeRawBufferPointer, from start: Int, _ body: (FieldSpan) -> Bool) -> Bool {
+    var index = start
+    while index < head.count - 2 {  // up to the empty line
+        let nameStart = index
+        while isTokenByte(head[index]) { index += 1 }
+        guard index > nameStart, head[index] == ASCII.colon else { return false }
+        let name = nameStart..<index
+        index += 1
+        while head[index] == ASCII.space || head[index] == ASCII.tab { index += 1 }
+        let valueStart = index
+        while head[index] != ASCII.cr { index += 1 }
+        let value = valueStart..<index
+        index += 2
+        guard body(FieldSpan(name: name, value: value)) else { return false }
+    }
+    return true
+}
+
+/// The hop-by-hop fields but Connection and Keep-Alive, and a field named "close" (which `Connection: close` would
+/// remove): a head with one of them is left to NIO's parser and lb's full handling.
+func leavesSimpleForm(_ name: UnsafeRawBufferPointer) -> Bool {
+    switch name.count {
+    case 2: name.equalsIgnoringASCIICase("te")
+    case 5: name.equalsIgnoringASCIICase("close")
+    case 7: name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade")
+    case 16: name.equalsIgnoringASCIICase("proxy-connection")
+    case 17: name.equalsIgnoringASCIICase("transfer-encoding")
+    case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
+    case 19: name.equalsIgnoringASCIICase("proxy-authorization")
+    default: false
+    }
+}
+
+/// 1 to 18 decimal digits, without a leading zero unless it is the only one (lb forwards a length as it came only
+/// in this form), or nil.
+func plainLength(_ digits: UnsafeRawBufferPointer) -> Int? {
+    guard !digits.isEmpty, digits.count <= 18, digits[0] != ASCII.zero || digits.count == 1 else { return nil }
+    var length = 0
+    for digit in digits {
+        guard digit >= ASCII.zero, digit <= ASCII.zero + 9 else { return nil }
+        length = length * 10 + Int(digit - ASCII.zero)
+    }
+    return length
+}
+
+/// Whether the bytes at `index` are `HTTP/1.1` or `HTTP/1.0`: nil if neither, else whether it is 1.0.
+func httpVersionIsHTTP10(_ head: UnsafeRawBufferPointer, at index: Int) -> Bool? {
+    guard index + 8 <= head.count, head[index] == ASCII.h, head[index + 1] == ASCII.t, head[index + 2] == ASCII.t,
+          head[index + 3] == ASCII.p,
+          head[index + 4] == ASCII.slash, head[index + 5] == ASCII.one, head[index + 6] == ASCII.dot,
+          head[index + 7] == ASCII.one || head[index + 7] == ASCII.zero else { return nil }
+    return head[index + 7] == ASCII.zero
+}
+
+/// The bytes the scanners look for.
+enum ASCII {
+    static let cr: UInt8 = 13, lf: UInt8 = 10, tab: UInt8 = 9, space: UInt8 = 32, colon = UInt8(ascii: ":"),
+               slash = UInt8(ascii: "/"), comma = UInt8(ascii: ","), at = UInt8(ascii: "@"), dot = UInt8(ascii: "."),
+               zero = UInt8(ascii: "0"), one = UInt8(ascii: "1"), h = UInt8(ascii: "H"), t = UInt8(ascii: "T"),
+               p = UInt8(ascii: "P")
+}
+
+/// tchar (RFC 9110 §5.6.2).
+@inline(__always) func isTokenByte(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        return true
+    case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+         UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+         UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+        return true
+    default:
+        return false
+    }
+}
