@@ -179,6 +179,16 @@ let package = Package(
             ],
             path: "Sources/lb-fuzz-http-request"
         ),
+        .executableTarget(
+            name: "lb-fuzz-http-response",
+            dependencies: [
+                "LBProxy", "LBConfig", "CFuzz", "LBFuzzReplay",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/lb-fuzz-http-response"
+        ),
         .executableTarget(name: "lb-fuzz-netlink-reply", dependencies: ["LBIPVS", "CFuzz", "LBFuzzReplay"], path: "Sources/lb-fuzz-netlink-reply"),
         .executableTarget(name: "lb-fuzz-check-reply", dependencies: ["LBConfig", "LBHealth", "CFuzz", "LBFuzzReplay"],
                           path: "Sources/lb-fuzz-check-reply"),

@@ -164,14 +164,19 @@ final class BackendHandler: ChannelDuplexHandler {
 /// request sent as the response before it ends) is told to the parser only once that read is parsed: bytes after
 /// that response in the same read were sent before the request, and are never its answer (the parser finds no
 /// request for them and fails, a 502), as with NIO's own write-observing codec.
-final class ResponseParserFeed {
+package final class ResponseParserFeed {
     let parser: HTTPResponseDecoder
     private var parsing = false
     private var waiting: [HTTPMethod] = []
 
-    init(_ parser: HTTPResponseDecoder) { self.parser = parser }
+    package init(_ parser: HTTPResponseDecoder) { self.parser = parser }
 
-    func expectResponse(to method: HTTPMethod) {
+    /// The handler that runs the parser on what the connection reads.
+    package func makeHandler() -> ByteToMessageHandler<RealServerResponseDecoder> {
+        ByteToMessageHandler(RealServerResponseDecoder(feed: self))
+    }
+
+    package func expectResponse(to method: HTTPMethod) {
         if parsing { waiting.append(method) } else { parser.write(data: .head(method.headForResponseParser)) }
     }
 
@@ -193,17 +198,17 @@ final class ResponseParserFeed {
 /// makes that handler an outbound one that reads every write as a request part to learn its method; lb writes bytes,
 /// and `BackendHandler.writeHead` tells the parser each request's method instead (`ExpectedResponses`,
 /// `ResponseParserFeed`). Inbound, it is the parser itself.
-struct RealServerResponseDecoder: ByteToMessageDecoder {
-    typealias InboundOut = HTTPClientResponsePart
+package struct RealServerResponseDecoder: ByteToMessageDecoder {
+    package typealias InboundOut = HTTPClientResponsePart
     let feed: ResponseParserFeed
 
-    func decoderAdded(context: ChannelHandlerContext) { feed.parser.decoderAdded(context: context) }
-    func decoderRemoved(context: ChannelHandlerContext) { feed.parser.decoderRemoved(context: context) }
-    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    package func decoderAdded(context: ChannelHandlerContext) { feed.parser.decoderAdded(context: context) }
+    package func decoderRemoved(context: ChannelHandlerContext) { feed.parser.decoderRemoved(context: context) }
+    package func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         try feed.parse { try feed.parser.decode(context: context, buffer: &buffer) }
     }
-    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    package func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         try feed.parse { try feed.parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF) }
     }
-    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { feed.parser.shouldReclaimBytes(buffer: buffer) }
+    package func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { feed.parser.shouldReclaimBytes(buffer: buffer) }
 }

@@ -614,8 +614,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         guard case .forwarding = state, !responseStarted else { return }
         retryCopy = nil
         forwarded = nil
-        startResponse(.simple(head, fields: fields, bytes: bytes), code: head.status.code,
-                      framing: head.contentLength.map { .contentLength($0) } ?? .unframed)
+        startResponse(.simple(head, fields: fields, bytes: bytes), code: head.status.code, framing: head.statedFraming)
     }
 
     /// A final response head from either reader: what lb writes is decided here, and written from the server's own

@@ -76,7 +76,11 @@ package enum MessageBytes {
             }
             writeField(name, value, to: &buffer)
         }
-        guard !keepsLength else { return }
+        if !keepsLength { writeFramingField(framing, to: &buffer) }
+    }
+
+    /// lb's framing field for `framing`: `Content-Length`, `Transfer-Encoding: chunked`, or none.
+    static func writeFramingField(_ framing: BodyFraming, to buffer: inout ByteBuffer) {
         switch framing {
         case .unframed: break
         case .contentLength(let length):
@@ -250,9 +254,9 @@ package enum RequestBytes {
 
 /// What lb sends a client for a real server's response head: the server's fields without hop-by-hop ones, and lb's
 /// framing, Connection and persistence cookie. Decided when the head arrives, written when it leaves.
-struct ForwardedResponseHead {
+package struct ForwardedResponseHead {
     /// The server's head, as one of lb's two readers read it.
-    enum Source {
+    package enum Source {
         /// Read by NIO's parser.
         case parsed(HTTPResponseHead)
         /// Read by lb's own reader: `bytes` begin with the head, whose field lines are `fields`. lb forwards its
@@ -263,16 +267,16 @@ struct ForwardedResponseHead {
     let source: Source
     var framing: BodyFraming
     /// `close` or `keep-alive`, or nil for none.
-    var connection: StaticString?
+    package var connection: StaticString?
     /// The persistence cookie, sent as `name=value; Path=/; HttpOnly` (and `; Secure` over HTTPS).
-    var setCookie: (name: String, value: String, secure: Bool)?
+    package var setCookie: (name: String, value: String, secure: Bool)?
 
-    init(_ source: Source, framing: BodyFraming) {
+    package init(_ source: Source, framing: BodyFraming) {
         self.source = source
         self.framing = framing
     }
 
-    init(head: HTTPResponseHead, framing: BodyFraming) { self.init(.parsed(head), framing: framing) }
+    package init(head: HTTPResponseHead, framing: BodyFraming) { self.init(.parsed(head), framing: framing) }
 
     var status: HTTPResponseStatus {
         switch source {
@@ -285,7 +289,7 @@ struct ForwardedResponseHead {
 /// The bytes of the responses lb sends to clients, written by `HTTPFrontHandler` itself instead of through NIO's
 /// response encoder: one handler fewer for every part of every response, the head written into one buffer sized for
 /// it, and a small body sent in the same buffer as its head or its chunk framing.
-enum ResponseBytes {
+package enum ResponseBytes {
     /// A body up to this size is copied next to its head or chunk framing (one write instead of two or three);
     /// a larger one is sent from its own buffer, uncopied.
     static let copyLimit = 4096
@@ -316,7 +320,7 @@ enum ResponseBytes {
     /// The head lb sends to the client for a real server's response (`ForwardedResponseHead`), written straight from
     /// the server's fields (`MessageBytes.writeForwardedFields`), then Connection and Set-Cookie if lb sets them;
     /// room for `extra` more bytes.
-    static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
+    package static func forwarded(_ out: ForwardedResponseHead, extra: Int = 0, allocator: ByteBufferAllocator) -> ByteBuffer {
         var fresh = ReusableBuffer()
         return forwarded(out, extra: extra, into: &fresh, allocator: allocator)
     }
@@ -338,11 +342,16 @@ enum ResponseBytes {
         case .parsed(let head):
             MessageBytes.writeForwardedFields(head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
         case .simple(let head, let fields, let bytes):
+            // lb forwards a simple response's framing as the server stated it; should it ever decide otherwise, the
+            // server's length is left out and lb's framing written, as for any other response.
+            let keepsLength = out.framing == head.statedFraming
             bytes.withUnsafeReadableBytes { raw in
                 MessageBytes.copyFieldLines(fields, of: raw, to: &buffer) { index, _ in
                     index == head.connectionField || index == head.keepAliveField
+                        || (!keepsLength && index == head.contentLengthField)
                 }
             }
+            if !keepsLength { MessageBytes.writeFramingField(out.framing, to: &buffer) }
         }
         if let connection = out.connection {
             buffer.writeStaticString("Connection: ")

@@ -73,10 +73,14 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
     enum Failure: Error, CustomStringConvertible {
         case unsolicitedResponse
         case closedInsideResponse
+        /// NIO's parser could not be put in (the connection is closing): the response was begun, so the request
+        /// must not be sent again, as it would be after a plain close.
+        case handOverFailed(Error)
         var description: String {
             switch self {
             case .unsolicitedResponse: "the real server sent bytes that answer no request"
             case .closedInsideResponse: "the real server closed the connection inside a response"
+            case .handOverFailed(let error): "the response parser could not be added: \(error)"
             }
         }
     }
@@ -95,11 +99,6 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
         let limits = NIOHTTPDecoderLimitConfiguration()
         scanner = ResponseHeadScanner(maxHeadBytes: min(limits.maxHeaderListSize, limits.maxHeaderFieldSize),
                                       maxFields: limits.maxHeaderFieldCount)
-    }
-
-    /// NIO's response parser as lb configures it.
-    static func parser(_ feed: ResponseParserFeed) -> ByteToMessageHandler<RealServerResponseDecoder> {
-        ByteToMessageHandler(RealServerResponseDecoder(feed: feed))
     }
 
     /// Whether NIO's parser reads this connection (for tests).
@@ -193,10 +192,10 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
         let feed = ResponseParserFeed(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
                                                           informationalResponseStrategy: .forward))
         do {
-            try context.pipeline.syncOperations.addHandler(Self.parser(feed), position: .after(self))
+            try context.pipeline.syncOperations.addHandler(feed.makeHandler(), position: .after(self))
         } catch {
             mode = .closed
-            backend.failed(error)
+            backend.failed(Failure.handOverFailed(error))
             return
         }
         mode = .parser

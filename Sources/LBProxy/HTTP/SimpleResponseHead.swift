@@ -18,9 +18,14 @@ package struct SimpleResponseHead: Equatable, Sendable {
     package var bodyLength: Int
     /// The head's bytes, the empty line included.
     package var size: Int
-    /// The `Connection` and `Keep-Alive` fields, which lb leaves out (positions among the fields).
+    /// The `Connection` and `Keep-Alive` fields, which lb leaves out, and the `Content-Length` field (positions among
+    /// the fields).
     package var connectionField: Int?
     package var keepAliveField: Int?
+    package var contentLengthField: Int?
+
+    /// The framing the server's fields state.
+    package var statedFraming: BodyFraming { contentLength.map { .contentLength($0) } ?? .unframed }
 }
 
 /// The outcome of looking at the start of what a real server sent.
@@ -89,7 +94,7 @@ package struct ResponseHeadScanner {
         while head[index] != ASCII.cr { index += 1 }  // the reason phrase, which lb does not forward
         index += 2
 
-        var contentLength: Int?
+        var contentLength: (index: Int, length: Int)?
         var connection: (index: Int, close: Bool)?
         var keepAliveField: Int?
         let plain = forEachFieldLine(of: head, from: index) { field in
@@ -102,7 +107,7 @@ package struct ResponseHeadScanner {
             case .contentLength:
                 guard contentLength == nil, let length = plainLength(UnsafeRawBufferPointer(rebasing: head[field.value]))
                 else { return false }
-                contentLength = length
+                contentLength = (fields.count, length)
             case .connection:
                 guard connection == nil else { return false }
                 let token = UnsafeRawBufferPointer(rebasing: head[field.value])
@@ -131,12 +136,16 @@ package struct ResponseHeadScanner {
             bodyLength = 0
         } else {
             guard let contentLength else { return .notSimple }
-            bodyLength = contentLength
+            bodyLength = contentLength.length
         }
-        let keepAlive = isHTTP10 ? connection?.close == false : connection?.close != true
+        // As NIO reads it from llhttp before it tells llhttp that a response to HEAD has no body: without a length,
+        // a status that may carry one is delimited by the close, so the connection is not kept.
+        let delimitedByClose = contentLength == nil && code != 204 && code != 304
+        let keepAlive = !delimitedByClose && (isHTTP10 ? connection?.close == false : connection?.close != true)
         return .simple(SimpleResponseHead(status: status, isHTTP10: isHTTP10, keepAlive: keepAlive,
-                                          contentLength: contentLength, bodyLength: bodyLength, size: head.count,
-                                          connectionField: connection?.index, keepAliveField: keepAliveField))
+                                          contentLength: contentLength?.length, bodyLength: bodyLength, size: head.count,
+                                          connectionField: connection?.index, keepAliveField: keepAliveField,
+                                          contentLengthField: contentLength?.index))
     }
 
     /// A final status (200 to 599) from three digits, or nil.
