@@ -4,19 +4,20 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// l7-http: sets up a client connection's pipeline. NIO's HTTP/1 parser reads the framing and refuses malformed
-/// requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes, oversized or too many headers);
-/// `HTTPFrontHandler` answers those with 400, refuses what the parser lets through but lb will not forward (see
-/// `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
+/// l7-http: sets up a client connection's pipeline. lb's reader reads the requests nearly every client sends
+/// (`ClientRequestReader`), NIO's HTTP/1 parser the rest of a connection from the first that is not simple: it reads
+/// the framing and refuses malformed requests (conflicting Content-Length / Transfer-Encoding, bad chunk sizes,
+/// oversized or too many headers); `HTTPFrontHandler` answers those with 400, refuses what the parser lets through but
+/// lb will not forward (see `checkedForForwarding`), writes the framing of what it forwards, and does the proxying.
 ///
 /// Every handler costs each request part a hop (and its reference counting), so the pipeline holds only what does
-/// work: [TLS], NIO's decoder, and `HTTPFrontHandler`, which also writes the responses' bytes (`ResponseBytes`),
-/// answers parse errors and closes idle connections. No outbound header validation: every field lb writes was read by
-/// llhttp, whose rules for names and values are the validators' (tokens; no CR, LF, NUL or other controls but
-/// HTAB), or is lb's own (X-Forwarded-*, the cookie whose name the config loader checks as a token, framing).
-/// The request target is forwarded as llhttp accepted it (no space, control or non-ASCII byte, so it cannot split
-/// the request line); characters such as `{` or `|` that the real-server validator used to refuse (a 502 counted
-/// against a healthy server) reach the server, as through nginx.
+/// work: [TLS], the reader (and NIO's decoder once it is needed), and `HTTPFrontHandler`, which also writes the
+/// responses' bytes (`ResponseBytes`), answers parse errors and closes idle connections. No outbound header
+/// validation: every field lb writes was read by llhttp or lb's reader, whose rules for names and values are the
+/// validators' (tokens; no CR, LF, NUL or other controls but HTAB), or is lb's own (X-Forwarded-*, the cookie whose
+/// name the config loader checks as a token, framing). The request target is forwarded as it was accepted (no space,
+/// control or non-ASCII byte, so it cannot split the request line); characters such as `{` or `|` that the
+/// real-server validator used to refuse (a 502 counted against a healthy server) reach the server, as through nginx.
 struct HTTPProxy: Sendable {
     let runtime: ServiceRuntime
     let slot: ServiceSlot
