@@ -246,6 +246,19 @@ struct RealServerResponseReaderTests {
         await fixture.stop()
     }
 
+    /// A kept-alive server connection closed inside a response head: the server answered, so the request is never
+    /// sent again (as after a plain close before any answer); the client gets a 502 at once. (Reported as a plain
+    /// close, lb would try a fresh connection, which on this embedded loop NIO refuses with a trap.)
+    @Test func aCloseInsideAHeadIsABadGatewayNotARetry() throws {
+        let exchange = try InProcessExchangeTests.viewerExchange(request: "", response: "")
+        defer { exchange.finish() }
+        exchange.clientSends(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: t\r\n\r\n"))
+        #expect(exchange.serverSendsAndClientReceives(ByteBuffer(string: "HTTP/1.1 200 OK\r\nConte")).isEmpty)
+        let answer = String(decoding: exchange.serverClosesAndClientReceives(), as: UTF8.self)
+        #expect(answer.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"), "\(answer)")
+        #expect(exchange.serverReadByParser == false)
+    }
+
     /// A server that closes inside a response: the client, who already has the head, sees the connection close.
     @Test func aCloseInsideABodyClosesTheClient() async throws {
         let fixture = try await RawFixture { _, _ in .sendAndClose("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort") }

@@ -108,6 +108,14 @@ public final class InProcessExchange {
         while (try? client.readOutbound(as: ByteBuffer.self)) != nil {}
     }
 
+    /// The server closes its side of the connection (its FIN); what lb has sent the client since the last call.
+    func serverClosesAndClientReceives() -> [UInt8] {
+        server.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        var received: [UInt8] = []
+        while let buffer = try? client.readOutbound(as: ByteBuffer.self) { received += buffer.readableBytesView }
+        return received
+    }
+
     /// The server sends `bytes` (any piece of a response stream); what lb has sent the client since the last call.
     package func serverSendsAndClientReceives(_ bytes: ByteBuffer) -> [UInt8] {
         _ = try? server.writeInbound(bytes)
