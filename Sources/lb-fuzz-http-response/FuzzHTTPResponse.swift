@@ -158,22 +158,6 @@ func checkSplitReadsThroughTheProxy(_ input: [UInt8], method: HTTPMethod) {
     }
 }
 
-/// `input` cut into pieces of 1 to `largest` (a power of two) bytes, the sizes drawn from a generator seeded by the
-/// input's length and `mixing`, so each input is always cut the same way.
-func pieces(of input: [UInt8], mixing: UInt32, largest: Int) -> [ArraySlice<UInt8>] {
-    let shift = UInt32(32 - largest.trailingZeroBitCount)
-    var seed = UInt32(truncatingIfNeeded: input.count) &* mixing | 1
-    var pieces: [ArraySlice<UInt8>] = []
-    var offset = 0
-    while offset < input.count {
-        seed = seed &* 1664525 &+ 1013904223
-        let end = min(input.count, offset + 1 + Int(seed >> shift))
-        pieces.append(input[offset..<end])
-        offset = end
-    }
-    return pieces
-}
-
 /// An l7-http service with cookie persistence: lb adds its own Set-Cookie to what the server sends.
 let fuzzService: VirtualService = {
     let report = ConfigurationLoader.check(yaml: """

@@ -159,15 +159,11 @@ final class BackendHandler: ChannelDuplexHandler {
     }
 }
 
-/// NIO's response parser and the methods of the requests it will read answers to, once `RealServerResponseReader`
-/// has handed the connection over. A request written while the parser is in the middle of a read (a pipelined
-/// request sent as the response before it ends) is told to the parser only once that read is parsed: bytes after
-/// that response in the same read were sent before the request, and are never its answer (the parser finds no
-/// request for them and fails, a 502), as with NIO's own write-observing codec.
+/// NIO's response parser, told the method of each request it will read an answer to (a response to HEAD has no
+/// body), once `RealServerResponseReader` has handed the connection over. When to tell it is `ExpectedResponses`'
+/// concern: a request written during a read only after that read.
 package final class ResponseParserFeed {
     let parser: HTTPResponseDecoder
-    private var parsing = false
-    private var waiting: [HTTPMethod] = []
 
     package init(_ parser: HTTPResponseDecoder) { self.parser = parser }
 
@@ -176,22 +172,7 @@ package final class ResponseParserFeed {
         ByteToMessageHandler(RealServerResponseDecoder(feed: self))
     }
 
-    package func expectResponse(to method: HTTPMethod) {
-        if parsing { waiting.append(method) } else { parser.write(data: .head(method.headForResponseParser)) }
-    }
-
-    /// Runs one pass of the parser over what was read, then tells it the requests written meanwhile.
-    func parse<Result>(_ body: () throws -> Result) rethrows -> Result {
-        parsing = true
-        defer {
-            parsing = false
-            if !waiting.isEmpty {
-                for method in waiting { parser.write(data: .head(method.headForResponseParser)) }
-                waiting.removeAll()
-            }
-        }
-        return try body()
-    }
+    package func expectResponse(to method: HTTPMethod) { parser.write(data: .head(method.headForResponseParser)) }
 }
 
 /// NIO's response parser, without its watch on outbound writes. Handed to `ByteToMessageHandler` directly, the parser
@@ -205,10 +186,10 @@ package struct RealServerResponseDecoder: ByteToMessageDecoder {
     package func decoderAdded(context: ChannelHandlerContext) { feed.parser.decoderAdded(context: context) }
     package func decoderRemoved(context: ChannelHandlerContext) { feed.parser.decoderRemoved(context: context) }
     package func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        try feed.parse { try feed.parser.decode(context: context, buffer: &buffer) }
+        try feed.parser.decode(context: context, buffer: &buffer)
     }
     package func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try feed.parse { try feed.parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF) }
+        try feed.parser.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF)
     }
     package func shouldReclaimBytes(buffer: ByteBuffer) -> Bool { feed.parser.shouldReclaimBytes(buffer: buffer) }
 }

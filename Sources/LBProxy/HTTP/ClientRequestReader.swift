@@ -67,15 +67,7 @@ final class ClientRequestReader: ChannelInboundHandler, RemovableChannelHandler 
             context.fireChannelRead(data)
             return
         }
-        var bytes = unwrapInboundIn(data)
-        if unread.readableBytes == 0 {
-            unread = bytes
-        } else {
-            // What was passed on goes first: the buffer never holds more than the unread part of the requests
-            // (with body parts still held elsewhere, only that part is copied).
-            unread.discardReadBytes()
-            unread.writeBuffer(&bytes)
-        }
+        unread.appendAsUnread(unwrapInboundIn(data))
         readUnread(context: context)
     }
 

@@ -3,6 +3,17 @@ import NIOCore
 /// What lb's two head scanners (`RequestHeadScanner`, `ResponseHeadScanner`) share: the check of a head's bytes up
 /// to its empty line, the reading of plain field lines, and a plain Content-Length.
 
+/// The outcome of looking at the start of what a peer sent, for either scanner.
+package enum HeadScan<Head: Equatable>: Equatable {
+    /// A complete head of the simple form; its fields are in the scanner's `fields`.
+    case simple(Head)
+    /// Every byte so far could begin a simple head; more are needed.
+    case incomplete
+    /// Not of the simple form (or not an HTTP message at all): NIO's llhttp-based parser reads it, and refuses it if
+    /// it must.
+    case notSimple
+}
+
 /// One field line of a scanned head: where its name and its value (without the spaces and tabs before it) are, as
 /// offsets from the start of the head.
 package struct FieldSpan: Equatable, Sendable {
@@ -82,6 +93,35 @@ func leavesSimpleForm(_ name: UnsafeRawBufferPointer) -> Bool {
     case 18: name.equalsIgnoringASCIICase("proxy-authenticate")
     case 19: name.equalsIgnoringASCIICase("proxy-authorization")
     default: false
+    }
+}
+
+/// The one `Connection` value the simple form allows: true for `close`, false for `keep-alive`, nil for anything
+/// else (a list, or a token naming a field, is left to NIO's parser).
+func connectionCloses(_ value: UnsafeRawBufferPointer) -> Bool? {
+    if value.equalsIgnoringASCIICase("close") { return true }
+    if value.equalsIgnoringASCIICase("keep-alive") { return false }
+    return nil
+}
+
+/// Whether the connection stays open after a message, as llhttp reads it: HTTP/1.1 unless `Connection: close`,
+/// HTTP/1.0 only with `Connection: keep-alive` (`closes`: the `Connection` field's reading, nil without one).
+func keepsAlive(isHTTP10: Bool, connectionCloses closes: Bool?) -> Bool {
+    isHTTP10 ? closes == false : closes != true
+}
+
+extension ByteBuffer {
+    /// Appends a new read to the bytes a reader holds unread (the part of a head, or what waits behind it): what
+    /// was passed on goes first, so the buffer never holds more than the unread part (with slices of it still held
+    /// elsewhere, only that part is copied). Without unread bytes the read is taken as it is, uncopied.
+    mutating func appendAsUnread(_ read: ByteBuffer) {
+        if readableBytes == 0 {
+            self = read
+        } else {
+            var read = read
+            discardReadBytes()
+            writeBuffer(&read)
+        }
     }
 }
 

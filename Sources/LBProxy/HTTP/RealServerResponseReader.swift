@@ -3,7 +3,9 @@ import NIOHTTP1
 
 /// The requests sent on a real-server connection and not yet answered, oldest first, as the reader of its responses
 /// must know them: lb's own (`RealServerResponseReader`), then, once it has handed over, NIO's (`ResponseParserFeed`).
-/// A request written during a read is expected only after that read: what the read still holds was sent before it.
+/// A request written during a read (by either reader) is expected only after that read: what the read still holds
+/// was sent before it, and is never its answer (the reader finds no request for it and fails, a 502), as with NIO's
+/// own write-observing codec.
 final class ExpectedResponses {
     private var methods: [HTTPMethod] = []
     private var writtenDuringRead: [HTTPMethod] = []
@@ -11,21 +13,23 @@ final class ExpectedResponses {
     private var feed: ResponseParserFeed?
 
     func requestWritten(_ method: HTTPMethod) {
-        if let feed {
-            feed.expectResponse(to: method)
-        } else if reading {
+        if reading {
             writtenDuringRead.append(method)
+        } else if let feed {
+            feed.expectResponse(to: method)
         } else {
             methods.append(method)
         }
     }
 
-    /// Runs `body` (the reading of what the server sent), then expects the requests written meanwhile.
+    /// Runs `body` (the reading of what the server sent, by either reader), then expects the requests written
+    /// meanwhile.
     func read(_ body: () -> Void) {
+        let outer = reading
         reading = true
         body()
-        reading = false
-        guard !writtenDuringRead.isEmpty else { return }
+        reading = outer
+        guard !outer, !writtenDuringRead.isEmpty else { return }
         let written = writtenDuringRead
         writtenDuringRead.removeAll(keepingCapacity: true)
         for method in written { requestWritten(method) }
@@ -110,21 +114,14 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch mode {
         case .parser:
-            context.fireChannelRead(data)
+            expected.read { context.fireChannelRead(data) }
             return
         case .closed:
             return
         case .head, .body:
             break
         }
-        var bytes = unwrapInboundIn(data)
-        if unread.readableBytes == 0 {
-            unread = bytes
-        } else {
-            // Only an unfinished head is ever held: what was passed on goes first.
-            unread.discardReadBytes()
-            unread.writeBuffer(&bytes)
-        }
+        unread.appendAsUnread(unwrapInboundIn(data))  // only an unfinished head is ever held
         expected.read { readUnread(context: context) }
     }
 
@@ -184,7 +181,12 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
                 break
             }
         }
-        context.fireUserInboundEventTriggered(event)
+        // NIO's parser reads to the close here (a response delimited by it).
+        expected.read { context.fireUserInboundEventTriggered(event) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        expected.read { context.fireChannelInactive() }  // NIO's parser reads what is left here too
     }
 
     /// From here on NIO's parser reads the connection, starting with what is unread.

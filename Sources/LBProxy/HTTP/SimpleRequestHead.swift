@@ -31,16 +31,8 @@ package struct SimpleRequestHead: Equatable, Sendable {
     }
 }
 
-/// The outcome of looking at the start of what a client sent.
-package enum RequestHeadScan: Equatable {
-    /// A complete head of the simple form (`SimpleRequestHead`); its fields are in the scanner's `fields`.
-    case simple(SimpleRequestHead)
-    /// Every byte so far could begin a simple head; more are needed.
-    case incomplete
-    /// Not of the simple form (or not a request at all): NIO's llhttp-based parser reads it, and refuses it if
-    /// it must.
-    case notSimple
-}
+/// The outcome of looking at the start of what a client sent (`.notSimple` also for what is not a request at all).
+package typealias RequestHeadScan = HeadScan<SimpleRequestHead>
 
 /// Reads simple request heads (`SimpleRequestHead`) without llhttp, and without building a String or a header
 /// list per request: the proxy then forwards the head by copying its field lines (`RequestBytes.forwarded(simple:)`).
@@ -112,15 +104,9 @@ package struct RequestHeadScanner {
                 else { return false }
                 contentLength = length
             case .connection:
-                guard connection == nil else { return false }
-                let token = UnsafeRawBufferPointer(rebasing: head[field.value])
-                if token.equalsIgnoringASCIICase("close") {
-                    connection = (fields.count, true)
-                } else if token.equalsIgnoringASCIICase("keep-alive") {
-                    connection = (fields.count, false)
-                } else {
-                    return false
-                }
+                guard connection == nil, let closes = connectionCloses(UnsafeRawBufferPointer(rebasing: head[field.value]))
+                else { return false }
+                connection = (fields.count, closes)
             case .host:
                 guard !hostSeen, !field.value.isEmpty,
                       !head[field.value].contains(where: { $0 == ASCII.comma || $0 == ASCII.space || $0 == ASCII.tab || $0 == ASCII.slash || $0 == ASCII.at })
@@ -131,7 +117,7 @@ package struct RequestHeadScanner {
             return true
         }
         guard plain else { return .notSimple }
-        let keepAlive = isHTTP10 ? connection?.close == false : connection?.close != true
+        let keepAlive = keepsAlive(isHTTP10: isHTTP10, connectionCloses: connection?.close)
         return .simple(SimpleRequestHead(method: method, isHTTP10: isHTTP10, keepAlive: keepAlive,
                                          contentLength: contentLength, size: head.count, target: target,
                                          connectionField: connection?.index))

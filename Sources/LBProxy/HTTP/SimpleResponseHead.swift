@@ -28,16 +28,9 @@ package struct SimpleResponseHead: Equatable, Sendable {
     package var statedFraming: BodyFraming { contentLength.map { .contentLength($0) } ?? .unframed }
 }
 
-/// The outcome of looking at the start of what a real server sent.
-package enum ResponseHeadScan: Equatable {
-    /// A complete head of the simple form; its fields are in the scanner's `fields`.
-    case simple(SimpleResponseHead)
-    /// Every byte so far could begin a simple head; more are needed.
-    case incomplete
-    /// Not of the simple form (an interim response, a chunked or close-delimited body, anything else): NIO's
-    /// llhttp-based parser reads it, and refuses it if it must.
-    case notSimple
-}
+/// The outcome of looking at the start of what a real server sent (`.notSimple` also for an interim response, a
+/// chunked or close-delimited body, anything else).
+package typealias ResponseHeadScan = HeadScan<SimpleResponseHead>
 
 /// Reads simple response heads (`SimpleResponseHead`) without llhttp, and without building a String or a header
 /// list per response: the proxy forwards the head by copying its field lines (`ResponseBytes.forwarded`).
@@ -109,15 +102,9 @@ package struct ResponseHeadScanner {
                 else { return false }
                 contentLength = (fields.count, length)
             case .connection:
-                guard connection == nil else { return false }
-                let token = UnsafeRawBufferPointer(rebasing: head[field.value])
-                if token.equalsIgnoringASCIICase("close") {
-                    connection = (fields.count, true)
-                } else if token.equalsIgnoringASCIICase("keep-alive") {
-                    connection = (fields.count, false)
-                } else {
-                    return false
-                }
+                guard connection == nil, let closes = connectionCloses(UnsafeRawBufferPointer(rebasing: head[field.value]))
+                else { return false }
+                connection = (fields.count, closes)
             case .keepAlive:
                 guard keepAliveField == nil else { return false }
                 keepAliveField = fields.count
@@ -141,7 +128,7 @@ package struct ResponseHeadScanner {
         // As NIO reads it from llhttp before it tells llhttp that a response to HEAD has no body: without a length,
         // a status that may carry one is delimited by the close, so the connection is not kept.
         let delimitedByClose = contentLength == nil && code != 204 && code != 304
-        let keepAlive = !delimitedByClose && (isHTTP10 ? connection?.close == false : connection?.close != true)
+        let keepAlive = !delimitedByClose && keepsAlive(isHTTP10: isHTTP10, connectionCloses: connection?.close)
         return .simple(SimpleResponseHead(status: status, isHTTP10: isHTTP10, keepAlive: keepAlive,
                                           contentLength: contentLength?.length, bodyLength: bodyLength, size: head.count,
                                           connectionField: connection?.index, keepAliveField: keepAliveField,
