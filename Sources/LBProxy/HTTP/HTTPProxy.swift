@@ -23,17 +23,12 @@ struct HTTPProxy: Sendable {
     let slot: ServiceSlot
     var service: VirtualService { runtime.service }
 
-    func initialize(client channel: Channel) -> EventLoopFuture<Void> {
-        do {
-            let sync = channel.pipeline.syncOperations
-            // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
-            if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
-            // Until the client sends something, only this: see `WaitingClientHandler`.
-            try sync.addHandler(WaitingClientHandler(proxy: self))
-            return channel.eventLoop.makeSucceededVoidFuture()
-        } catch {
-            return channel.eventLoop.makeFailedFuture(error)
-        }
+    func initialize(client channel: Channel) throws {
+        let sync = channel.pipeline.syncOperations
+        // TLS sits nearest the socket, so everything above it, even the 408 to a half-sent head, is encrypted.
+        if let tls = runtime.tls { try sync.addHandler(TLSHandler(context: tls)) }
+        // Until the client sends something, only this: see `WaitingClientHandler`.
+        try sync.addHandler(WaitingClientHandler(proxy: self))
     }
 
     /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.

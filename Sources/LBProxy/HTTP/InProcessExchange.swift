@@ -71,7 +71,7 @@ public final class InProcessExchange {
         IdleConnections.forLoop(loop, pool: runtime.pool).put(backend, selection: selection, pool: runtime.pool)
 
         client = EmbeddedChannel(loop: loop)
-        try HTTPProxy(runtime: runtime, slot: ServiceSlot(runtime)).initialize(client: client).wait()
+        try HTTPProxy(runtime: runtime, slot: ServiceSlot(runtime)).initialize(client: client)
         try client.connect(to: SocketAddress(ipAddress: "192.0.2.10", port: 80)).wait()
         // Set after the connect, which would make the VIP the peer.
         client.remoteAddress = try SocketAddress(ipAddress: "198.51.100.7", port: 40000)

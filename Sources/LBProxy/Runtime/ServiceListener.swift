@@ -37,15 +37,15 @@ final class Binding: Sendable {
             .serverChannelOption(freeBindOption, value: freeBind ? 1 : 0)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // Out of descriptors: pause accepting for a moment rather than spin on accept(2).
+            // lb sets up and registers each accepted client itself (`ClientAcceptor`), ahead of NIO's own accept
+            // handler; out of descriptors, accepting pauses for a moment rather than spin on accept(2).
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptLimits.pauseHandler(service: runtime.service.name, logger: runtime.logger))
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ClientAcceptor(slot: slot),
+                        AcceptLimits.pauseHandler(service: runtime.service.name, logger: runtime.logger),
+                    ])
                 }
-            }
-            .childChannelInitializer { channel in
-                slot.current.initialize(client: channel, slot: slot)
             }
         do {
             let channel = try await bootstrap.bind(host: key.address.description, port: Int(key.port)).get()

@@ -37,9 +37,10 @@ final class ServiceRuntime: Sendable {
     /// The client connections open now (for tests).
     var clientChannels: [Channel] { clients.withLockedValue { Array($0.values) } }
 
-    /// Admits or refuses a new client, then hands it to the mode's pipeline. `slot` is where the client's later
-    /// requests find the generation in force (l7-http reads it per request).
-    func initialize(client channel: Channel, slot: ServiceSlot) -> EventLoopFuture<Void> {
+    /// Admits or refuses a new client, then hands it to the mode's pipeline; the client is not registered yet
+    /// (`ClientAcceptor`). `slot` is where the client's later requests find the generation in force (l7-http reads
+    /// it per request). Throws when the client is refused.
+    func initialize(client channel: Channel, slot: ServiceSlot) throws {
         let limit = service.limits.maxConnections
         let admitted = clients.withLockedValue { clients -> Bool in
             guard clients.count < limit else { return false }
@@ -50,29 +51,23 @@ final class ServiceRuntime: Sendable {
             if let held = refusals.admit() {
                 logger.warning("connection refused: limit reached", metadata: ["limit": "\(limit)", "repeats": "\(held)"])
             }
-            return channel.eventLoop.makeFailedFuture(ProxyError.connectionLimit(service: service.name, limit: limit))
+            throw ProxyError.connectionLimit(service: service.name, limit: limit)
         }
         channel.closeFuture.whenComplete { [clients] _ in
             clients.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
         }
-        do {
-            // l7-tcp passes half-closes through; l7-http answers and closes.
-            try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
-            // A response head or an HL7 acknowledgement leaves at once, not after the client's delayed ACK. Set
-            // here rather than as a bootstrap child option, which NIO applies through a chain of futures: about ten
-            // allocations per accepted connection.
-            try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
-        } catch {
-            return channel.eventLoop.makeFailedFuture(error)
-        }
+        // l7-tcp passes half-closes through; l7-http answers and closes.
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
+        // A response head or an HL7 acknowledgement leaves at once, not after the client's delayed ACK.
+        try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
         switch service.mode {
         case .l7TCP:
-            return TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
+            try TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
         case .l7HTTP:
-            return HTTPProxy(runtime: self, slot: slot).initialize(client: channel)
+            try HTTPProxy(runtime: self, slot: slot).initialize(client: channel)
         case .l4DirectRouting, .l4NAT, .l4SNAT:
             // The agent never hands Layer 4 services to the proxy; refuse rather than guess.
-            return channel.eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: service.name))
+            throw ProxyError.noServerAvailable(service: service.name)
         }
     }
 

@@ -8,23 +8,18 @@ struct TCPProxy: Sendable {
     let connector: BackendConnector
     let logger: Logger
 
-    /// Ends at once; the real server is connected afterwards. NIO closes an accepted connection whose initializer
-    /// finishes after its listening socket closed, so waiting here for the real server would kill every connection
-    /// still connecting when lbd stops, or when a mode switch or reload closes the listener. The client is not read
-    /// until the two connections are joined — except at its end of input, which NIO reads whatever autoRead says: a
-    /// client that sends and half-closes at once has both held by `EarlyClientInput` until the join.
-    func initialize(client channel: Channel) -> EventLoopFuture<Void> {
+    /// Ends at once; the real server is connected afterwards, so a client still connecting when lbd stops, or when
+    /// a mode switch or reload closes the listener, carries on. The client is not read until the two connections are
+    /// joined — except at its end of input, which NIO reads whatever autoRead says: a client that sends and
+    /// half-closes at once has both held by `EarlyClientInput` until the join.
+    func initialize(client channel: Channel) throws {
         let client = IPAddress(channel.remoteAddress)
         let port = UInt16(channel.localAddress?.port ?? 0)
         let idle = TimeAmount(service.timeouts.idle)
         let pool = connector.pool
         let early = EarlyClientInput()
-        do {
-            try channel.syncOptions?.setOption(.autoRead, value: false)
-            try channel.pipeline.syncOperations.addHandler(early)
-        } catch {
-            return channel.eventLoop.makeFailedFuture(error)
-        }
+        try channel.syncOptions?.setOption(.autoRead, value: false)
+        try channel.pipeline.syncOperations.addHandler(early)
         connector.connect(client: client, port: port, on: channel.eventLoop) { backend in
             backend.eventLoop.makeSucceededVoidFuture()
         }.whenComplete { [logger] result in
@@ -52,7 +47,6 @@ struct TCPProxy: Sendable {
                 channel.close(promise: nil)
             }
         }
-        return channel.eventLoop.makeSucceededVoidFuture()
     }
 }
 
