@@ -18,6 +18,13 @@ static inline long lb_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return SSL_set_tlsext_host_name(ssl, name);
 }
 
+// Empties this thread's OpenSSL error queue before a call whose outcome SSL_get_error reads. ERR_clear_error
+// itself walks all 16 slots of the queue and frees each slot's data, even when the queue is empty, as it nearly
+// always is: peeking first makes the usual case a look at the queue's two ends.
+static inline void lb_ERR_clear(void) {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 static inline size_t lb_BIO_pending(BIO *bio) {
     return BIO_ctrl_pending(bio);
 }

@@ -121,7 +121,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // A memory BIO takes everything unless memory runs out; anything less would silently drop ciphertext.
         let accepted = cipher.withUnsafeReadableBytes { bytes -> Bool in
             guard bytes.count > 0 else { return true }
-            ERR_clear_error()
+            lb_ERR_clear()
             return BIO_write(readBIO, bytes.baseAddress, Int32(bytes.count)) == Int32(bytes.count)
         }
         guard accepted else {
@@ -137,7 +137,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         handshakeStarted = true
         // OpenSSL's error queue is per thread and shared by every connection of this event loop: what an earlier
         // call left there must not be read as this call's reason (SSL_get_error consults it).
-        ERR_clear_error()
+        lb_ERR_clear()
         let result = SSL_do_handshake(ssl)
         sendCiphertext(context: context, promise: nil)
         context.flush()
@@ -174,7 +174,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var buffer = plaintextReads.take(capacity: capacity, allocator: context.channel.allocator)
             var result: Int32 = 0
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { pointer in
-                ERR_clear_error()
+                lb_ERR_clear()
                 result = SSL_read(ssl, pointer.baseAddress, Int32(pointer.count))
                 return max(Int(result), 0)
             }
@@ -275,7 +275,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if state == .open { encryptUnflushed(context: context) }
         if mode == .all, state == .open, let ssl {
             state = .closed
-            ERR_clear_error()
+            lb_ERR_clear()
             _ = SSL_shutdown(ssl)
             // The channel fails what is still queued when it closes, so close_notify (and anything before it) would
             // be lost to a client that reads slowly: the close waits until it is written, or `closeNotifyWait`
@@ -303,7 +303,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         plaintext.withUnsafeReadableBytes { bytes in
             guard bytes.count > 0 else { return }
             // Without partial-write mode SSL_write consumes all of it or fails.
-            ERR_clear_error()
+            lb_ERR_clear()
             failed = SSL_write(ssl, bytes.baseAddress, Int32(bytes.count)) <= 0
         }
         if failed {
@@ -329,7 +329,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         var buffer = ciphertextSends.take(capacity: pending, allocator: context.channel.allocator)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { pointer in
-            ERR_clear_error()
+            lb_ERR_clear()
             return Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
         }
         ciphertextSends.keep(buffer)
