@@ -62,14 +62,15 @@ struct InProcessExchangeTests {
         if let firstAtServer { #expect(String(buffer: firstAtServer.buffer) == firstAtServer.text) }
     }
 
-    /// A connection's one timer is the one the waiting handler scheduled at connect time: the HTTP handler takes
-    /// it over and keeps it through keep-alive requests (each re-arms the header deadline by a store), rather than
-    /// cancelling and scheduling one per connection or per request.
-    @Test func aConnectionSchedulesOneTimer() throws {
+    /// A connection schedules no timer of its own: its deadlines sit on the loop's `ConnectionClock`, whose one
+    /// tick (scheduled when the waiting handler joined it at connect time, and not yet due on this embedded loop)
+    /// serves every connection. Keep-alive requests re-arm the header deadline by a store.
+    @Test func aConnectionSchedulesNoTimerOfItsOwn() throws {
         let exchange = try Self.viewerExchange(request: "GET / HTTP/1.1\r\nHost: viewer\r\n\r\n",
                                                response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         defer { exchange.finish() }
         for _ in 1...5 { try exchange.exchange() }
-        #expect(exchange.frontTimersScheduled == 0)
+        #expect(exchange.frontIsOnClock)
+        #expect(exchange.clockTicksScheduled == 1)
     }
 }

@@ -11,7 +11,7 @@ import NIOHTTP1
 /// connection to it or open one (moving on to another server if that fails), forward the request with
 /// X-Forwarded-For / X-Forwarded-Proto, and stream the response back with the persistence cookie when needed.
 /// Both directions respect backpressure: a side is read only while the other can take the bytes.
-final class HTTPFrontHandler: ChannelDuplexHandler {
+final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     typealias InboundIn = HTTPServerRequestPart
     /// Nothing above this handler writes; it writes the responses' bytes itself (see `ResponseBytes`).
     typealias OutboundIn = ByteBuffer
@@ -79,15 +79,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
 
     /// `headerDeadline`: when the first head must have arrived (counted from the connection, by
     /// `WaitingClientHandler`, which adds this handler once the client sends something).
-    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline,
-         timer: (timer: Scheduled<Void>, at: NIODeadline)? = nil) {
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline) {
         self.runtime = runtime
         self.slot = slot
         self.scheme = scheme
         self.firstHeaderDeadline = headerDeadline
-        // The waiting handler's timer, taken over: it calls `wake()` when it fires.
-        wakeTimer = timer?.timer
-        wakeAt = timer?.at
     }
 
     private let firstHeaderDeadline: NIODeadline
@@ -115,6 +111,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         idleConnections = IdleConnections.forLoop(context.eventLoop, pool: runtime.pool)
+        clock = ConnectionClock.forLoop(context.eventLoop)
         nextIdleCheck = .now() + idleCheckPeriod
         armTimer(at: firstHeaderDeadline, reason: "request head not received in time")
     }
@@ -163,6 +160,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        clock?.remove(self)
         self.context = nil
     }
 
@@ -211,13 +209,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     }
 
 
-    /// The connection is closed: the timer is cancelled and not set again.
+    /// The connection is closed: it leaves the clock and does not join it again.
     private var isInactive = false
 
     func channelInactive(context: ChannelHandlerContext) {
         isInactive = true
-        wakeTimer?.cancel()
-        wakeTimer = nil
+        clock?.remove(self)
         if case .forwarding(let backend, _) = state {
             // The client went away mid-exchange: the backend connection is in an unknown state.
             backend.close()
@@ -231,10 +228,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
     private var deadline: NIODeadline?
     private var deadlineReason = ""
 
-    /// One timer per connection serves both guards: it wakes at the earlier of the request deadline and the next
-    /// idle check, and is moved lazily: arming a later deadline is a store, not a schedule-and-cancel per request.
-    private var wakeTimer: Scheduled<Void>?
-    private var wakeAt: NIODeadline?
+    /// One place on the loop's `ConnectionClock` per connection serves both guards: it wakes the connection at the
+    /// earlier of the request deadline and the next idle check. Arming, moving or dropping a deadline is a store.
+    private var clock: ConnectionClock?
+    private(set) var wakeAt: NIODeadline?
+    var clockPosition: Int?
 
     private func armTimer(_ duration: Duration, reason: String) {
         armTimer(at: NIODeadline.now() + TimeAmount(duration), reason: reason)
@@ -250,30 +248,22 @@ final class HTTPFrontHandler: ChannelDuplexHandler {
         deadline = nil
     }
 
-    /// Makes sure the timer wakes no later than the deadline and the next idle check. A timer already due sooner
-    /// stays (it reschedules when it fires); an earlier deadline (a body timeout shorter than the header timeout)
-    /// moves it, or it would only be noticed at the old time.
+    /// Wakes the connection at the earlier of the deadline and the next idle check. A disarmed deadline leaves the
+    /// wake where it was: the wake finds nothing due but the idle check, and moves on.
     private func scheduleWake() {
-        guard let context, !isInactive else { return }
+        guard context != nil, !isInactive else { return }
         var when = nextIdleCheck
         if let deadline, deadline < when { when = deadline }
-        if wakeTimer != nil, let wakeAt {
-            if wakeAt <= when { return }
-            wakeTimer?.cancel()
-        }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         wakeAt = when
-        wakeTimer = context.eventLoop.scheduleTask(deadline: when) { loopBound.value.wake() }
-        timersScheduled &+= 1
+        clock?.add(self)
     }
 
-    /// Timers this handler scheduled itself (for tests: a connection's first timer is the waiting handler's).
-    private(set) var timersScheduled = 0
-
     func wake() {
-        wakeTimer = nil
         wakeAt = nil
-        guard context != nil else { return }
+        guard context != nil, !isInactive else {
+            clock?.remove(self)
+            return
+        }
         let now = NIODeadline.now()
         if let deadline, now >= deadline {
             self.deadline = nil

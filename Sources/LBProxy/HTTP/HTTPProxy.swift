@@ -32,9 +32,8 @@ struct HTTPProxy: Sendable {
     }
 
     /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.
-    /// `timer`: the waiting handler's scheduled timer, which the front handler takes over (it then wakes it).
     func addHTTPHandlers(to sync: ChannelPipeline.SynchronousOperations, after waiting: WaitingClientHandler,
-                         headerDeadline: NIODeadline, timer: (timer: Scheduled<Void>, at: NIODeadline)?) throws -> HTTPFrontHandler {
+                         headerDeadline: NIODeadline) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = service.limits.maxHeaderBytes
         limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
@@ -43,12 +42,11 @@ struct HTTPProxy: Sendable {
         // resume reading around every request, a system call each time), and it writes the responses' bytes
         // itself (`ResponseBytes`). The reader reads simple requests itself and puts NIO's parser in for the rest.
         let front = HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https",
-                                     headerDeadline: headerDeadline, timer: timer)
+                                     headerDeadline: headerDeadline)
         let reader = ClientRequestReader(front: front, limits: limits)
         front.reader = reader
         try sync.addHandler(reader, position: .after(waiting))
         try sync.addHandler(front, position: .after(reader))
-        return front
     }
 }
 
