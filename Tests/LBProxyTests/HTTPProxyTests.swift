@@ -358,6 +358,21 @@ struct RequestSafetyTests {
         await fixture.stop()
     }
 
+    /// `ClientAcceptor` sets up a client accepted for the other event loop on that loop: with two proxy threads,
+    /// clients land on both loops, and every one of them is served.
+    @Test func clientsAcceptedForEitherEventLoopAreServed() async throws {
+        let fixture = try await HTTPFixture()
+        let clients = try (0..<4).map { _ in try RawClient(port: fixture.vipPort) }
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 4 })
+        let loops = Set(fixture.engine.clientChannels(of: "web").map { ObjectIdentifier($0.eventLoop) })
+        #expect(loops.count == 2, "the clients sit on \(loops.count) event loop(s)")
+        for client in clients {
+            client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(statusLine(client.readResponse()) == "HTTP/1.1 200 OK")
+        }
+        await fixture.stop()
+    }
+
     /// A kept-alive connection keeps its two head buffers between requests, and gives them back once it has been
     /// silent for an idle-check period (a quarter of the idle timeout), before it is closed as idle.
     @Test func aSilentConnectionGivesItsHeadBuffersBack() async throws {
