@@ -62,15 +62,21 @@ struct InProcessExchangeTests {
         if let firstAtServer { #expect(String(buffer: firstAtServer.buffer) == firstAtServer.text) }
     }
 
-    /// A connection schedules no timer of its own: its deadlines sit on the loop's `ConnectionClock`, whose one
-    /// tick (scheduled when the waiting handler joined it at connect time, and not yet due on this embedded loop)
-    /// serves every connection. Keep-alive requests re-arm the header deadline by a store.
-    @Test func aConnectionSchedulesNoTimerOfItsOwn() throws {
+    /// A connection's deadlines sit on the loop's `ConnectionClock`: the waiting handler put the connection on it at
+    /// connect time (one tick scheduled, not yet due on this embedded loop), the HTTP handler joined before the
+    /// waiting handler left (so the clock never stopped and was never made again), and keep-alive requests re-arm
+    /// the header deadline by a store.
+    @Test func aConnectionStaysOnOneClockThroughItsRequests() throws {
         let exchange = try Self.viewerExchange(request: "GET / HTTP/1.1\r\nHost: viewer\r\n\r\n",
                                                response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        defer { exchange.finish() }
+        let clock = try #require(exchange.clock, "the waiting handler put the connection on a clock")
+        #expect(clock.count == 1)
         for _ in 1...5 { try exchange.exchange() }
+        #expect(exchange.clock === clock)
         #expect(exchange.frontIsOnClock)
-        #expect(exchange.clockTicksScheduled == 1)
+        #expect(clock.count == 1)
+        #expect(clock.ticksScheduled == 1)
+        exchange.finish()
+        #expect(exchange.clock == nil, "the closed connection left, and the clock stopped")
     }
 }

@@ -138,6 +138,29 @@ struct TCPProxyTests {
         await fixture.stop()
     }
 
+    /// With every server down in the pool, no server is chosen and the client is closed while it is being set up,
+    /// before its registration: the registration then fails quietly, and later clients are served once a server is
+    /// back.
+    @Test func aClientRefusedBeforeItIsRegisteredIsClosedAndTheNextIsServed() async throws {
+        let fixture = try await TCPFixture()
+        let pool = try #require(fixture.engine.pool(for: "dicom"))
+        pool.setHealthy("dicom-1", false)
+        pool.setHealthy("dicom-2", false)
+        for _ in 0..<3 {
+            let client = try RawClient(port: fixture.vipPort)
+            let started = ContinuousClock.now
+            #expect(client.readAllText().isEmpty)
+            #expect(client.lastReadEnd == "end of stream", "closed by lb, not by the read timeout")
+            #expect(ContinuousClock.now - started < .seconds(2), "closed at once, not left hanging")
+        }
+        #expect(await eventually { fixture.engine.clientChannels(of: "dicom").isEmpty })
+        pool.setHealthy("dicom-2", true)
+        let client = try RawClient(port: fixture.vipPort)
+        client.shutdownWrite()
+        #expect(client.readAllText().hasPrefix("hello from dicom-2"))
+        await fixture.stop()
+    }
+
     @Test func idleTimeoutClosesSilentConnections() async throws {
         let fixture = try await TCPFixture(extra: ["timeouts: {idle: 1s}"])
         let client = try RawClient(port: fixture.vipPort)

@@ -1,12 +1,12 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// A client connection that `ConnectionClock` wakes. Moving its deadline is a store into `wakeAt`.
+/// A client connection that `ConnectionClock` wakes.
 protocol ClockedConnection: AnyObject {
-    /// When the connection wants `wake()`; nil: not now (it stays on the clock until it is removed).
-    var wakeAt: NIODeadline? { get }
     /// Where the connection sits on its clock; kept by the clock alone (nil: not on it).
     var clockPosition: Int? { get set }
+    /// Its deadline has passed. The clock has already dropped that deadline: a connection that wants waking again
+    /// sets a new one.
     func wake()
 }
 
@@ -16,8 +16,8 @@ protocol ClockedConnection: AnyObject {
 /// Why not a scheduled task per connection: each costs a task, a promise and closures (about 230 bytes for as long
 /// as an idle connection waits), and NIO cancels one by a linear search of every task scheduled on the loop, under
 /// a lock, so with thousands of open connections each close scanned all the others' timers. Here a connection
-/// joins, moves its deadline and leaves by stores into an array (no allocation once the array has grown), and a
-/// tick looks at each connection once. The price: a deadline is noticed up to one tick late.
+/// joins, moves its deadline and leaves by stores into two arrays (no allocation once they have grown), and a tick
+/// reads the deadlines as one array of integers. The price: a deadline is noticed up to one tick late.
 ///
 /// A loop's clock exists while connections are on it: the last to leave cancels the tick and unregisters it, so a
 /// loop without connections is never woken, and an embedded loop of a test is not kept.
@@ -26,7 +26,11 @@ final class ConnectionClock {
 
     private let eventLoop: EventLoop
     private var connections: [any ClockedConnection] = []
-    /// The connections due at a tick, woken after the scan (a wake may remove its connection from `connections`).
+    /// Each connection's deadline (uptime nanoseconds, as `NIODeadline`), at the connection's position; `none`: no
+    /// deadline.
+    private var deadlines: [UInt64] = []
+    private static let none = UInt64.max
+    /// The connections due at a tick, woken after the scan (a wake may take connections off the clock).
     private var due: [any ClockedConnection] = []
     private var nextTick: Scheduled<Void>?
     /// Ticks scheduled so far (for tests: connections and requests schedule none of their own).
@@ -49,24 +53,38 @@ final class ConnectionClock {
         return bound.value
     }
 
+    /// The clock registered for `loop`, if any; makes none (for tests).
+    static func registered(on loop: EventLoop) -> ConnectionClock? {
+        clocks.withLockedValue { $0[ObjectIdentifier(loop)] }?.value
+    }
+
     /// The number of connections on the clock (for tests).
     var count: Int { connections.count }
 
-    /// Puts the connection on the clock, if it is not on it already.
-    func add(_ connection: any ClockedConnection) {
-        guard connection.clockPosition == nil else { return }
+    /// Sets (or drops, with nil) the connection's deadline, putting it on the clock if it is not on it.
+    func wake(_ connection: any ClockedConnection, at deadline: NIODeadline?) {
+        let value = deadline?.uptimeNanoseconds ?? Self.none
+        if let position = connection.clockPosition {
+            assert(connections[position] === connection, "a connection on another clock")
+            deadlines[position] = value
+            return
+        }
         connection.clockPosition = connections.count
         connections.append(connection)
+        deadlines.append(value)
         if nextTick == nil { scheduleTick() }
     }
 
     /// Takes the connection off the clock, if it is on it.
     func remove(_ connection: any ClockedConnection) {
         guard let position = connection.clockPosition else { return }
+        assert(connections[position] === connection, "a connection on another clock")
         connection.clockPosition = nil
         let last = connections.removeLast()
+        let lastDeadline = deadlines.removeLast()
         if position < connections.count {
             connections[position] = last
+            deadlines[position] = lastDeadline
             last.clockPosition = position
         }
         if connections.isEmpty { stop() }
@@ -89,10 +107,12 @@ final class ConnectionClock {
 
     private func fire() {
         nextTick = nil
-        let now = NIODeadline.now()
-        for connection in connections {
-            if let at = connection.wakeAt, at <= now { due.append(connection) }
+        let now = NIODeadline.now().uptimeNanoseconds
+        for position in deadlines.indices where deadlines[position] <= now {
+            deadlines[position] = Self.none
+            due.append(connections[position])
         }
+        // A wake may close its connection, and take it off the clock, before the next one is woken.
         for connection in due where connection.clockPosition != nil {
             connection.wake()
         }

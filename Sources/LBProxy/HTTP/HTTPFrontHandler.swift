@@ -231,7 +231,6 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// One place on the loop's `ConnectionClock` per connection serves both guards: it wakes the connection at the
     /// earlier of the request deadline and the next idle check. Arming, moving or dropping a deadline is a store.
     private var clock: ConnectionClock?
-    private(set) var wakeAt: NIODeadline?
     var clockPosition: Int?
 
     private func armTimer(_ duration: Duration, reason: String) {
@@ -254,12 +253,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         guard context != nil, !isInactive else { return }
         var when = nextIdleCheck
         if let deadline, deadline < when { when = deadline }
-        wakeAt = when
-        clock?.add(self)
+        clock?.wake(self, at: when)
     }
 
     func wake() {
-        wakeAt = nil
         guard context != nil, !isInactive else {
             clock?.remove(self)
             return
@@ -272,7 +269,10 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
             requestTimedOut(deadlineReason)
         }
         if now >= nextIdleCheck {
-            nextIdleCheck = now + idleCheckPeriod
+            // The next check a period after this one was due, not after the clock's tick noticed it: the tick's
+            // lateness does not add up over the checks of an idle timeout.
+            nextIdleCheck = nextIdleCheck + idleCheckPeriod
+            if nextIdleCheck <= now { nextIdleCheck = now + idleCheckPeriod }
             guard checkIdle() else { return }
         }
         scheduleWake()

@@ -49,9 +49,9 @@ public final class InProcessExchange {
     package var clientReadByParser: Bool? { (try? client.pipeline.syncOperations.handler(type: ClientRequestReader.self))?.handedToParser }
     /// Whether the real server's responses are read by NIO's parser rather than lb's reader (for tests).
     package var serverReadByParser: Bool? { (try? server.pipeline.syncOperations.handler(type: RealServerResponseReader.self))?.handedToParser }
-    /// The loop's connection clock: the ticks it scheduled, and whether the client's `HTTPFrontHandler` is on it
+    /// The loop's connection clock, if one is registered, and whether the client's `HTTPFrontHandler` is on it
     /// (for tests).
-    var clockTicksScheduled: Int { ConnectionClock.forLoop(loop).ticksScheduled }
+    var clock: ConnectionClock? { ConnectionClock.registered(on: loop) }
     var frontIsOnClock: Bool { (try? client.pipeline.syncOperations.handler(type: HTTPFrontHandler.self))?.clockPosition != nil }
 
     /// `service` must be an l7-http service with one real server; `request` and `response` are complete messages.

@@ -20,7 +20,6 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
     private var answerAtDeadline = true
     private var waiting = true
 
-    private(set) var wakeAt: NIODeadline?
     var clockPosition: Int?
 
     init(proxy: HTTPProxy) {
@@ -33,10 +32,9 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
         let now = NIODeadline.now()
         headerDeadline = now + TimeAmount(timeouts.header)
         answerAtDeadline = timeouts.header <= timeouts.idle
-        wakeAt = now + TimeAmount(min(timeouts.header, timeouts.idle))
         let clock = ConnectionClock.forLoop(context.eventLoop)
         self.clock = clock
-        clock.add(self)
+        clock.wake(self, at: now + TimeAmount(min(timeouts.header, timeouts.idle)))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
