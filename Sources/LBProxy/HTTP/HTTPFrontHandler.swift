@@ -78,12 +78,15 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     private var backendResponseDelimited = true
 
     /// `headerDeadline`: when the first head must have arrived (counted from the connection, by
-    /// `WaitingClientHandler`, which adds this handler once the client sends something).
-    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline) {
+    /// `WaitingClientHandler`, which adds this handler once the client sends something); `clock`: the connection's
+    /// loop's, which the waiting handler already looked up.
+    init(runtime: ServiceRuntime, slot: ServiceSlot, scheme: String, headerDeadline: NIODeadline,
+         clock: ConnectionClock) {
         self.runtime = runtime
         self.slot = slot
         self.scheme = scheme
         self.firstHeaderDeadline = headerDeadline
+        self.clock = clock
     }
 
     private let firstHeaderDeadline: NIODeadline
@@ -111,7 +114,6 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         idleConnections = IdleConnections.forLoop(context.eventLoop, pool: runtime.pool)
-        clock = ConnectionClock.forLoop(context.eventLoop)
         nextIdleCheck = .now() + idleCheckPeriod
         armTimer(at: firstHeaderDeadline, reason: "request head not received in time")
     }
@@ -160,7 +162,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        clock?.remove(self)
+        clock.remove(self)
         self.context = nil
     }
 
@@ -214,7 +216,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     func channelInactive(context: ChannelHandlerContext) {
         isInactive = true
-        clock?.remove(self)
+        clock.remove(self)
         if case .forwarding(let backend, _) = state {
             // The client went away mid-exchange: the backend connection is in an unknown state.
             backend.close()
@@ -230,7 +232,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// One place on the loop's `ConnectionClock` per connection serves both guards: it wakes the connection at the
     /// earlier of the request deadline and the next idle check. Arming, moving or dropping a deadline is a store.
-    private var clock: ConnectionClock?
+    private let clock: ConnectionClock
     var clockPosition: Int?
 
     private func armTimer(_ duration: Duration, reason: String) {
@@ -253,12 +255,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         guard context != nil, !isInactive else { return }
         var when = nextIdleCheck
         if let deadline, deadline < when { when = deadline }
-        clock?.wake(self, at: when)
+        clock.wake(self, at: when)
     }
 
     func wake() {
         guard context != nil, !isInactive else {
-            clock?.remove(self)
+            clock.remove(self)
             return
         }
         let now = NIODeadline.now()

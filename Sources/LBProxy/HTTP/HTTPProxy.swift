@@ -31,9 +31,10 @@ struct HTTPProxy: Sendable {
         try sync.addHandler(WaitingClientHandler(proxy: self))
     }
 
-    /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`.
+    /// The HTTP handlers of a client connection that has sent its first bytes, after `waiting`, whose deadline and
+    /// clock they take over.
     func addHTTPHandlers(to sync: ChannelPipeline.SynchronousOperations, after waiting: WaitingClientHandler,
-                         headerDeadline: NIODeadline) throws {
+                         headerDeadline: NIODeadline, clock: ConnectionClock) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = service.limits.maxHeaderBytes
         limits.maxHeaderFieldSize = service.limits.maxHeaderBytes
@@ -42,7 +43,7 @@ struct HTTPProxy: Sendable {
         // resume reading around every request, a system call each time), and it writes the responses' bytes
         // itself (`ResponseBytes`). The reader reads simple requests itself and puts NIO's parser in for the rest.
         let front = HTTPFrontHandler(runtime: runtime, slot: slot, scheme: service.tls == nil ? "http" : "https",
-                                     headerDeadline: headerDeadline)
+                                     headerDeadline: headerDeadline, clock: clock)
         let reader = ClientRequestReader(front: front, limits: limits)
         front.reader = reader
         try sync.addHandler(reader, position: .after(waiting))

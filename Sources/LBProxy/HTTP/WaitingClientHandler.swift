@@ -63,15 +63,17 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
             return
         }
         waiting = false
+        let clock = self.clock ?? ConnectionClock.forLoop(context.eventLoop)
         do {
-            try proxy.addHTTPHandlers(to: context.pipeline.syncOperations, after: self, headerDeadline: headerDeadline)
+            try proxy.addHTTPHandlers(to: context.pipeline.syncOperations, after: self, headerDeadline: headerDeadline,
+                                      clock: clock)
         } catch {
             proxy.runtime.logger.error("cannot set up an HTTP connection: \(error)")
             context.close(promise: nil)
             return
         }
         // Only now that the front handler is on the clock: the last connection to leave a clock stops it.
-        clock?.remove(self)
+        clock.remove(self)
         context.fireChannelRead(data)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }

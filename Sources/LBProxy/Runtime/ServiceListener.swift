@@ -37,8 +37,8 @@ final class Binding: Sendable {
             .serverChannelOption(freeBindOption, value: freeBind ? 1 : 0)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // lb sets up and registers each accepted client itself (`ClientAcceptor`), ahead of NIO's own accept
-            // handler; out of descriptors, accepting pauses for a moment rather than spin on accept(2).
+            // lb sets up each accepted client itself (`ClientAcceptor`), ahead of NIO's own accept handler; out of
+            // descriptors, accepting pauses for a moment rather than spin on accept(2).
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
