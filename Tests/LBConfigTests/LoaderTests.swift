@@ -141,6 +141,20 @@ struct LoaderTests {
         #expect(IPAddress("2001:db8::1")?.withPort(104) == "[2001:db8::1]:104")
     }
 
+    /// lb writes IPv4 text itself (once per client connection, for X-Forwarded-For): it must be the C library's.
+    @Test func ipv4TextIsTheCLibrarys() {
+        var generator = SystemRandomNumberGenerator()
+        let edges: [UInt32] = [0, 1, 9, 10, 99, 100, 199, 200, 255, 0x0A00_0001, 0x7F00_0001, 0xFFFF_FFFF, 0x0909_6464]
+        for host in edges + (0..<2_000).map({ _ in UInt32.random(in: .min ... .max, using: &generator) }) {
+            var addr = in_addr(s_addr: host.bigEndian)
+            var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            _ = inet_ntop(AF_INET, &addr, &buffer, socklen_t(buffer.count))
+            let expected = String(cString: buffer)
+            #expect(IPAddress.v4(host).description == expected)
+            #expect(IPAddress(expected) == .v4(host))
+        }
+    }
+
     @Test func unreadableFilesAreDistinctFromInvalidOnes() {
         #expect(throws: ConfigurationUnreadable.self) { try ConfigurationLoader.check(path: "/nonexistent/lb.yaml") }
         #expect(throws: ConfigurationUnreadable.self) { try ConfigurationLoader.check(path: "/") }

@@ -36,16 +36,27 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
     public var description: String {
         switch self {
         case .v4(let host):
-            var addr = in_addr(s_addr: host.bigEndian)
-            var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            guard inet_ntop(AF_INET, &addr, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
-            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            // Written here rather than by inet_ntop (which formats through sprintf) because the proxy makes this
+            // text once per client connection for X-Forwarded-For: at most 15 bytes, a small string, no allocation.
+            return String(unsafeUninitializedCapacity: 15) { text in
+                var count = 0
+                for index: UInt32 in 0..<4 {
+                    if index > 0 { text[count] = UInt8(ascii: "."); count += 1 }
+                    let octet = UInt8(truncatingIfNeeded: host >> (24 - 8 * index))
+                    if octet >= 100 { text[count] = UInt8(ascii: "0") + octet / 100; count += 1 }
+                    if octet >= 10 { text[count] = UInt8(ascii: "0") + octet / 10 % 10; count += 1 }
+                    text[count] = UInt8(ascii: "0") + octet % 10; count += 1
+                }
+                return count
+            }
         case .v6(let bytes):
             var addr = in6_addr()
             withUnsafeMutableBytes(of: &addr) { $0.copyBytes(from: bytes) }
-            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            guard inet_ntop(AF_INET6, &addr, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
-            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { buffer in
+                guard let base = buffer.baseAddress,
+                      inet_ntop(AF_INET6, &addr, base, socklen_t(buffer.count)) != nil else { return "?" }
+                return String(cString: base)
+            }
         }
     }
 

@@ -37,6 +37,9 @@ final class Binding: Sendable {
             .serverChannelOption(freeBindOption, value: freeBind ? 1 : 0)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux), so no client needs its own
+            // setsockopt: a response head or an HL7 acknowledgement leaves at once, not after the delayed ACK.
+            .serverChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // lb sets up each accepted client itself (`ClientAcceptor`), ahead of NIO's own accept handler; out of
             // descriptors, accepting pauses for a moment rather than spin on accept(2).
             .serverChannelInitializer { channel in

@@ -56,10 +56,9 @@ final class ServiceRuntime: Sendable {
         channel.closeFuture.whenComplete { [clients] _ in
             clients.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
         }
-        // l7-tcp passes half-closes through; l7-http answers and closes.
-        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: service.mode == .l7TCP)
-        // A response head or an HL7 acknowledgement leaves at once, not after the client's delayed ACK.
-        try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+        // l7-tcp passes half-closes through; l7-http answers and closes (NIO's default). TCP_NODELAY comes from the
+        // listening socket (`Binding`).
+        if service.mode == .l7TCP { try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true) }
         switch service.mode {
         case .l7TCP:
             try TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
