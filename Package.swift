@@ -1,6 +1,13 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The proxy's per-request code (LBProxy) runs without Swift's run-time exclusivity checks in release builds: under
+// keep-alive load they were 2.7 % of lbd's user time (perf, docs/layer7.md). Debug builds (`swift test`) and the
+// fuzz builds (scripts/fuzz sets LB_FUZZ) keep them, so a conflicting access still traps where it is looked for.
+let hotPathSettings: [SwiftSetting] = Context.environment["LB_FUZZ"] == nil
+    ? [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+    : []
+
 let package = Package(
     name: "lb",
     platforms: [.macOS(.v13)],
@@ -92,7 +99,8 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: hotPathSettings
         ),
         // Health checks of real servers; reports transitions to the agent.
         .target(
