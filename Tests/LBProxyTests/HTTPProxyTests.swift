@@ -192,6 +192,32 @@ struct HTTPProxyTests {
         #expect(bytes[headLength...].allSatisfy { $0 == UInt8(ascii: "x") })
         await fixture.stop()
     }
+
+    /// A response that ends while part of it still waits in lb for a client that has not read yet: the close that
+    /// `Connection: close` asks for comes after those bytes, not instead of them (a close at once would drop them).
+    @Test func aCloseWaitsForTheBytesTheClientHasNotTakenYet() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        // Under the 64 KiB at which lb stops reading the real server, more than the sockets take before the client
+        // reads: the client's receive buffer and lb's send buffer are made small (on loopback the kernel would
+        // otherwise take a megabyte and more, and lb would have nothing left to write when the response ends).
+        let size = 60_000
+        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
+        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        // The response has ended in lb: the real server's connection is released.
+        #expect(await eventually {
+            fixture.engine.counters["web"]?.first.map { $0.totalConnections == 1 && $0.activeConnections == 0 } == true
+        })
+        #expect(try await lbSide.getOption(.bufferedWritableBytes) > 0, "bytes still queued in lb at the response's end")
+        let bytes = client.readAll()
+        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
+        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        #expect(bytes.count - headLength == size)
+        #expect(client.lastReadEnd == "end of stream")
+        await fixture.stop()
+    }
 }
 
 /// Request smuggling and limits: each case is raw bytes on a socket, refused with 400 and a close, and the proxy

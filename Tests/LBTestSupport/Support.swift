@@ -224,11 +224,15 @@ final class EchoHandler: ChannelInboundHandler {
 public final class RawClient: @unchecked Sendable {
     public let fd: Int32
 
-    public init(port: UInt16, from source: String? = nil) throws {
+    /// `receiveBuffer`: SO_RCVBUF, set before connecting, for a client whose socket takes little before it reads.
+    public init(port: UInt16, from source: String? = nil, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket() failed") }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if var receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<Int32>.size))
+        }
         if let source {
             var local = sockaddr_in()
             local.sin_family = sa_family_t(AF_INET)

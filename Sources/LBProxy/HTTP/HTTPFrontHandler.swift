@@ -727,25 +727,34 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         // No next head: the buffers go with their last bytes (and what is written below is not appended to a
         // buffer kept here, which would copy it).
         if !keepAlive { dropHeadBuffers() }
-        let promise: EventLoopPromise<Void>? = keepAlive ? nil : context.eventLoop.makePromise()
         if responseChunked {
             responseChunked = false
             let last = MessageBytes.lastChunk(trailers: trailers?.forwardableTrailers(), allocator: context.channel.allocator)
-            context.writeAndFlush(wrapOutboundOut(last), promise: promise)
-        } else if let promise {
-            // Nothing ends a delimited body; an empty write completes the promise after what went before it.
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
-        } else {
-            context.flush()
+            context.write(wrapOutboundOut(last), promise: nil)
         }
-        if let promise {
-            state = .closing
-            pipelined = []
-            promise.futureResult.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
-        } else {
+        context.flush()
+        if keepAlive {
             armTimer(service.timeouts.header, reason: "request head not received in time")
             replayPipelined(context: context)
+        } else {
+            state = .closing
+            pipelined = []
+            closeOnceWritten(context: context)
         }
+    }
+
+    /// Closes the connection once what was written to it has gone to the socket (a close fails what is still
+    /// queued): at once when the flush wrote it all, as it does for a response the socket takes whole, without a
+    /// promise and its callback per connection; otherwise when an empty write queued behind the rest completes.
+    private func closeOnceWritten(context: ChannelHandlerContext) {
+        let channel = context.channel
+        if let queued = try? channel.syncOptions?.getOption(.bufferedWritableBytes), queued == 0 {
+            channel.close(promise: nil)
+            return
+        }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// The real server failed or closed before the response was complete.

@@ -19,6 +19,8 @@ package enum HeadScan<Head: Equatable>: Equatable {
 package struct FieldSpan: Equatable, Sendable {
     package var name: Range<Int>
     package var value: Range<Int>
+    /// The field lines a head usually has (a browser's request sends about a dozen): the room a scanner makes.
+    static let usualCount = 16
 }
 
 /// The first pass over a head: only visible ASCII, spaces, tabs and CR LF line ends, up to the empty line. Each byte
