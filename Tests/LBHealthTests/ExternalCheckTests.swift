@@ -99,8 +99,9 @@ struct ExternalCheckTests {
         let loop = group.next()
         let checks = (0..<64).map { _ in
             // Long enough that all 64 are alive at once even when starting them is slow on a loaded machine.
-            Probe.run(.external(command: "sleep 3", user: HealthCheck.defaultExternalUser), target: target,
-                      timeout: .seconds(10), tls: nil, on: loop)
+            // (3 s was not always enough while the whole test suite ran alongside.)
+            Probe.run(.external(command: "sleep 8", user: HealthCheck.defaultExternalUser), target: target,
+                      timeout: .seconds(15), tls: nil, on: loop)
         }
         // All 64 commands running (children of this process): a thread per check would show now.
         func children() -> Int {
@@ -110,7 +111,7 @@ struct ExternalCheckTests {
                 return count + list.split(separator: " ").count
             }
         }
-        #expect(await eventually(timeout: .seconds(5)) { children() >= 64 }, "only \(children()) checks started")
+        #expect(await eventually(timeout: .seconds(8)) { children() >= 64 }, "only \(children()) checks started")
         let during = threads()
         for check in checks { #expect(try await check.get() == .pass) }
         #expect(during - before < 16, "threads went from \(before) to \(during) with 64 checks running")

@@ -40,7 +40,7 @@ struct BackendConnector: Sendable {
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)  // NIO's default too; at IPPROTO_TCP, not SOL_SOCKET
             .channelInitializer { [pool, backendTLS] channel in
                 do {
                     // Byte counts per real server (metrics), nearest the socket so they are wire bytes.

@@ -39,7 +39,9 @@ final class Binding: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux), so no client needs its own
             // setsockopt: a response head or an HL7 acknowledgement leaves at once, not after the delayed ACK.
-            .serverChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // (NIO sets it on a listening socket by default; said here because lb relies on it. `.tcpOption`, at
+            // IPPROTO_TCP: `.socketOption(.tcp_nodelay)` would be SOL_SOCKET's option 1, SO_DEBUG.)
+            .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             // lb sets up each accepted client itself (`ClientAcceptor`), ahead of NIO's own accept handler; out of
             // descriptors, accepting pauses for a moment rather than spin on accept(2).
             .serverChannelInitializer { channel in
