@@ -819,14 +819,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         abandonExchange()
         responseChunked = false
         let response = ResponseBytes.error(status, text, allocator: context.channel.allocator)
-        guard waitForWrite else {
-            context.writeAndFlush(wrapOutboundOut(response), promise: nil)
-            context.close(promise: nil)
-            return
-        }
-        context.writeAndFlush(wrapOutboundOut(response)).whenComplete { [channel = context.channel] _ in
-            channel.close(promise: nil)
-        }
+        context.writeAndFlush(wrapOutboundOut(response), promise: nil)
+        if waitForWrite { closeOnceWritten(context: context) } else { context.close(promise: nil) }
     }
 }
 

@@ -19,8 +19,14 @@ package enum HeadScan<Head: Equatable>: Equatable {
 package struct FieldSpan: Equatable, Sendable {
     package var name: Range<Int>
     package var value: Range<Int>
-    /// The field lines a head usually has (a browser's request sends about a dozen): the room a scanner makes.
-    static let usualCount = 16
+}
+
+extension Array where Element == FieldSpan {
+    /// Empties the list for the next head, keeping its storage. On a scanner's first head it makes room for the
+    /// dozen or so fields a head usually has (at most `maxFields`) at once, rather than growing four times.
+    mutating func startHead(maxFields: Int) {
+        if capacity == 0 { reserveCapacity(Swift.min(16, maxFields)) } else { removeAll(keepingCapacity: true) }
+    }
 }
 
 /// The first pass over a head: only visible ASCII, spaces, tabs and CR LF line ends, up to the empty line. Each byte

@@ -76,8 +76,7 @@ package struct RequestHeadScanner {
 
     /// The lines of a complete head whose bytes passed `HeadBytesCheck`.
     private mutating func parse(_ head: UnsafeRawBufferPointer) -> RequestHeadScan {
-        // Room for a head's usual fields at once, rather than four reallocations on a connection's first head.
-        if fields.capacity == 0 { fields.reserveCapacity(min(FieldSpan.usualCount, maxFields)) } else { fields.removeAll(keepingCapacity: true) }
+        fields.startHead(maxFields: maxFields)
         // The request line: METHOD SP /target SP HTTP/1.x CRLF.
         guard let (method, methodEnd) = Self.method(head) else { return .notSimple }
         var index = methodEnd + 1

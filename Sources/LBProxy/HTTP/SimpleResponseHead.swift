@@ -77,8 +77,7 @@ package struct ResponseHeadScanner {
 
     /// The lines of a complete head whose bytes passed `HeadBytesCheck`.
     private mutating func parse(_ head: UnsafeRawBufferPointer, requestMethod: HTTPMethod) -> ResponseHeadScan {
-        // Room for a head's usual fields at once, rather than four reallocations on a connection's first head.
-        if fields.capacity == 0 { fields.reserveCapacity(min(FieldSpan.usualCount, maxFields)) } else { fields.removeAll(keepingCapacity: true) }
+        fields.startHead(maxFields: maxFields)
         // The status line: HTTP/1.x SP 3DIGIT SP reason CRLF, a final status NIO names.
         guard head.count >= 15, let isHTTP10 = httpVersionIsHTTP10(head, at: 0), head[8] == ASCII.space,
               let code = Self.statusCode(head[9], head[10], head[11]), head[12] == ASCII.space else { return .notSimple }
