@@ -26,7 +26,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
-    private enum State { case handshaking, open, closed }
+    private enum State {
+        case handshaking, open
+        /// close_notify was sent (a close of the output): nothing more is written, the peer is still read.
+        case outputClosed
+        case closed
+    }
 
     private let tlsContext: TLSContext
     private let serverName: String?
@@ -129,7 +134,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if state == .handshaking { advanceHandshake(context: context) }
-        if state == .open { readPlaintext(context: context) }
+        if state == .open || state == .outputClosed { readPlaintext(context: context) }
     }
 
     private func advanceHandshake(context: ChannelHandlerContext) {
@@ -159,7 +164,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let ssl else { return }
-        while state == .open {
+        while state == .open || state == .outputClosed {
             // The plaintext is no longer than the ciphertext waiting in the read BIO (plus what OpenSSL decrypted
             // earlier): a buffer of that size, not of a whole record, for the small requests of a keep-alive
             // connection. With nothing waiting there is nothing to read.
@@ -208,6 +213,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             pendingWrites.append((plaintext, promise))
         case .open:
             bufferUntilFlush(plaintext, context: context, promise: promise)
+        case .outputClosed:
+            promise?.fail(ChannelError.outputClosed)
         case .closed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
@@ -269,12 +276,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         promise?.succeed(())
     }
 
-    /// Sends close_notify, then closes the connection.
+    /// Sends close_notify, then closes the connection (`.all`), or only its sending side (`.output`: the peer is
+    /// still read, and its own close_notify ends the connection).
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         // What was written before the close goes before close_notify, as an unbuffered write would have.
         if state == .open { encryptUnflushed(context: context) }
-        if mode == .all, state == .open, let ssl {
-            state = .closed
+        if mode != .input, state == .open, let ssl {
+            state = mode == .all ? .closed : .outputClosed
             lb_ERR_clear()
             _ = SSL_shutdown(ssl)
             // The channel fails what is still queued when it closes, so close_notify (and anything before it) would
@@ -291,6 +299,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             return
         }
+        if mode == .all, state == .outputClosed { state = .closed }
         context.close(mode: mode, promise: promise)
     }
 

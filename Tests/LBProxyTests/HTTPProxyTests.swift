@@ -219,6 +219,56 @@ struct HTTPProxyTests {
         #expect(client.lastReadEnd == "end of stream")
         await fixture.stop()
     }
+
+    /// lb answers before the request's body is in (here a 503: no server is up) and ends the connection while the
+    /// client is still sending. A plain close would reset the connection (Linux resets a socket closed with input
+    /// unread), and a client may then lose the answer; lb shuts down its side, discards the rest of the body, and
+    /// the client reads the 503 and a clean end of stream.
+    @Test func anEarlyAnswerEndsCleanlyWhileTheClientIsStillSending() async throws {
+        let fixture = try await HTTPFixture()
+        fixture.pool.setHealthy("web-1", false)
+        fixture.pool.setHealthy("web-2", false)
+        let client = try RawClient(port: fixture.vipPort)
+        let body = 512 * 1024
+        client.send("POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: \(4 * body)\r\n\r\n")
+        // More than lb reads at once: some of it is still unread in lb's socket when the answer is sent.
+        let sent = client.send([UInt8](repeating: UInt8(ascii: "b"), count: body))
+        #expect(sent == body, "lb took the body it does not forward")
+        let response = client.readAllText()
+        #expect(statusLine(response) == "HTTP/1.1 503 Service Unavailable")
+        #expect(client.lastReadEnd == "end of stream")
+        #expect(fixture.backends.allSatisfy { $0.requests.current == 0 })
+        // The client closes: lb's side of the connection goes too.
+        client.shutdownWrite()
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
+        await fixture.stop()
+    }
+
+    /// A client sends requests behind the one that asks to close the connection (which lb then does not read), and
+    /// more after the answer has begun. The whole answer still arrives, followed by a clean end of stream: closing
+    /// with those bytes unread would reset the connection and drop what the kernel had not sent yet.
+    @Test func bytesBehindTheLastRequestDoNotCutItsResponseShort() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let size = 60_000
+        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
+        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+        // The answer has begun: lb holds the second request and reads no further.
+        var ready = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&ready, 1, 5000) == 1)
+        client.send("GET /more HTTP/1.1\r\nHost: test\r\n\r\n")
+        let bytes = client.readAll()
+        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
+        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        #expect(bytes.count - headLength == size)
+        #expect(client.lastReadEnd == "end of stream")
+        #expect(fixture.backends[0].requests.current == 1, "only the request that ended the connection was forwarded")
+        client.shutdownWrite()
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
+        await fixture.stop()
+    }
 }
 
 /// Request smuggling and limits: each case is raw bytes on a socket, refused with 400 and a close, and the proxy

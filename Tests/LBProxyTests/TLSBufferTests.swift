@@ -148,3 +148,42 @@ struct TLSBufferTests {
 }
 
 private func storage(_ buffer: ByteBuffer) -> UInt { buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+
+/// A close of the sending side only (lb's lingering close): close_notify goes out after what was written, nothing
+/// more can be written, and the peer is still read until its own close_notify ends the connection.
+@Suite("TLS close of the sending side")
+struct TLSOutputCloseTests {
+    /// Stands in for the socket's shutdown(SHUT_WR), which an embedded channel does not have (it closes whole).
+    final class OutputCloses: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var count = 0
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+            guard mode == .output else { return context.close(mode: mode, promise: promise) }
+            count += 1
+            promise?.succeed(())
+        }
+    }
+
+    @Test func closeNotifyGoesOutAndThePeerIsStillRead() throws {
+        let connection = try TLSBufferTests.Connection()
+        let closes = OutputCloses()
+        try connection.server.pipeline.syncOperations.addHandler(closes, position: .first)
+        connection.server.write(ByteBuffer(string: "HTTP/1.1 503 Service Unavailable\r\n\r\n"), promise: nil)
+        try connection.server.close(mode: .output).wait()
+        #expect(closes.count == 1, "the socket's output is shut down after close_notify is written")
+        #expect(connection.server.isActive)
+        #expect(throws: ChannelError.outputClosed) { try connection.server.writeAndFlush(ByteBuffer(string: "late")).wait() }
+        // The client, not yet aware, sends more of its request: the server still reads it.
+        try connection.client.writeAndFlush(ByteBuffer(string: "more of the body")).wait()
+        while let bytes = try connection.client.readOutbound(as: ByteBuffer.self) { try connection.server.writeInbound(bytes) }
+        #expect(connection.reads.texts.last == "more of the body")
+        // The client reads the answer, then close_notify, and closes.
+        while let bytes = try connection.server.readOutbound(as: ByteBuffer.self) { try connection.client.writeInbound(bytes) }
+        #expect(try connection.client.readInbound(as: ByteBuffer.self).map { String(buffer: $0) } == "HTTP/1.1 503 Service Unavailable\r\n\r\n")
+        #expect(!connection.client.isActive)
+        // Its end of stream ends the server's connection too: the final close sends no second close_notify.
+        try connection.server.close().wait()
+        #expect(try connection.server.readOutbound(as: ByteBuffer.self) == nil)
+        #expect(!connection.server.isActive)
+    }
+}

@@ -105,6 +105,39 @@ grep -q "^web-" "$work/close.out" || fail "no response before close"
 if grep -qi "unexpected eof" "$work/close.err"; then fail "connection closed without close_notify"; fi
 echo "close_notify sent before closing"
 
+# A request refused while its body is still coming (Content-Length with Transfer-Encoding, then 512 KiB): the client
+# reads the 400, close_notify and a FIN, not a reset (lb lingers: it shuts down its side and discards the rest).
+refused=$(python3 - "$vip" "$work/ca.pem" <<'PY'
+import os, socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+context.check_hostname = False
+s = context.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\nTransfer-Encoding: chunked\r\n\r\n")
+s.sendall(b"b" * (512 * 1024))
+s.settimeout(10)
+answer = b""
+try:
+    while True:
+        data = s.recv(65536)
+        if not data:
+            if not answer.startswith(b"HTTP/1.1 400 "):
+                print("no 400: %r" % answer[:40])
+                break
+            # After close_notify, the connection itself must end with a FIN, not a reset.
+            raw = socket.socket(fileno=os.dup(s.fileno()))
+            try:
+                print("close_notify, then FIN" if raw.recv(1) == b"" else "bytes after close_notify")
+            except ConnectionResetError:
+                print("close_notify, then a reset")
+            break
+        answer += data
+except (ConnectionResetError, ssl.SSLError) as error:
+    print("%r after %d bytes" % (error, len(answer)))
+PY
+)
+[ "$refused" = "close_notify, then FIN" ] || fail "a refused upload did not end cleanly: $refused"
+echo "refused upload: 400, then close_notify and a FIN (no reset)"
+
 # A handshake that stalls halfway (half a ClientHello) is closed at the header timeout (1 s), not at the idle
 # timeout (60 s): the socket itself, measured from the client's side.
 stalled=$(python3 - "$vip" <<'PY'

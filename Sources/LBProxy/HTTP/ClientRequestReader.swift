@@ -56,6 +56,9 @@ final class ClientRequestReader: ChannelInboundHandler, RemovableChannelHandler 
     /// The capacity of the buffer holding what was read and not passed on (for tests).
     var heldCapacity: Int { unread.capacity }
 
+    /// Bytes were read from the client and not yet passed on.
+    var hasUnreadBytes: Bool { unread.readableBytes > 0 }
+
     /// A next request is held until the front handler has finished the current one.
     var holdsNextRequest: Bool {
         guard case .head = mode else { return false }

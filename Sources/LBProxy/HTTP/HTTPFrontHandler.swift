@@ -180,6 +180,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         switch state {
         case .connecting(_, requestEnded: true) where !clientKeepAlive, .forwarding(_, requestEnded: true) where !clientKeepAlive:
             logger.debug("bytes after the last request of the connection ignored: \(error)", metadata: ["client": "\(peer.text)"])
+            sentPastLastRequest = true
             return
         default:
             break
@@ -192,8 +193,18 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
             // Part of a response is on its way: it cannot be followed by a 400.
             closeNow()
         case .idle, .connecting, .forwarding:
-            sendError(.badRequest, "Bad Request\n", waitForWrite: false)
+            sendError(.badRequest, "Bad Request\n")
         }
+    }
+
+    /// The client sent bytes after the request that ends the connection.
+    private var sentPastLastRequest = false
+
+    /// Whether the client may still be sending when lb ends the connection after the current exchange: the request
+    /// is not complete, the client expected the connection to stay open (it may have sent the next request), or it
+    /// has sent more already. Then the connection ends with a lingering close (`LingeringClose`).
+    private func clientMaySendMore(requestEnded: Bool) -> Bool {
+        !requestEnded || clientKeepAlive || sentPastLastRequest || !pipelined.isEmpty || reader?.hasUnreadBytes == true
     }
 
     /// Ends the exchange at once: the real-server side is released, the client connection closed.
@@ -286,13 +297,17 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         case .idle:
             // No complete head yet. The close does not wait for the write: a TLS handshake that stalled halfway
             // would hold it forever, and the point is to free the socket.
-            sendError(.requestTimeout, "Request Timeout\n", waitForWrite: false)
+            sendError(.requestTimeout, "Request Timeout\n", ending: .closeAtOnce)
         case .connecting:
-            sendError(.requestTimeout, "Request Timeout\n")
+            sendError(.requestTimeout, "Request Timeout\n", ending: .closeOnceWritten)
         case .forwarding(let backend, let requestEnded):
             guard !requestEnded else { return }
             backend.close()
-            if responseStarted && heldHead == nil { context?.close(promise: nil) } else { sendError(.requestTimeout, "Request Timeout\n") }
+            if responseStarted && heldHead == nil {
+                context?.close(promise: nil)
+            } else {
+                sendError(.requestTimeout, "Request Timeout\n", ending: .closeOnceWritten)
+            }
         case .closing:
             break
         }
@@ -737,9 +752,19 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
             armTimer(service.timeouts.header, reason: "request head not received in time")
             replayPipelined(context: context)
         } else {
+            let lingers = clientMaySendMore(requestEnded: requestEnded)
             state = .closing
             pipelined = []
+            if lingers { closeLingering(context: context) } else { closeOnceWritten(context: context) }
+        }
+    }
+
+    /// Closes the connection without a reset while the client may still be sending: see `LingeringClose`, which
+    /// goes in before the request reader, so nothing the client sends from here reaches a parser.
+    private func closeLingering(context: ChannelHandlerContext) {
+        guard let reader, (try? context.pipeline.syncOperations.addHandler(LingeringClose(), position: .before(reader))) != nil else {
             closeOnceWritten(context: context)
+            return
         }
     }
 
@@ -810,17 +835,39 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     // MARK: Errors
 
-    /// Sends a small error response and closes the connection: once it is written, or at once (`waitForWrite`
-    /// false: the bytes are handed to the socket by the flush, before the close, on a connection that can take them).
-    private func sendError(_ status: HTTPResponseStatus, _ text: String, waitForWrite: Bool = true) {
+    /// How a connection ends after an error response.
+    private enum Ending {
+        /// At once: the flush hands the bytes to the socket before the close, if it can take them (a client too
+        /// slow to send a head is not waited for).
+        case closeAtOnce
+        /// Once the response is written (a slow client is not lingered for).
+        case closeOnceWritten
+        /// Once the response is written, lingering if the client may still be sending (`clientMaySendMore`).
+        case lingerIfClientMaySendMore
+    }
+
+    /// Sends a small error response and ends the connection.
+    private func sendError(_ status: HTTPResponseStatus, _ text: String, ending: Ending = .lingerIfClientMaySendMore) {
         disarmTimer()
         heldHead = nil
         guard let context else { return }
+        let requestEnded: Bool
+        switch state {
+        case .connecting(_, let ended), .forwarding(_, let ended): requestEnded = ended
+        case .idle: requestEnded = false  // refused before or within its head
+        case .closing: requestEnded = true
+        }
+        let lingers = ending == .lingerIfClientMaySendMore && clientMaySendMore(requestEnded: requestEnded)
         abandonExchange()
+        pipelined = []
         responseChunked = false
         let response = ResponseBytes.error(status, text, allocator: context.channel.allocator)
         context.writeAndFlush(wrapOutboundOut(response), promise: nil)
-        if waitForWrite { closeOnceWritten(context: context) } else { context.close(promise: nil) }
+        switch ending {
+        case .closeAtOnce: context.close(promise: nil)
+        case .closeOnceWritten: closeOnceWritten(context: context)
+        case .lingerIfClientMaySendMore:
+            if lingers { closeLingering(context: context) } else { closeOnceWritten(context: context) }
+        }
     }
 }
-
