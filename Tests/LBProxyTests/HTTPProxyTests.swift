@@ -220,6 +220,54 @@ struct HTTPProxyTests {
         await fixture.stop()
     }
 
+    /// A client that half-closes after its request (`nc -N`, scripted clients) still reads the whole response, even
+    /// one lb cannot write at once: its end of stream does not end lb's side.
+    @Test func aClientThatHalfClosesAfterItsRequestGetsTheWholeResponse() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let size = 60_000
+        for keepAlive in [false, true] {
+            let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
+            #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+            let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
+            try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+            client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\n\(keepAlive ? "" : "Connection: close\r\n")\r\n")
+            client.shutdownWrite()
+            // The response has ended in lb, with bytes still queued for the client.
+            #expect(await eventually { fixture.backends[0].requests.current > 0 })
+            let bytes = client.readAll()
+            let text = String(decoding: bytes.prefix(512), as: UTF8.self)
+            let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+            #expect(bytes.count - headLength == size, "keep-alive \(keepAlive)")
+            #expect(client.lastReadEnd == "end of stream", "keep-alive \(keepAlive)")
+            #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
+        }
+        await fixture.stop()
+    }
+
+    /// Requests sent together before a half-close are all answered, in order, then the connection ends; a client that
+    /// half-closes without a request, or in the middle of one, is closed without an answer.
+    @Test func requestsBeforeAHalfCloseAreAllAnswered() async throws {
+        let fixture = try await HTTPFixture(serverCount: 1)
+        let client = try RawClient(port: fixture.vipPort)
+        client.send("GET /a HTTP/1.1\r\nHost: test\r\n\r\nGET /big/5 HTTP/1.1\r\nHost: test\r\n\r\n")
+        client.shutdownWrite()
+        let answer = client.readAllText()
+        #expect(answer.components(separatedBy: "HTTP/1.1 200 OK").count == 3, "\(answer)")
+        #expect(answer.hasSuffix("xxxxx"))
+        #expect(client.lastReadEnd == "end of stream")
+        for sent in ["", "GET /a HTTP/1.1\r\nHost: te", "POST /a HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc"] {
+            let cut = try RawClient(port: fixture.vipPort)
+            if !sent.isEmpty { cut.send(sent) }
+            cut.shutdownWrite()
+            let started = ContinuousClock.now
+            #expect(cut.readAllText() == "", "\(sent)")
+            #expect(cut.lastReadEnd == "end of stream", "\(sent)")
+            #expect(ContinuousClock.now - started < .seconds(2), "\(sent): closed at once, not at a timeout")
+        }
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
+        await fixture.stop()
+    }
+
     /// lb answers before the request's body is in (here a 503: no server is up) and ends the connection while the
     /// client is still sending. A plain close would reset the connection (Linux resets a socket closed with input
     /// unread), and a client may then lose the answer; lb shuts down its side, discards the rest of the body, and

@@ -72,6 +72,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         context.write(wrapOutboundOut(bytes), promise: nil)
     }
     private var requestChunked = false
+    /// The request has a body (until its end, the client may still be sending).
+    private var requestHasBody = false
     /// The response's length is unknown to an HTTP/1.0 client (no Content-Length): only the close can end it.
     private var closeAfterResponse = false
     /// The real server's response ends by its own framing, so its connection can carry another exchange.
@@ -199,12 +201,41 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// The client sent bytes after the request that ends the connection.
     private var sentPastLastRequest = false
+    /// The client has ended its side of the connection (a half-close): it sends nothing more.
+    private var clientInputClosed = false
+
+    /// A request or bytes toward one are waiting here or in the reader.
+    private var holdsClientBytes: Bool { !pipelined.isEmpty || reader?.hasUnreadBytes == true }
+
+    /// The client's half-close: what it sent before is answered (the request in progress, requests queued behind
+    /// it), then the connection closes. A request left incomplete can no longer complete: the connection closes.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case ChannelEvent.inputClosed = event else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        clientInputClosed = true
+        switch state {
+        case .idle:
+            // Nothing in progress (what is held is at most part of a head that cannot be completed now); the last
+            // response may still be on its way.
+            if pipelined.isEmpty {
+                state = .closing
+                closeOnceWritten(context: context)
+            }
+        case .connecting(_, let requestEnded), .forwarding(_, let requestEnded):
+            // A request cut short gets no answer, unless one has begun (the timeouts bound it).
+            if !requestEnded && !responseStarted { closeNow() }
+        case .closing:
+            break
+        }
+    }
 
     /// Whether the client may still be sending when lb ends the connection after the current exchange: the request
     /// is not complete, the client expected the connection to stay open (it may have sent the next request), or it
     /// has sent more already. Then the connection ends with a lingering close (`LingeringClose`).
     private func clientMaySendMore(requestEnded: Bool) -> Bool {
-        !requestEnded || clientKeepAlive || sentPastLastRequest || !pipelined.isEmpty || reader?.hasUnreadBytes == true
+        !clientInputClosed && (!requestEnded || clientKeepAlive || sentPastLastRequest || holdsClientBytes)
     }
 
     /// Ends the exchange at once: the real-server side is released, the client connection closed.
@@ -369,7 +400,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
                                                into: &requestHeads, allocator: context.channel.allocator)
         begin(method: head.method, isHTTP10: head.version.major == 1 && head.version.minor == 0,
               keepAlive: head.isKeepAlive && !head.asksForUpgrade, cookie: cookie, headBytes: headBytes,
-              chunked: framing == .chunked, context: context)
+              chunked: framing == .chunked, hasBody: framing != .unframed && framing != .contentLength(0),
+              context: context)
     }
 
     /// Whether the next request can start now (`ClientRequestReader` holds it back until then).
@@ -391,7 +423,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
                                           into: &requestHeads, allocator: context.channel.allocator)
         }
         begin(method: head.method, isHTTP10: head.isHTTP10, keepAlive: head.keepAlive, cookie: cookie,
-              headBytes: headBytes, chunked: false, context: context)
+              headBytes: headBytes, chunked: false, hasBody: (head.contentLength ?? 0) > 0, context: context)
         return true
     }
 
@@ -416,7 +448,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// What both readers' requests have in common from here: the exchange's settings, the head's bytes kept for a
     /// retry, then a real server.
     private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, headBytes: ByteBuffer,
-                       chunked: Bool, context: ChannelHandlerContext) {
+                       chunked: Bool, hasBody: Bool, context: ChannelHandlerContext) {
         armTimer(service.timeouts.body, reason: "request body stalled")
         clientKeepAlive = keepAlive
         clientIsHTTP10 = isHTTP10
@@ -429,6 +461,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         requestHeads.keep(headBytes)
         forwarded = (method, headBytes)
         requestChunked = chunked
+        requestHasBody = hasBody
         state = .connecting(buffered: [], requestEnded: false)  // an empty array allocates nothing
 
         let client = peer.address
@@ -738,7 +771,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         state = .idle
         writeHeldHead()
         activity &+= 1
-        let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
+        // After a half-close the connection stays only for requests the client sent before it.
+        let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse && (!clientInputClosed || holdsClientBytes)
         // No next head: the buffers go with their last bytes (and what is written below is not appended to a
         // buffer kept here, which would copy it).
         if !keepAlive { dropHeadBuffers() }
@@ -751,7 +785,15 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         if keepAlive {
             armTimer(service.timeouts.header, reason: "request head not received in time")
             replayPipelined(context: context)
+            if clientInputClosed, isIdle, pipelined.isEmpty {
+                // What the client sent before its half-close is answered; the rest could never make a request.
+                state = .closing
+                disarmTimer()
+                closeOnceWritten(context: context)
+            }
         } else {
+            // An answer before the request's end leaves the body timer armed: the connection is ending anyway.
+            disarmTimer()
             let lingers = clientMaySendMore(requestEnded: requestEnded)
             state = .closing
             pipelined = []
@@ -853,9 +895,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         guard let context else { return }
         let requestEnded: Bool
         switch state {
-        case .connecting(_, let ended), .forwarding(_, let ended): requestEnded = ended
+        case .connecting(_, let ended), .forwarding(_, let ended): requestEnded = ended || !requestHasBody
         case .idle: requestEnded = false  // refused before or within its head
-        case .closing: requestEnded = true
+        case .closing:
+            // The connection is ending after an answer already (a connection attempt that ends after it, say):
+            // no second one.
+            return
         }
         let lingers = ending == .lingerIfClientMaySendMore && clientMaySendMore(requestEnded: requestEnded)
         abandonExchange()

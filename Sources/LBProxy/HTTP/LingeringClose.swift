@@ -10,9 +10,16 @@ import NIOCore
 /// sees the response end; a TLS client gets close_notify), then reads and discards what the client still sends
 /// until the client closes, `quietLimit` passes without a byte, or `totalLimit` passes in all.
 ///
+/// Until the sending side is shut down, nothing more is read (the client's next bytes wait in the socket, as they
+/// did while the response was written, and shutting down the output with them unread sends no reset): the
+/// connection's own timeouts hold then, so a slow reader of a long response is not cut off, and a client that stops
+/// reading cannot make lb read and discard without limit; a client's end of stream read then cannot close the
+/// connection before the response has left either.
+///
 /// Goes into the pipeline just before the request reader (after TLS), so nothing it discards reaches a parser.
-final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
+final class LingeringClose: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
 
     static let quietLimit = TimeAmount.seconds(5)
     static let totalLimit = TimeAmount.seconds(30)
@@ -27,9 +34,12 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        // The handlers after this one may be holding reads back (a request waiting behind the last one).
-        context.read()
         shutDownOutputOnceWritten(context: context)
+    }
+
+    /// Reads asked for by the handlers after this one wait for the output's shutdown (this handler then reads).
+    func read(context: ChannelHandlerContext) {
+        if lingerEnds != nil { context.read() }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -37,8 +47,7 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
         self.context = nil
     }
 
-    /// Until the response has gone to the socket, the connection's own timeouts hold (a slow reader of a large
-    /// response is not cut off): shutting the output down while bytes are queued would fail them.
+    /// Shutting the output down while bytes are queued would fail them: it waits for the last write.
     private func shutDownOutputOnceWritten(context: ChannelHandlerContext) {
         let channel = context.channel
         if let queued = try? channel.syncOptions?.getOption(.bufferedWritableBytes), queued == 0 {
@@ -63,6 +72,7 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
         let now = NIODeadline.now()
         lingerEnds = now + Self.totalLimit
         lastRead = now
+        scheduleCheck(at: now + Self.quietLimit, context: context)
         let closed = context.eventLoop.makePromise(of: Void.self)
         context.close(mode: .output, promise: closed)
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -70,7 +80,8 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
             // The output could not be shut down on its own: close the whole connection.
             bound.value.context?.close(promise: nil)
         }
-        scheduleCheck(at: now + Self.quietLimit, context: context)
+        // The client's bytes are read (and discarded) from now on, whatever the handlers after this one ask.
+        context.read()
     }
 
     private func scheduleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
@@ -95,7 +106,14 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        context.read()
+        if lingerEnds != nil { context.read() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client has closed its side: nothing is left to discard. Once the output is shut down NIO closes the
+        // connection itself (both sides are then closed); after it, the close is done here.
+        guard case ChannelEvent.inputClosed = event else { return }
+        if lingerEnds != nil { context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
