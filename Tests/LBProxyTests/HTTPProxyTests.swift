@@ -220,50 +220,43 @@ struct HTTPProxyTests {
         await fixture.stop()
     }
 
-    /// A client that half-closes after its request (`nc -N`, scripted clients) still reads the whole response, even
-    /// one lb cannot write at once: its end of stream does not end lb's side.
-    @Test func aClientThatHalfClosesAfterItsRequestGetsTheWholeResponse() async throws {
-        let fixture = try await HTTPFixture(serverCount: 1)
-        let size = 60_000
-        for keepAlive in [false, true] {
-            let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
-            #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
-            let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
-            try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
-            client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\n\(keepAlive ? "" : "Connection: close\r\n")\r\n")
-            client.shutdownWrite()
-            // The response has ended in lb, with bytes still queued for the client.
-            #expect(await eventually { fixture.backends[0].requests.current > 0 })
-            let bytes = client.readAll()
-            let text = String(decoding: bytes.prefix(512), as: UTF8.self)
-            let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
-            #expect(bytes.count - headLength == size, "keep-alive \(keepAlive)")
-            #expect(client.lastReadEnd == "end of stream", "keep-alive \(keepAlive)")
-            #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
-        }
+    /// A client that closes while its request waits for the real server abandons it: lb closes the real server's
+    /// connection (as nginx does; a client's end of stream is not taken as a half-close in l7-http), so a viewer
+    /// that gives up does not leave a request holding a connection to a slow server.
+    @Test func aClientThatClosesAbandonsItsRequest() async throws {
+        let fixture = try await RawFixture { _, _ in .silent }
+        do {
+            let client = try RawClient(port: fixture.vipPort)
+            client.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+            #expect(await eventually { fixture.backend.requests.count == 1 })
+        }  // the client's socket is closed here
+        #expect(await eventually { fixture.backend.closedByPeer == 1 }, "lb closed the real server's connection")
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
         await fixture.stop()
     }
 
-    /// Requests sent together before a half-close are all answered, in order, then the connection ends; a client that
-    /// half-closes without a request, or in the middle of one, is closed without an answer.
-    @Test func requestsBeforeAHalfCloseAreAllAnswered() async throws {
-        let fixture = try await HTTPFixture(serverCount: 1)
-        let client = try RawClient(port: fixture.vipPort)
-        client.send("GET /a HTTP/1.1\r\nHost: test\r\n\r\nGET /big/5 HTTP/1.1\r\nHost: test\r\n\r\n")
-        client.shutdownWrite()
-        let answer = client.readAllText()
-        #expect(answer.components(separatedBy: "HTTP/1.1 200 OK").count == 3, "\(answer)")
-        #expect(answer.hasSuffix("xxxxx"))
+    /// A real server answers an upload as soon as it has the head, with more than the sockets hold, and the client
+    /// (as many do) sends its whole body before it reads: lb reads and drops the body while it writes the answer,
+    /// so the client gets all of it, then a clean end of stream.
+    @Test func aLargeEarlyAnswerReachesAClientThatSendsItsWholeBodyFirst() async throws {
+        let fixture = try await HTTPFixture(extra: ["timeouts: {idle: 3s}"], serverCount: 1)
+        // Under NIO's 64 KiB high watermark: the whole answer is read from the server, and the exchange over in lb,
+        // while the client is still sending.
+        let size = 60_000
+        // More than the kernel's buffers on both sides hold (autotuned up to 4 and 6 MiB on loopback).
+        let body = 24 * 1024 * 1024
+        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
+        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
+        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        client.send("POST /early/\(size) HTTP/1.1\r\nHost: test\r\nContent-Length: \(body)\r\n\r\n")
+        #expect(client.send([UInt8](repeating: UInt8(ascii: "b"), count: body)) == body, "the whole body was taken")
+        let bytes = client.readAll()
+        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
+        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        #expect(bytes.count - headLength == size)
         #expect(client.lastReadEnd == "end of stream")
-        for sent in ["", "GET /a HTTP/1.1\r\nHost: te", "POST /a HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc"] {
-            let cut = try RawClient(port: fixture.vipPort)
-            if !sent.isEmpty { cut.send(sent) }
-            cut.shutdownWrite()
-            let started = ContinuousClock.now
-            #expect(cut.readAllText() == "", "\(sent)")
-            #expect(cut.lastReadEnd == "end of stream", "\(sent)")
-            #expect(ContinuousClock.now - started < .seconds(2), "\(sent): closed at once, not at a timeout")
-        }
+        client.shutdownWrite()
         #expect(await eventually { fixture.engine.clientChannels(of: "web").isEmpty })
         await fixture.stop()
     }

@@ -126,7 +126,9 @@ public final class HTTPBackend: @unchecked Sendable {
     }
 }
 
-/// Answers every request with 200 and the backend's name; echoes X-Forwarded-For and the body size back.
+/// Answers every request with 200 and the backend's name; echoes X-Forwarded-For and the body size back. A request
+/// for `/early/N` is answered with N bytes as soon as its head arrives, before its body (which is read and dropped),
+/// as a server refusing an upload early does.
 final class EchoingHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -145,6 +147,13 @@ final class EchoingHTTPHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             bodyBytes = 0
+            if head.uri.hasPrefix("/early/"), let size = Int(head.uri.dropFirst(7)) {
+                self.head = nil  // answered: the end of the request adds nothing
+                let headers: HTTPHeaders = ["X-Backend": name, "Content-Length": "\(size)"]
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: UInt8(ascii: "e"), count: size)))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            }
         case .body(let body):
             bodyBytes += body.readableBytes
         case .end:

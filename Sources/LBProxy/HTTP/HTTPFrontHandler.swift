@@ -201,41 +201,14 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// The client sent bytes after the request that ends the connection.
     private var sentPastLastRequest = false
-    /// The client has ended its side of the connection (a half-close): it sends nothing more.
-    private var clientInputClosed = false
-
     /// A request or bytes toward one are waiting here or in the reader.
     private var holdsClientBytes: Bool { !pipelined.isEmpty || reader?.hasUnreadBytes == true }
-
-    /// The client's half-close: what it sent before is answered (the request in progress, requests queued behind
-    /// it), then the connection closes. A request left incomplete can no longer complete: the connection closes.
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard case ChannelEvent.inputClosed = event else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        clientInputClosed = true
-        switch state {
-        case .idle:
-            // Nothing in progress (what is held is at most part of a head that cannot be completed now); the last
-            // response may still be on its way.
-            if pipelined.isEmpty {
-                state = .closing
-                closeOnceWritten(context: context)
-            }
-        case .connecting(_, let requestEnded), .forwarding(_, let requestEnded):
-            // A request cut short gets no answer, unless one has begun (the timeouts bound it).
-            if !requestEnded && !responseStarted { closeNow() }
-        case .closing:
-            break
-        }
-    }
 
     /// Whether the client may still be sending when lb ends the connection after the current exchange: the request
     /// is not complete, the client expected the connection to stay open (it may have sent the next request), or it
     /// has sent more already. Then the connection ends with a lingering close (`LingeringClose`).
     private func clientMaySendMore(requestEnded: Bool) -> Bool {
-        !clientInputClosed && (!requestEnded || clientKeepAlive || sentPastLastRequest || holdsClientBytes)
+        !requestEnded || clientKeepAlive || sentPastLastRequest || holdsClientBytes
     }
 
     /// Ends the exchange at once: the real-server side is released, the client connection closed.
@@ -771,8 +744,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         state = .idle
         writeHeldHead()
         activity &+= 1
-        // After a half-close the connection stays only for requests the client sent before it.
-        let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse && (!clientInputClosed || holdsClientBytes)
+        let keepAlive = clientKeepAlive && requestEnded && !closeAfterResponse
         // No next head: the buffers go with their last bytes (and what is written below is not appended to a
         // buffer kept here, which would copy it).
         if !keepAlive { dropHeadBuffers() }
@@ -785,12 +757,6 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         if keepAlive {
             armTimer(service.timeouts.header, reason: "request head not received in time")
             replayPipelined(context: context)
-            if clientInputClosed, isIdle, pipelined.isEmpty {
-                // What the client sent before its half-close is answered; the rest could never make a request.
-                state = .closing
-                disarmTimer()
-                closeOnceWritten(context: context)
-            }
         } else {
             // An answer before the request's end leaves the body timer armed: the connection is ending anyway.
             disarmTimer()

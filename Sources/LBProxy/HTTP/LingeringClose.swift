@@ -10,16 +10,14 @@ import NIOCore
 /// sees the response end; a TLS client gets close_notify), then reads and discards what the client still sends
 /// until the client closes, `quietLimit` passes without a byte, or `totalLimit` passes in all.
 ///
-/// Until the sending side is shut down, nothing more is read (the client's next bytes wait in the socket, as they
-/// did while the response was written, and shutting down the output with them unread sends no reset): the
-/// connection's own timeouts hold then, so a slow reader of a long response is not cut off, and a client that stops
-/// reading cannot make lb read and discard without limit; a client's end of stream read then cannot close the
-/// connection before the response has left either.
+/// While the answer is still being written, the client is read too and what it sends discarded: a client that sends
+/// its whole upload before it reads (many do) would otherwise never take the answer. The connection's own timeouts
+/// hold until the sending side is shut down (a slow reader of a long answer is not cut off; one that stops reading
+/// is closed at the idle timeout); the limits below count from the shutdown.
 ///
 /// Goes into the pipeline just before the request reader (after TLS), so nothing it discards reaches a parser.
-final class LingeringClose: ChannelDuplexHandler, RemovableChannelHandler {
+final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
 
     static let quietLimit = TimeAmount.seconds(5)
     static let totalLimit = TimeAmount.seconds(30)
@@ -34,12 +32,9 @@ final class LingeringClose: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // The handlers after this one may be holding reads back (a request waiting behind the last one).
+        context.read()
         shutDownOutputOnceWritten(context: context)
-    }
-
-    /// Reads asked for by the handlers after this one wait for the output's shutdown (this handler then reads).
-    func read(context: ChannelHandlerContext) {
-        if lingerEnds != nil { context.read() }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -80,8 +75,6 @@ final class LingeringClose: ChannelDuplexHandler, RemovableChannelHandler {
             // The output could not be shut down on its own: close the whole connection.
             bound.value.context?.close(promise: nil)
         }
-        // The client's bytes are read (and discarded) from now on, whatever the handlers after this one ask.
-        context.read()
     }
 
     private func scheduleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
@@ -106,14 +99,7 @@ final class LingeringClose: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if lingerEnds != nil { context.read() }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // The client has closed its side: nothing is left to discard. Once the output is shut down NIO closes the
-        // connection itself (both sides are then closed); after it, the close is done here.
-        guard case ChannelEvent.inputClosed = event else { return }
-        if lingerEnds != nil { context.close(promise: nil) }
+        context.read()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

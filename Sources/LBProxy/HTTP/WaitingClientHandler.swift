@@ -78,16 +78,6 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard waiting, case ChannelEvent.inputClosed = event else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        // The client ended its side without sending anything: there is nothing to answer.
-        waiting = false
-        context.close(promise: nil)
-    }
-
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         guard waiting else {
             context.fireErrorCaught(error)

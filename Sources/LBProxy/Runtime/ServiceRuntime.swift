@@ -56,11 +56,11 @@ final class ServiceRuntime: Sendable {
         channel.closeFuture.whenComplete { [clients] _ in
             clients.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
         }
-        // A client's half-close does not close the connection: l7-tcp passes it through, l7-http answers what the
-        // client sent before it, then closes (with NIO's default, its end of stream would close the connection
-        // before the answer, or even before the request reached a real server). TCP_NODELAY comes from the listening
-        // socket (`Binding`).
-        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        // l7-tcp passes half-closes through. In l7-http a client's end of stream ends its connection (NIO's
+        // default): a full close and a half-close look the same there, and a client that gives up (a viewer
+        // switching studies) must not leave its request holding a real-server connection, as with nginx.
+        // TCP_NODELAY comes from the listening socket (`Binding`).
+        if service.mode == .l7TCP { try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true) }
         switch service.mode {
         case .l7TCP:
             try TCPProxy(service: service, connector: connector, logger: logger).initialize(client: channel)
