@@ -125,10 +125,13 @@ try:
                 break
             # After close_notify, the connection itself must end with a FIN, not a reset.
             raw = socket.socket(fileno=os.dup(s.fileno()))
+            raw.settimeout(10)  # the FIN may follow close_notify by a moment: wait for it
             try:
                 print("close_notify, then FIN" if raw.recv(1) == b"" else "bytes after close_notify")
             except ConnectionResetError:
                 print("close_notify, then a reset")
+            except socket.timeout:
+                print("close_notify, then nothing for 10 s")
             break
         answer += data
 except (ConnectionResetError, ssl.SSLError) as error:
