@@ -1,8 +1,9 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// The proxy's per-request code (LBProxy) runs without Swift's run-time exclusivity checks in release builds: under
-// keep-alive load they were 2.7 % of lbd's user time (perf, docs/layer7.md). Debug builds (`swift test`) and the
+// The proxy's per-request code (LBProxy, and LBTLS for HTTPS) runs without Swift's run-time exclusivity checks in
+// release builds: under keep-alive load they were 2.7 % of lbd's user time (perf, docs/layer7.md); TLS added 21
+// checks per request. Debug builds (`swift test`) and the
 // fuzz builds (scripts/fuzz sets LB_FUZZ) keep them, so a conflicting access still traps where it is looked for.
 let hotPathSettings: [SwiftSetting] = Context.environment["LB_FUZZ"] == nil
     ? [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
@@ -46,7 +47,8 @@ let package = Package(
             dependencies: [
                 "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: hotPathSettings
         ),
         // The files a config names (certificates, keys, CA files), checked as lbd will load them.
         .target(name: "LBConfigFiles", dependencies: ["LBConfig", "LBTLS"]),
