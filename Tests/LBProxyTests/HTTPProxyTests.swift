@@ -186,8 +186,7 @@ struct HTTPProxyTests {
         let client = try RawClient(port: fixture.vipPort)
         client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         let bytes = client.readAll()
-        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
-        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        let headLength = try responseHeadLength(bytes)
         #expect(bytes.count - headLength == size)
         #expect(bytes[headLength...].allSatisfy { $0 == UInt8(ascii: "x") })
         await fixture.stop()
@@ -197,15 +196,10 @@ struct HTTPProxyTests {
     /// `Connection: close` asks for comes after those bytes, not instead of them (a close at once would drop them).
     @Test func aCloseWaitsForTheBytesTheClientHasNotTakenYet() async throws {
         let fixture = try await HTTPFixture(serverCount: 1)
-        // Under the 64 KiB at which lb stops reading the real server, more than the sockets take before the client
-        // reads: the client's receive buffer and lb's send buffer are made small (on loopback the kernel would
-        // otherwise take a megabyte and more, and lb would have nothing left to write when the response ends).
-        // (60,000 bytes and the head stay under NIO's default high watermark of 64 KiB, which lb keeps.)
+        // Under the 64 KiB at which lb stops reading the real server (NIO's default high watermark, which lb
+        // keeps), more than the sockets take before the client reads.
         let size = 60_000
-        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
-        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
-        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
-        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        let (client, lbSide) = try await slowReadingClient(of: fixture)
         client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         // The response has ended in lb: the real server's connection is released.
         #expect(await eventually {
@@ -213,8 +207,7 @@ struct HTTPProxyTests {
         })
         #expect(try await lbSide.getOption(.bufferedWritableBytes) > 0, "bytes still queued in lb at the response's end")
         let bytes = client.readAll()
-        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
-        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        let headLength = try responseHeadLength(bytes)
         #expect(bytes.count - headLength == size)
         #expect(client.lastReadEnd == "end of stream")
         await fixture.stop()
@@ -245,15 +238,11 @@ struct HTTPProxyTests {
         let size = 60_000
         // More than the kernel's buffers on both sides hold (autotuned up to 4 and 6 MiB on loopback).
         let body = 24 * 1024 * 1024
-        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
-        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
-        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
-        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        let (client, _) = try await slowReadingClient(of: fixture)
         client.send("POST /early/\(size) HTTP/1.1\r\nHost: test\r\nContent-Length: \(body)\r\n\r\n")
         #expect(client.send([UInt8](repeating: UInt8(ascii: "b"), count: body)) == body, "the whole body was taken")
         let bytes = client.readAll()
-        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
-        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        let headLength = try responseHeadLength(bytes)
         #expect(bytes.count - headLength == size)
         #expect(client.lastReadEnd == "end of stream")
         client.shutdownWrite()
@@ -291,18 +280,14 @@ struct HTTPProxyTests {
     @Test func bytesBehindTheLastRequestDoNotCutItsResponseShort() async throws {
         let fixture = try await HTTPFixture(serverCount: 1)
         let size = 60_000
-        let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
-        #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
-        let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
-        try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+        let (client, _) = try await slowReadingClient(of: fixture)
         client.send("GET /big/\(size) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\nHost: test\r\n\r\n")
         // The answer has begun: lb holds the second request and reads no further.
         var ready = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
         #expect(poll(&ready, 1, 5000) == 1)
         client.send("GET /more HTTP/1.1\r\nHost: test\r\n\r\n")
         let bytes = client.readAll()
-        let text = String(decoding: bytes.prefix(512), as: UTF8.self)
-        let headLength = try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
+        let headLength = try responseHeadLength(bytes)
         #expect(bytes.count - headLength == size)
         #expect(client.lastReadEnd == "end of stream")
         #expect(fixture.backends[0].requests.current == 1, "only the request that ended the connection was forwarded")
@@ -554,4 +539,21 @@ final class OutboundEventSpy: ChannelOutboundHandler, @unchecked Sendable {
         if event is TLSReleaseKeptBuffers { releases += 1 }
         context.triggerUserOutboundEvent(event, promise: promise)
     }
+}
+
+/// A client connection whose socket, and lb's side of it, take only 4 KiB before the client reads: a response of
+/// tens of kilobytes is still partly queued in lb when it ends (on loopback the kernel would otherwise take a
+/// megabyte and more).
+func slowReadingClient(of fixture: HTTPFixture) async throws -> (client: RawClient, lbSide: Channel) {
+    let client = try RawClient(port: fixture.vipPort, receiveBuffer: 4096)
+    #expect(await eventually { fixture.engine.clientChannels(of: "web").count == 1 })
+    let lbSide = try #require(fixture.engine.clientChannels(of: "web").first)
+    try await lbSide.setOption(.socketOption(.so_sndbuf), value: 4096)
+    return (client, lbSide)
+}
+
+/// The length of a raw response's head, up to and with its empty line.
+func responseHeadLength(_ response: [UInt8]) throws -> Int {
+    let text = String(decoding: response.prefix(512), as: UTF8.self)
+    return try #require(text.range(of: "\r\n\r\n")).upperBound.utf16Offset(in: text)
 }

@@ -201,14 +201,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// The client sent bytes after the request that ends the connection.
     private var sentPastLastRequest = false
-    /// A request or bytes toward one are waiting here or in the reader.
-    private var holdsClientBytes: Bool { !pipelined.isEmpty || reader?.hasUnreadBytes == true }
 
     /// Whether the client may still be sending when lb ends the connection after the current exchange: the request
     /// is not complete, the client expected the connection to stay open (it may have sent the next request), or it
     /// has sent more already. Then the connection ends with a lingering close (`LingeringClose`).
     private func clientMaySendMore(requestEnded: Bool) -> Bool {
-        !requestEnded || clientKeepAlive || sentPastLastRequest || holdsClientBytes
+        !requestEnded || clientKeepAlive || sentPastLastRequest || !pipelined.isEmpty || reader?.hasUnreadBytes == true
     }
 
     /// Ends the exchange at once: the real-server side is released, the client connection closed.
@@ -781,13 +779,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// promise and its callback per connection; otherwise when an empty write queued behind the rest completes.
     private func closeOnceWritten(context: ChannelHandlerContext) {
         let channel = context.channel
-        if let queued = try? channel.syncOptions?.getOption(.bufferedWritableBytes), queued == 0 {
-            channel.close(promise: nil)
+        guard context.hasNoQueuedWrites else {
+            context.afterQueuedWrites { _ in channel.close(promise: nil) }
             return
         }
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: written)
-        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        channel.close(promise: nil)
     }
 
     /// The real server failed or closed before the response was complete.

@@ -27,8 +27,6 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
     /// Set once the sending side is shut down: the limits count from then.
     private var lingerEnds: NIODeadline?
     private var lastRead = NIODeadline.now()
-    /// Bytes read and discarded (for tests).
-    private(set) var discardedBytes = 0
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -44,23 +42,14 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Shutting the output down while bytes are queued would fail them: it waits for the last write.
     private func shutDownOutputOnceWritten(context: ChannelHandlerContext) {
-        let channel = context.channel
-        if let queued = try? channel.syncOptions?.getOption(.bufferedWritableBytes), queued == 0 {
-            shutDownOutput(context: context)
+        guard context.hasNoQueuedWrites else {
+            context.afterQueuedWrites { [self] written in
+                guard let context = self.context else { return }
+                if written { shutDownOutput(context: context) } else { context.close(promise: nil) }
+            }
             return
         }
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0)), promise: written)
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        written.futureResult.whenComplete { result in
-            let handler = bound.value
-            guard let context = handler.context else { return }
-            if case .failure = result {
-                context.close(promise: nil)
-            } else {
-                handler.shutDownOutput(context: context)
-            }
-        }
+        shutDownOutput(context: context)
     }
 
     private func shutDownOutput(context: ChannelHandlerContext) {
@@ -94,7 +83,7 @@ final class LingeringClose: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        discardedBytes += unwrapInboundIn(data).readableBytes
+        // Discarded.
         if lingerEnds != nil { lastRead = .now() }
     }
 
