@@ -40,6 +40,16 @@ struct MessageFramingTests {
         #expect(plain.map(\.name) == ["Host", "Accept"])
     }
 
+    @Test func methodTestsAgreeWithHTTPMethodsOwnEquality() {
+        let names = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "PURGE", "head", "HEADX", ""]
+        for name in names {
+            for method in [HTTPMethod(rawValue: name), .RAW(value: name)] {
+                #expect(method.isHEAD == (method == .HEAD), "\(name)")
+                #expect(method.normallyHasBody == (method == .POST || method == .PUT || method == .PATCH), "\(name)")
+            }
+        }
+    }
+
     @Test func framingFastPathsAgreeWithTheGeneralRule() throws {
         #expect(try HTTPHeaders([("Host", "a")]).bodyFraming() == .unframed)
         #expect(try HTTPHeaders([("content-LENGTH", "42")]).bodyFraming() == .contentLength(42))

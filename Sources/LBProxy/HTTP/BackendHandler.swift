@@ -32,14 +32,25 @@ final class BackendHandler: ChannelDuplexHandler {
     func writeHead(method: HTTPMethod, bytes: ByteBuffer) {
         expected.requestWritten(method)
         context?.write(wrapOutboundOut(bytes), promise: nil)
+        hasUnflushedWrites = true
     }
 
     /// More of the request: body bytes, framed as its head stated.
     func write(_ bytes: ByteBuffer) {
         context?.write(wrapOutboundOut(bytes), promise: nil)
+        hasUnflushedWrites = true
     }
 
-    func flush() { context?.flush() }
+    /// Only this handler writes to the real server, so a flush with nothing written since the last has nothing to
+    /// send: the front flushes both when it starts a request and when the client's read ends, and the second is
+    /// usually that (a flush costs a trip through the pipeline and the channel's checks).
+    private var hasUnflushedWrites = false
+
+    func flush() {
+        guard hasUnflushedWrites else { return }
+        hasUnflushedWrites = false
+        context?.flush()
+    }
 
     /// Closes on the front's request; the front is detached first, so the close is not reported back as a failure.
     func close() {

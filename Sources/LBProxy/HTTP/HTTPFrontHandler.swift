@@ -634,7 +634,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         var outbound = ForwardedResponseHead(source, framing: .unframed)
         responseStarted = true
         responseChunked = false
-        if requestMethod == .HEAD || code == 304 {
+        if requestMethod.isHEAD || code == 304 {
             // No body follows; a length states what a GET would return.
             if case .contentLength = framing { outbound.framing = framing }
         } else if code == 204 {
@@ -684,7 +684,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         activity &+= 1
         let size = body.readableBytes
         // A response to HEAD has no body, whatever arrives (the real-server parser delivers none).
-        guard size > 0, requestMethod != .HEAD else { return }
+        guard size > 0, !requestMethod.isHEAD else { return }
         let small = size <= ResponseBytes.copyLimit
         // The head (if not yet sent), the chunk framing and a small body leave in one buffer.
         var framing: ByteBuffer

@@ -131,7 +131,7 @@ package enum RequestBytes {
                           into heads: inout ReusableBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         // An empty body of a method that normally has one is stated: some servers refuse such a request without a
         // length (411).
-        let stated = framing == .unframed && (head.method == .POST || head.method == .PUT || head.method == .PATCH)
+        let stated = framing == .unframed && head.method.normallyHasBody
             ? BodyFraming.contentLength(0) : framing
         let method = head.method.rawValue
         // At most: the request line, every field, lb's framing and the X-Forwarded fields (the client's own list is
@@ -175,7 +175,7 @@ package enum RequestBytes {
                           forwardedFor: (client: String, proto: String)?, into heads: inout ReusableBuffer,
                           allocator: ByteBufferAllocator) -> ByteBuffer {
         let statesEmptyBody = simple.contentLength == nil
-            && (simple.method == .POST || simple.method == .PUT || simple.method == .PATCH)
+            && simple.method.normallyHasBody
         // At most: the head as it came with every line normalised (": " adds at most 2 bytes a line), an empty
         // body's length, the X-Forwarded fields.
         var size = simple.size + 2 * fields.count + 20

@@ -255,6 +255,27 @@ extension HTTPMethod {
         default: false
         }
     }
+
+    // HTTPMethod's `==` compares the methods' names (it goes through `rawValue`: two Strings made and compared per
+    // test, six tests per request on the proxy's path). These match the case, and a raw method of the same name.
+
+    /// A response to this request has no body, whatever its head says.
+    package var isHEAD: Bool {
+        switch self {
+        case .HEAD: true
+        case .RAW(let value): value == "HEAD"
+        default: false
+        }
+    }
+
+    /// Requests of this method normally have a body: an empty one is stated (`Content-Length: 0`).
+    package var normallyHasBody: Bool {
+        switch self {
+        case .POST, .PUT, .PATCH: true
+        case .RAW(let value): value == "POST" || value == "PUT" || value == "PATCH"
+        default: false
+        }
+    }
 }
 
 /// The scheme and authority of an absolute-form request target (`http://host:port/path`), or nil for origin form.

@@ -116,7 +116,7 @@ package struct ResponseHeadScanner {
         // The body: lb writes the head as it came, so only framing it forwards unchanged is simple (a 204's length
         // is left out by lb, a missing length means a body read until the close).
         let bodyLength: Int
-        if requestMethod == .HEAD || code == 304 {
+        if requestMethod.isHEAD || code == 304 {
             bodyLength = 0
         } else if code == 204 {
             guard contentLength == nil else { return .notSimple }
