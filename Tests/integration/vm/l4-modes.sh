@@ -148,9 +148,11 @@ lbctl online Viewer-DR rs2
 echo "after online:"; ipvsadm -Ln -t 10.0.0.42:80; ipvsadm -Ln -t 10.0.0.40:80
 
 echo "== mode switch"
-# A client requests every 100 ms while Mover goes from the proxy (l7-tcp) to the kernel (l4-nat) and back.
+# A client requests every 100 ms while Mover goes from the proxy (l7-tcp) to the kernel (l4-nat) and back, until
+# the test has seen answers after the switch back (at most 120 s: a slow emulated VM must not end it early).
 # Each line: the time a request started, then the answer or FAILED with curl's exit status (28 = timed out).
-ns client bash -c 'end=$((SECONDS + 16)); while [ $SECONDS -lt $end ]; do t=$(date +%T.%N); a=$(curl -s --max-time 2 http://10.0.0.43/); r=$?; [ $r = 0 ] && echo "$t $a" || echo "$t FAILED curl exit $r"; sleep 0.1; done' > "$dir/mover.txt" &
+stop="$dir/mover.stop"; rm -f "$stop"
+ns client bash -c 'end=$((SECONDS + 120)); while [ $SECONDS -lt $end ] && [ ! -e "$1" ]; do t=$(date +%T.%N); a=$(curl -s --max-time 2 http://10.0.0.43/); r=$?; [ $r = 0 ] && echo "$t $a" || echo "$t FAILED curl exit $r"; sleep 0.1; done' _ "$stop" > "$dir/mover.txt" &
 loop=$!
 answered() { grep -c " $1\$" "$dir/mover.txt"; }   # requests answered through the proxy (10.0.1.1) or IPVS (10.0.0.100)
 wait_for '[ "$(answered 10.0.1.1)" -ge 5 ]' || echo "wait timed out: no requests through the proxy"
@@ -166,6 +168,10 @@ lbctl mode Mover l7-tcp
 echo "done at $(date +%T.%N)"
 echo "ipvs after: $(ipvsadm -Ln | grep -c 10.0.0.43)"
 echo "file: $(grep -A4 'name: Mover' "$dir/l4.yaml" | grep -o 'mode: .*')"
+back=$(wc -l < "$dir/mover.txt")
+wait_for '[ "$(tail -n +$((back + 1)) "$dir/mover.txt" | grep -c " 10.0.1.1$")" -ge 3 ]' \
+    || echo "wait timed out: no requests through the proxy after switching back"
+touch "$stop"
 wait $loop
 grep FAILED "$dir/mover.txt" || true
 echo "requests $(wc -l < "$dir/mover.txt") failed $(grep -c FAILED "$dir/mover.txt") via-proxy $(grep -c ' 10.0.1.1$' "$dir/mover.txt") via-ipvs $(grep -c ' 10.0.0.100$' "$dir/mover.txt")"
