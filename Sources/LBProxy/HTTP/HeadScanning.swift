@@ -49,6 +49,18 @@ struct HeadBytesCheck {
     mutating func findEnd(_ bytes: UnsafeRawBufferPointer, maxHeadBytes: Int) -> Outcome {
         var index = checked
         while index < bytes.count {
+            // Most of a head is text between line ends, passed eight bytes at a time up to the first byte that is
+            // not a space or visible character (a line end, tab, control or non-ASCII byte), which is checked below.
+            // Not after a CR, which only an LF may follow.
+            if index + 8 <= bytes.count, index == 0 || bytes[index - 1] != ASCII.cr {
+                let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+                let others = Self.notVisible(word)
+                guard others != 0 else {
+                    index += 8
+                    continue
+                }
+                index += others.trailingZeroBitCount >> 3
+            }
             let byte = bytes[index]
             if byte == ASCII.lf {
                 guard index > 0, bytes[index - 1] == ASCII.cr else { return .notPlain }
@@ -64,6 +76,18 @@ struct HeadBytesCheck {
         }
         checked = index
         return bytes.count > maxHeadBytes ? .notPlain : .incomplete
+    }
+
+    /// The high bit of each byte of `word` (first byte lowest) that is not a space or visible ASCII character
+    /// (0x20 to 0x7E), and possibly of bytes after such a byte: zero when all eight are, and the lowest bit set is
+    /// always that of the first byte that is not. Only a byte below 0x20 borrows when 0x20 is taken from it, and
+    /// only a byte above 0x7E has the high bit or gets it when 1 is added (only 0xFF carries).
+    @inline(__always)
+    static func notVisible(_ word: UInt64) -> UInt64 {
+        let high: UInt64 = 0x8080_8080_8080_8080
+        let belowSpace = (word &- 0x2020_2020_2020_2020) & ~word & high
+        let deleteOrAbove = ((word &+ 0x0101_0101_0101_0101) | word) & high
+        return belowSpace | deleteOrAbove
     }
 }
 
@@ -81,12 +105,28 @@ func forEachFieldLine(of head: UnsafeRawBufferPointer, from start: Int, _ body: 
         index += 1
         while head[index] == ASCII.space || head[index] == ASCII.tab { index += 1 }
         let valueStart = index
-        while head[index] != ASCII.cr { index += 1 }
+        index = firstCR(in: head, from: index)
         let value = valueStart..<index
         index += 2
         guard body(FieldSpan(name: name, value: value)) else { return false }
     }
     return true
+}
+
+/// The offset of the first CR in `head` from `start` (a head that passed `HeadBytesCheck` has one before its end),
+/// eight bytes at a time: in a word XORed with CRs a CR is a zero byte, and the lowest byte the zero-byte test
+/// marks is the first zero (a marked byte above a zero may be a borrow's).
+@inline(__always)
+func firstCR(in head: UnsafeRawBufferPointer, from start: Int) -> Int {
+    var index = start
+    while index + 8 <= head.count {
+        let word = UInt64(littleEndian: head.loadUnaligned(fromByteOffset: index, as: UInt64.self)) ^ 0x0D0D_0D0D_0D0D_0D0D
+        let zeros = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
+        if zeros != 0 { return index + zeros.trailingZeroBitCount >> 3 }
+        index += 8
+    }
+    while head[index] != ASCII.cr { index += 1 }
+    return index
 }
 
 /// The hop-by-hop fields but Connection and Keep-Alive, and a field named "close" (which `Connection: close` would
