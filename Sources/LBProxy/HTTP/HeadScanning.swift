@@ -53,8 +53,7 @@ struct HeadBytesCheck {
             // not a space or visible character (a line end, tab, control or non-ASCII byte), which is checked below.
             // Not after a CR, which only an LF may follow.
             if index + 8 <= bytes.count, index == 0 || bytes[index - 1] != ASCII.cr {
-                let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
-                let others = Self.notVisible(word)
+                let others = Self.notVisible(bytes.word(at: index))
                 guard others != 0 else {
                     index += 8
                     continue
@@ -113,6 +112,15 @@ func forEachFieldLine(of head: UnsafeRawBufferPointer, from start: Int, _ body: 
     return true
 }
 
+extension UnsafeRawBufferPointer {
+    /// The eight bytes at `offset` as one word, the first byte lowest whatever the machine's byte order: the word
+    /// tests below rely on it (the lowest byte they mark is the first that qualifies).
+    @inline(__always)
+    func word(at offset: Int) -> UInt64 {
+        UInt64(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+}
+
 /// The offset of the first CR in `head` from `start` (a head that passed `HeadBytesCheck` has one before its end),
 /// eight bytes at a time: in a word XORed with CRs a CR is a zero byte, and the lowest byte the zero-byte test
 /// marks is the first zero (a marked byte above a zero may be a borrow's).
@@ -120,7 +128,7 @@ func forEachFieldLine(of head: UnsafeRawBufferPointer, from start: Int, _ body: 
 func firstCR(in head: UnsafeRawBufferPointer, from start: Int) -> Int {
     var index = start
     while index + 8 <= head.count {
-        let word = UInt64(littleEndian: head.loadUnaligned(fromByteOffset: index, as: UInt64.self)) ^ 0x0D0D_0D0D_0D0D_0D0D
+        let word = head.word(at: index) ^ 0x0D0D_0D0D_0D0D_0D0D
         let zeros = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
         if zeros != 0 { return index + zeros.trailingZeroBitCount >> 3 }
         index += 8
