@@ -1,3 +1,4 @@
+import Foundation
 import LBConfig
 import LBStrictHTTP
 import LBTestSupport
@@ -78,5 +79,32 @@ struct InProcessExchangeTests {
         #expect(clock.ticksScheduled == 1)
         exchange.finish()
         #expect(exchange.clock == nil, "the closed connection left, and the clock stopped")
+    }
+
+    /// With `tls`, the client pipeline terminates TLS as lb's does and a browser with real OpenSSL encrypts the
+    /// requests and decrypts the responses: the harness measures lb's HTTPS path, not a plain one.
+    @Test func anHTTPSServiceIsServedThroughTLS() throws {
+        let certificates = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("examples/certs")
+        let service = try makeService(Self.viewerService + """
+
+                tls: {certificate: \(certificates.appendingPathComponent("demo-viewer.pem").path), key: \(certificates.appendingPathComponent("demo-viewer.key").path)}
+            """)
+        let exchange = try InProcessExchange(service: service, request: "GET /study/1 HTTP/1.1\r\nHost: viewer\r\n\r\n",
+                                             response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        defer { exchange.finish() }
+        for round in 1...2 {
+            try exchange.exchange()
+            let atServer = String(buffer: exchange.lastRequestAtServer)
+            #expect(atServer.hasPrefix("GET /study/1 HTTP/1.1\r\n"), "round \(round): \(atServer)")
+            #expect(atServer.contains("\r\nX-Forwarded-Proto: https\r\n"), "round \(round): \(atServer)")
+            let atClient = String(buffer: exchange.lastResponseAtClient)
+            #expect(atClient.hasPrefix("HTTP/1.1 200 OK\r\n") && atClient.hasSuffix("\r\n\r\nok"), "round \(round): \(atClient)")
+            #expect(atClient.contains("; HttpOnly; Secure\r\n"), "the cookie of an HTTPS service is Secure: \(atClient)")
+            // On the wire: TLS 1.2-framed application data records, not the response's text.
+            let wire = Array(exchange.lastResponseOnClientWire.readableBytesView)
+            #expect(wire.starts(with: [0x17, 0x03, 0x03]), "round \(round): \(wire.prefix(8))")
+            #expect(!String(decoding: wire, as: UTF8.self).contains("200 OK"))
+        }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import LBConfig
 import LBProxy
 import NIOCore
@@ -23,15 +24,33 @@ public enum HTTPPathWorkload {
     public static let response =
         "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
 
-    /// Service options: none, or the viewer's (cookie persistence and X-Forwarded-For).
+    /// Service options: none, the viewer's (cookie persistence and X-Forwarded-For), or the viewer's over HTTPS
+    /// (TLS terminated with the bundled demo certificate, as `scripts/bench/l7` (e) serves it).
     public enum Options: String, CaseIterable, Sendable {
         case plain
         case viewer = "viewer: cookie persistence and X-Forwarded-For"
+        case viewerHTTPS = "viewer over HTTPS"
+
+        /// The command-line name (`http-path-loop`).
+        public static func named(_ name: String) -> Options? {
+            switch name {
+            case "plain": .plain
+            case "viewer": .viewer
+            case "https": .viewerHTTPS
+            default: nil
+            }
+        }
 
         var yaml: String {
+            let viewer = "    forwarded_for: true\n    persistence: {type: http-cookie, cookie: LBSRV}\n"
             switch self {
-            case .plain: ""
-            case .viewer: "    forwarded_for: true\n    persistence: {type: http-cookie, cookie: LBSRV}\n"
+            case .plain: return ""
+            case .viewer: return viewer
+            case .viewerHTTPS:
+                let certificates = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples/certs")
+                return viewer + "    tls: {certificate: \(certificates.appendingPathComponent("demo-viewer.pem").path), "
+                    + "key: \(certificates.appendingPathComponent("demo-viewer.key").path)}\n"
             }
         }
     }

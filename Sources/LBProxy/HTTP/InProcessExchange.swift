@@ -1,4 +1,5 @@
 import LBConfig
+import LBTLS
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -10,6 +11,11 @@ import NIOEmbedded
 ///
 /// It exists to count the work lb does per request (allocations, retains) with nothing else in the measurement:
 /// `Benchmarks/` runs it under ordo-one/benchmark, and `InProcessExchangeTests` checks that it forwards correctly.
+///
+/// A service with `tls` is served as lb serves it, TLS terminated by the client pipeline's `TLSHandler`; a browser
+/// (its own embedded channel with a client `TLSHandler`, real OpenSSL on both ends) encrypts the requests and
+/// decrypts the responses. lb's part of an exchange is in the functions named `lbHandles…`, so a profiler can count
+/// it alone (callgrind's `--toggle-collect`).
 public final class InProcessExchange {
     public enum Failure: Error, CustomStringConvertible {
         case setup(String)
@@ -27,18 +33,24 @@ public final class InProcessExchange {
     private let loop = EmbeddedEventLoop()
     private let client: EmbeddedChannel
     private let server: EmbeddedChannel
+    /// The browser's end of an HTTPS connection (nil for plain HTTP).
+    private let browser: EmbeddedChannel?
     private let runtime: ServiceRuntime
     private let request: ByteBuffer
     private let response: ByteBuffer
     /// What the last exchange delivered, for checks (the benchmark does not read them).
     public private(set) var lastRequestAtServer = ByteBuffer()
     public private(set) var lastResponseAtClient = ByteBuffer()
+    /// What lb wrote on the client's connection for the last response: TLS records for an HTTPS service (for tests).
+    private(set) var lastResponseOnClientWire = ByteBuffer()
     /// Whether `exchange` keeps what it delivered in the two above. The benchmark turns it off: a kept buffer is
     /// one lb would find still referenced at the next request, as if the socket had not taken its bytes, and lb
     /// would not reuse its head buffers (`ReusableBuffer`) as it does behind a real socket.
     public var keepsLastMessages = true {
         didSet {
-            if !keepsLastMessages { lastRequestAtServer = ByteBuffer(); lastResponseAtClient = ByteBuffer() }
+            if !keepsLastMessages {
+                lastRequestAtServer = ByteBuffer(); lastResponseAtClient = ByteBuffer(); lastResponseOnClientWire = ByteBuffer()
+            }
         }
     }
 
@@ -61,7 +73,10 @@ public final class InProcessExchange {
         }
         var logger = Logger(label: "lb.bench")
         logger.logLevel = .critical
-        runtime = ServiceRuntime(service: service, tls: nil, cookieKey: Array(repeating: 7, count: 32), logger: logger)
+        let tls = try service.tls.map { settings in
+            try TLSContext.server(certificateChain: settings.certificatePath, privateKey: settings.keyPath)
+        }
+        runtime = ServiceRuntime(service: service, tls: tls, cookieKey: Array(repeating: 7, count: 32), logger: logger)
         self.request = ByteBuffer(string: request)
         self.response = ByteBuffer(string: response)
 
@@ -78,18 +93,71 @@ public final class InProcessExchange {
         // Set after the connect, which would make the VIP the peer.
         client.remoteAddress = try SocketAddress(ipAddress: "198.51.100.7", port: 40000)
         client.localAddress = try SocketAddress(ipAddress: "192.0.2.10", port: 80)
+        if tls != nil {
+            let browser = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client()), loop: loop)
+            try browser.connect(to: SocketAddress(ipAddress: "192.0.2.10", port: 443)).wait()
+            self.browser = browser
+            // The handshake, and the session tickets that follow it.
+            var moved = true
+            while moved {
+                moved = false
+                while let bytes = try browser.readOutbound(as: ByteBuffer.self) { try client.writeInbound(bytes); moved = true }
+                while let bytes = try client.readOutbound(as: ByteBuffer.self) { try browser.writeInbound(bytes); moved = true }
+            }
+            guard try browser.readInbound(as: ByteBuffer.self) == nil else { throw Failure.setup("plaintext before a request") }
+        } else {
+            browser = nil
+        }
     }
 
     /// One request and its response through lb.
     public func exchange() throws {
-        try client.writeInbound(request)
-        guard var toServer = try server.readOutbound(as: ByteBuffer.self) else { throw Failure.noRequestAtServer }
-        while var more = try server.readOutbound(as: ByteBuffer.self) { toServer.writeBuffer(&more) }
+        let fromBrowser = try browserSends(request)
+        let toServer = try lbHandlesRequest(fromBrowser)
         if keepsLastMessages { lastRequestAtServer = toServer }
-        try server.writeInbound(response)
-        guard var toClient = try client.readOutbound(as: ByteBuffer.self) else { throw Failure.noResponseAtClient }
-        while var more = try client.readOutbound(as: ByteBuffer.self) { toClient.writeBuffer(&more) }
-        if keepsLastMessages { lastResponseAtClient = toClient }
+        let toBrowser = try lbHandlesResponse(response)
+        let toClient = try browserReceives(toBrowser)
+        if keepsLastMessages { lastResponseAtClient = toClient; lastResponseOnClientWire = toBrowser }
+    }
+
+    /// What the client sends on the wire for `plaintext`: itself, or the browser's TLS records.
+    @inline(never)
+    private func browserSends(_ plaintext: ByteBuffer) throws -> ByteBuffer {
+        guard let browser else { return plaintext }
+        try browser.writeAndFlush(plaintext).wait()
+        return try Self.concatenatedOutbound(of: browser) ?? ByteBuffer()
+    }
+
+    /// lb reads the client's bytes and sends the real server the request; what the server received.
+    @inline(never)
+    private func lbHandlesRequest(_ bytes: ByteBuffer) throws -> ByteBuffer {
+        try client.writeInbound(bytes)
+        guard let toServer = try Self.concatenatedOutbound(of: server) else { throw Failure.noRequestAtServer }
+        return toServer
+    }
+
+    /// lb reads the server's response and sends it to the client; what the client's socket received.
+    @inline(never)
+    private func lbHandlesResponse(_ bytes: ByteBuffer) throws -> ByteBuffer {
+        try server.writeInbound(bytes)
+        guard let toClient = try Self.concatenatedOutbound(of: client) else { throw Failure.noResponseAtClient }
+        return toClient
+    }
+
+    /// What the client reads from `bytes`: themselves, or the browser's plaintext.
+    @inline(never)
+    private func browserReceives(_ bytes: ByteBuffer) throws -> ByteBuffer {
+        guard let browser else { return bytes }
+        try browser.writeInbound(bytes)
+        var plaintext = ByteBuffer()
+        while var more = try browser.readInbound(as: ByteBuffer.self) { plaintext.writeBuffer(&more) }
+        return plaintext
+    }
+
+    private static func concatenatedOutbound(of channel: EmbeddedChannel) throws -> ByteBuffer? {
+        guard var all = try channel.readOutbound(as: ByteBuffer.self) else { return nil }
+        while var more = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&more) }
+        return all
     }
 
     /// For the fuzz target, which drives the two ends itself: client bytes in (a refusal is lb's answer, not an
@@ -142,6 +210,7 @@ public final class InProcessExchange {
 
     /// Closes both ends and retires the service's runtime; the loop runs what they scheduled.
     public func finish() {
+        _ = try? browser?.finish()
         _ = try? client.finish()
         _ = try? server.finish()
         // As a reload retires a generation: the per-loop keep-alive registry lets go of this loop and pool.
