@@ -15,25 +15,25 @@ package enum MessageBytes {
     }
 
     /// Each field on its line, then the empty line that ends the section.
-    static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
-        for (name, value) in fields { writeField(name, value, to: &buffer) }
-        buffer.writeStaticString("\r\n")
+    static func writeFields(_ fields: HTTPHeaders, to head: inout HeadWriter) {
+        for (name, value) in fields { writeField(name, value, to: &head) }
+        head.append("\r\n")
     }
 
     /// One field line: `name: value` CRLF.
-    private static func writeField(_ name: String, _ value: String, to buffer: inout ByteBuffer) {
-        buffer.writeString(name)
-        buffer.writeStaticString(": ")
-        buffer.writeString(value)
-        buffer.writeStaticString("\r\n")
+    private static func writeField(_ name: String, _ value: String, to head: inout HeadWriter) {
+        head.append(name)
+        head.append(": ")
+        head.append(value)
+        head.append("\r\n")
     }
 
     /// The field lines of a head lb scanned itself (`head` starts at the message), but those `leavesOut` names by
     /// position: lines already in the form `name: value` CRLF are copied as they came, consecutive ones in one piece;
     /// others are written in that form.
-    static func copyFieldLines(_ fields: [FieldSpan], of head: UnsafeRawBufferPointer, to buffer: inout ByteBuffer,
+    static func copyFieldLines(_ fields: [FieldSpan], of head: UnsafeRawBufferPointer, to out: inout HeadWriter,
                                leavingOut leavesOut: (Int, FieldSpan) -> Bool) {
-        func copy(_ range: Range<Int>) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: head[range])) }
+        func copy(_ range: Range<Int>) { out.append(UnsafeRawBufferPointer(rebasing: head[range])) }
         var run = 0..<0  // field lines to copy in one piece
         for (index, field) in fields.enumerated() {
             if leavesOut(index, field) { continue }
@@ -49,9 +49,9 @@ package enum MessageBytes {
             }
             if !run.isEmpty { copy(run); run = 0..<0 }
             copy(field.name)
-            buffer.writeStaticString(": ")
+            out.append(": ")
             copy(field.value)
-            buffer.writeStaticString("\r\n")
+            out.append("\r\n")
         }
         if !run.isEmpty { copy(run) }
     }
@@ -65,7 +65,7 @@ package enum MessageBytes {
     /// X-Forwarded-For and -Proto are left out for the caller to write after. The empty line is the caller's.
     /// Writing the bytes this way costs no copy of the fields and no new head.
     static func writeForwardedFields(_ fields: HTTPHeaders, framing: BodyFraming, droppingForwardedFor: Bool,
-                                     to buffer: inout ByteBuffer) {
+                                     to head: inout HeadWriter) {
         let hop = HopByHopFields(fields)
         let keepsLength = fields.statedLength == framing
         for (name, value) in fields {
@@ -74,20 +74,20 @@ package enum MessageBytes {
             if droppingForwardedFor, name.equalsIgnoringASCIICase("x-forwarded-for") || name.equalsIgnoringASCIICase("x-forwarded-proto") {
                 continue
             }
-            writeField(name, value, to: &buffer)
+            writeField(name, value, to: &head)
         }
-        if !keepsLength { writeFramingField(framing, to: &buffer) }
+        if !keepsLength { writeFramingField(framing, to: &head) }
     }
 
     /// lb's framing field for `framing`: `Content-Length`, `Transfer-Encoding: chunked`, or none.
-    static func writeFramingField(_ framing: BodyFraming, to buffer: inout ByteBuffer) {
+    static func writeFramingField(_ framing: BodyFraming, to head: inout HeadWriter) {
         switch framing {
         case .unframed: break
         case .contentLength(let length):
-            buffer.writeStaticString("Content-Length: ")
-            buffer.writeString(String(length))
-            buffer.writeStaticString("\r\n")
-        case .chunked: buffer.writeStaticString("Transfer-Encoding: chunked\r\n")
+            head.append("Content-Length: ")
+            head.append(decimal: length)
+            head.append("\r\n")
+        case .chunked: head.append("Transfer-Encoding: chunked\r\n")
         }
     }
 
@@ -105,9 +105,11 @@ package enum MessageBytes {
             buffer.writeStaticString("0\r\n\r\n")
             return buffer
         }
-        var buffer = allocator.buffer(capacity: 256)
-        buffer.writeStaticString("0\r\n")
-        writeFields(trailers, to: &buffer)
+        var buffer = allocator.buffer(capacity: 3 + fieldsSize(trailers))
+        buffer.writeHead(estimate: 3 + fieldsSize(trailers)) { head in
+            head.append("0\r\n")
+            writeFields(trailers, to: &head)
+        }
         return buffer
     }
 }
@@ -140,23 +142,26 @@ package enum RequestBytes {
             + MessageBytes.framingFieldSize
         if let forwardedFor { size += 17 + 2 + forwardedFor.client.utf8.count + 2 + 19 + forwardedFor.proto.utf8.count + 2 }
         var buffer = heads.take(capacity: size, allocator: allocator)
-        buffer.writeString(method)
-        buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(head.uri)
-        buffer.writeStaticString(" HTTP/1.1\r\n")
-        MessageBytes.writeForwardedFields(head.headers, framing: stated, droppingForwardedFor: forwardedFor != nil, to: &buffer)
-        if let forwardedFor {
-            buffer.writeStaticString("X-Forwarded-For: ")
-            // The client's fields joined with ", " (as one list), then the client: nothing is built but bytes.
-            var listBytes = 0, fieldCount = 0
-            for (name, value) in head.headers where name.equalsIgnoringASCIICase("x-forwarded-for") {
-                if fieldCount > 0 { buffer.writeStaticString(", "); listBytes += 2 }
-                listBytes += buffer.writeString(value)
-                fieldCount += 1
+        buffer.writeHead(estimate: size) { out in
+            out.append(method)
+            out.append(byte: UInt8(ascii: " "))
+            out.append(head.uri)
+            out.append(" HTTP/1.1\r\n")
+            MessageBytes.writeForwardedFields(head.headers, framing: stated, droppingForwardedFor: forwardedFor != nil, to: &out)
+            if let forwardedFor {
+                out.append("X-Forwarded-For: ")
+                // The client's fields joined with ", " (as one list), then the client: nothing is built but bytes.
+                var listBytes = 0, fieldCount = 0
+                for (name, value) in head.headers where name.equalsIgnoringASCIICase("x-forwarded-for") {
+                    if fieldCount > 0 { out.append(", "); listBytes += 2 }
+                    out.append(value)
+                    listBytes += value.utf8.count
+                    fieldCount += 1
+                }
+                writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &out)
             }
-            writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &buffer)
+            out.append("\r\n")
         }
-        buffer.writeStaticString("\r\n")
         return buffer
     }
 
@@ -181,34 +186,36 @@ package enum RequestBytes {
         var size = simple.size + 2 * fields.count + 20
         if let forwardedFor { size += 17 + 2 + forwardedFor.client.utf8.count + 2 + 19 + forwardedFor.proto.utf8.count + 2 }
         var buffer = heads.take(capacity: size, allocator: allocator)
-        func copy(_ range: Range<Int>) { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: head[range])) }
-        copy(0..<simple.target.upperBound)
-        buffer.writeStaticString(" HTTP/1.1\r\n")
-        var forwardedForFields = 0
-        MessageBytes.copyFieldLines(fields, of: head, to: &buffer) { index, field in
-            if index == simple.connectionField { return true }
-            guard forwardedFor != nil, let kind = forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) else {
-                return false
-            }
-            if kind == .forwardedFor { forwardedForFields += 1 }
-            return true
-        }
-        if statesEmptyBody { buffer.writeStaticString("Content-Length: 0\r\n") }
-        if let forwardedFor {
-            buffer.writeStaticString("X-Forwarded-For: ")
-            // The client's fields joined with ", " (as one list), then the client, as above.
-            var listBytes = 0, written = 0
-            if forwardedForFields > 0 {
-                for field in fields where forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) == .forwardedFor {
-                    if written > 0 { buffer.writeStaticString(", "); listBytes += 2 }
-                    copy(field.value)
-                    listBytes += field.value.count
-                    written += 1
+        buffer.writeHead(estimate: size) { out in
+            func copy(_ range: Range<Int>) { out.append(UnsafeRawBufferPointer(rebasing: head[range])) }
+            copy(0..<simple.target.upperBound)
+            out.append(" HTTP/1.1\r\n")
+            var forwardedForFields = 0
+            MessageBytes.copyFieldLines(fields, of: head, to: &out) { index, field in
+                if index == simple.connectionField { return true }
+                guard forwardedFor != nil, let kind = forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) else {
+                    return false
                 }
+                if kind == .forwardedFor { forwardedForFields += 1 }
+                return true
             }
-            writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &buffer)
+            if statesEmptyBody { out.append("Content-Length: 0\r\n") }
+            if let forwardedFor {
+                out.append("X-Forwarded-For: ")
+                // The client's fields joined with ", " (as one list), then the client, as above.
+                var listBytes = 0, written = 0
+                if forwardedForFields > 0 {
+                    for field in fields where forwardedKind(UnsafeRawBufferPointer(rebasing: head[field.name])) == .forwardedFor {
+                        if written > 0 { out.append(", "); listBytes += 2 }
+                        copy(field.value)
+                        listBytes += field.value.count
+                        written += 1
+                    }
+                }
+                writeForwardedForEnd(afterListOf: listBytes, forwardedFor, to: &out)
+            }
+            out.append("\r\n")
         }
-        buffer.writeStaticString("\r\n")
         return buffer
     }
 
@@ -224,12 +231,12 @@ package enum RequestBytes {
 
     /// After the client's own X-Forwarded-For list (`listBytes` long, maybe empty): the client, and X-Forwarded-Proto.
     private static func writeForwardedForEnd(afterListOf listBytes: Int, _ forwardedFor: (client: String, proto: String),
-                                             to buffer: inout ByteBuffer) {
-        if listBytes > 0 { buffer.writeStaticString(", ") }
-        buffer.writeString(forwardedFor.client)
-        buffer.writeStaticString("\r\nX-Forwarded-Proto: ")
-        buffer.writeString(forwardedFor.proto)
-        buffer.writeStaticString("\r\n")
+                                             to out: inout HeadWriter) {
+        if listBytes > 0 { out.append(", ") }
+        out.append(forwardedFor.client)
+        out.append("\r\nX-Forwarded-Proto: ")
+        out.append(forwardedFor.proto)
+        out.append("\r\n")
     }
 
     /// A part of a request body, framed as the head stated: as it came, or as one chunk. Nil for an empty part,
@@ -300,21 +307,23 @@ package enum ResponseBytes {
         var size = 9 + 3 + 1 + reason.utf8.count + 2  // "HTTP/1.1 " code " " reason CRLF
         size += MessageBytes.fieldsSize(head.headers)
         var buffer = allocator.buffer(capacity: size + extra)
-        writeStatusLine(head.status, to: &buffer)
-        MessageBytes.writeFields(head.headers, to: &buffer)
+        buffer.writeHead(estimate: size) { out in
+            writeStatusLine(head.status, to: &out)
+            MessageBytes.writeFields(head.headers, to: &out)
+        }
         return buffer
     }
 
     /// "HTTP/1.1 ", the code, the reason phrase.
-    private static func writeStatusLine(_ status: HTTPResponseStatus, to buffer: inout ByteBuffer) {
-        buffer.writeStaticString("HTTP/1.1 ")
+    private static func writeStatusLine(_ status: HTTPResponseStatus, to out: inout HeadWriter) {
+        out.append("HTTP/1.1 ")
         let code = status.code
-        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 100 % 10))
-        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 10 % 10))
-        buffer.writeInteger(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code % 10))
-        buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(status.reasonPhrase)
-        buffer.writeStaticString("\r\n")
+        out.append(byte: UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 100 % 10))
+        out.append(byte: UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code / 10 % 10))
+        out.append(byte: UInt8(ascii: "0") + UInt8(truncatingIfNeeded: code % 10))
+        out.append(byte: UInt8(ascii: " "))
+        out.append(status.reasonPhrase)
+        out.append("\r\n")
     }
 
     /// The head lb sends to the client for a real server's response (`ForwardedResponseHead`), written straight from
@@ -337,38 +346,42 @@ package enum ResponseBytes {
         if let connection = out.connection { size += 12 + connection.utf8CodeUnitCount + 2 }
         if let cookie = out.setCookie { size += 12 + cookie.name.utf8.count + 1 + cookie.value.utf8.count + 18 + 8 + 2 }
         var buffer = heads.take(capacity: size + extra, allocator: allocator)
-        writeStatusLine(status, to: &buffer)
+        buffer.writeHead(estimate: size) { head in writeForwarded(out, status: status, to: &head) }
+        return buffer
+    }
+
+    private static func writeForwarded(_ out: ForwardedResponseHead, status: HTTPResponseStatus, to head: inout HeadWriter) {
+        writeStatusLine(status, to: &head)
         switch out.source {
-        case .parsed(let head):
-            MessageBytes.writeForwardedFields(head.headers, framing: out.framing, droppingForwardedFor: false, to: &buffer)
-        case .simple(let head, let fields, let bytes):
+        case .parsed(let parsed):
+            MessageBytes.writeForwardedFields(parsed.headers, framing: out.framing, droppingForwardedFor: false, to: &head)
+        case .simple(let simple, let fields, let bytes):
             // lb forwards a simple response's framing as the server stated it; should it ever decide otherwise, the
             // server's length is left out and lb's framing written, as for any other response.
-            let keepsLength = out.framing == head.statedFraming
+            let keepsLength = out.framing == simple.statedFraming
             bytes.withUnsafeReadableBytes { raw in
-                MessageBytes.copyFieldLines(fields, of: raw, to: &buffer) { index, _ in
-                    index == head.connectionField || index == head.keepAliveField
-                        || (!keepsLength && index == head.contentLengthField)
+                MessageBytes.copyFieldLines(fields, of: raw, to: &head) { index, _ in
+                    index == simple.connectionField || index == simple.keepAliveField
+                        || (!keepsLength && index == simple.contentLengthField)
                 }
             }
-            if !keepsLength { MessageBytes.writeFramingField(out.framing, to: &buffer) }
+            if !keepsLength { MessageBytes.writeFramingField(out.framing, to: &head) }
         }
         if let connection = out.connection {
-            buffer.writeStaticString("Connection: ")
-            buffer.writeStaticString(connection)
-            buffer.writeStaticString("\r\n")
+            head.append("Connection: ")
+            head.append(connection)
+            head.append("\r\n")
         }
         if let cookie = out.setCookie {
-            buffer.writeStaticString("Set-Cookie: ")
-            buffer.writeString(cookie.name)
-            buffer.writeInteger(UInt8(ascii: "="))
-            buffer.writeString(cookie.value)
-            buffer.writeStaticString("; Path=/; HttpOnly")
-            if cookie.secure { buffer.writeStaticString("; Secure") }
-            buffer.writeStaticString("\r\n")
+            head.append("Set-Cookie: ")
+            head.append(cookie.name)
+            head.append(byte: UInt8(ascii: "="))
+            head.append(cookie.value)
+            head.append("; Path=/; HttpOnly")
+            if cookie.secure { head.append("; Secure") }
+            head.append("\r\n")
         }
-        buffer.writeStaticString("\r\n")
-        return buffer
+        head.append("\r\n")
     }
 
     /// lb's own small answers (400, 408, 502, 503, ...): a plain-text body, and the connection closes after it.
