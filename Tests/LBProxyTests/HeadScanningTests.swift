@@ -97,3 +97,26 @@ struct HeadBytesCheckTests {
         }
     }
 }
+
+/// The byte classes the scanners test with bit masks, against the sets as the RFCs spell them.
+@Suite("Head byte classes")
+struct HeadByteClassTests {
+    static let letters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+    static let digits = Set("0123456789".utf8)
+
+    /// tchar, RFC 9110 §5.6.2.
+    @Test func tokenBytesAreTchar() {
+        let tchar = Self.letters.union(Self.digits).union("!#$%&'*+-.^_`|~".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(isTokenByte(byte) == tchar.contains(byte), "byte \(byte)")
+        }
+    }
+
+    /// pchar, "/" and "?" of RFC 3986 (§3.3, §3.4): unreserved, sub-delims, ":", "@", and "%" of pct-encoded.
+    @Test func targetBytesArePathAndQueryCharacters() {
+        let allowed = Self.letters.union(Self.digits).union("-._~".utf8).union("!$&'()*+,;=".utf8).union(":@/?%".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(isTargetByte(byte) == allowed.contains(byte), "byte \(byte)")
+        }
+    }
+}
