@@ -8,14 +8,47 @@ import NIOCore
 public struct Selection: Sendable, Equatable {
     public enum Reason: String, Sendable { case cookie, sticky, scheduled, fallback }
 
+    /// What a selection says about its server that does not change: made once per server and shared by all its
+    /// selections. A selection is copied several times a request (into the idle-connection pool and out, with the
+    /// response); one reference to count per copy instead of two strings and an address.
+    final class Server: Sendable {
+        let name: String
+        let address: IPAddress
+        let cookieValue: String?
+
+        init(name: String, address: IPAddress, cookieValue: String?) {
+            self.name = name
+            self.address = address
+            self.cookieValue = cookieValue
+        }
+    }
+
+    private let server: Server
     /// nil for the fallback server, which is outside the pool.
     public var serverIndex: Int?
-    public var name: String
-    public var address: IPAddress
+    public var name: String { server.name }
+    public var address: IPAddress { server.address }
     public var port: UInt16
     public var reason: Reason
     /// The opaque id a persistence cookie carries for this server.
-    public var cookieValue: String?
+    public var cookieValue: String? { server.cookieValue }
+
+    public init(serverIndex: Int?, name: String, address: IPAddress, port: UInt16, reason: Reason, cookieValue: String?) {
+        self.init(serverIndex: serverIndex, server: Server(name: name, address: address, cookieValue: cookieValue),
+                  port: port, reason: reason)
+    }
+
+    init(serverIndex: Int?, server: Server, port: UInt16, reason: Reason) {
+        self.server = server
+        self.serverIndex = serverIndex
+        self.port = port
+        self.reason = reason
+    }
+
+    public static func == (lhs: Selection, rhs: Selection) -> Bool {
+        lhs.serverIndex == rhs.serverIndex && lhs.name == rhs.name && lhs.address == rhs.address && lhs.port == rhs.port
+            && lhs.reason == rhs.reason && lhs.cookieValue == rhs.cookieValue
+    }
 }
 
 /// The real servers of one virtual service with their live state: health, operator weight, active connections,
@@ -38,8 +71,9 @@ public final class RealServerPool: Sendable {
         /// Connections and bytes: shared by every generation of the service that has this same server, so a reload
         /// neither resets the figures nor hides the connections the previous generation still carries.
         let tally: ServerTally
-        /// The id the cookie carries; derived from the service and server names, never from the address.
-        let cookieValue: String
+        /// The server as its selections name it, with the id the cookie carries (derived from the service and
+        /// server names, never from the address).
+        let selected: Selection.Server
     }
 
     struct State {
@@ -56,6 +90,8 @@ public final class RealServerPool: Sendable {
     /// `cookieKey`: the installation's secret for persistence cookie ids (lbd keeps it in its state directory).
     /// Where a server that real traffic found failing is reported (service, server, reason); the agent decides.
     private let onObservedFailure: (@Sendable (String, String, String) -> Void)?
+    /// The sorry server as its selections name it.
+    private let fallbackSelected: Selection.Server?
 
     /// `tallies` gives each server its counters (by name), carried from an earlier generation; servers without
     /// one start from zero.
@@ -66,8 +102,10 @@ public final class RealServerPool: Sendable {
         let members = service.realServers.map { server in
             Member(server: server, membership: Membership(weight: server.weight, present: true, reason: .serving),
                    tally: tallies[server.name] ?? ServerTally(),
-                   cookieValue: Self.cookieValue(vip: service.address, server: server, key: cookieKey))
+                   selected: Selection.Server(name: server.name, address: server.address,
+                                              cookieValue: Self.cookieValue(vip: service.address, server: server, key: cookieKey)))
         }
+        fallbackSelected = service.fallback.map { Selection.Server(name: "fallback", address: $0.address, cookieValue: nil) }
         self.state = NIOLockedValueBox(State(members: members, scheduler: SchedulerState(service.scheduler)))
     }
 
@@ -98,14 +136,14 @@ public final class RealServerPool: Sendable {
             func take(_ index: Int, _ reason: Selection.Reason) -> Selection {
                 state.members[index].tally.opened()
                 let member = state.members[index]
-                return Selection(serverIndex: index, name: member.server.name, address: member.server.address,
-                                 port: member.server.port(forVIPPort: port), reason: reason, cookieValue: member.cookieValue)
+                return Selection(serverIndex: index, server: member.selected, port: member.server.port(forVIPPort: port),
+                                 reason: reason)
             }
 
             Self.sweepIfDue(&state, now: now)
             // 1. A cookie naming a server that takes its sessions wins (a draining one too); an unknown or dead one
             //    falls through to scheduling.
-            if let cookie, let index = state.members.firstIndex(where: { $0.cookieValue == cookie }), usableWhenPinned(index) {
+            if let cookie, let index = state.members.firstIndex(where: { $0.selected.cookieValue == cookie }), usableWhenPinned(index) {
                 if let client { state.members[index].pinned[client] = now }
                 return take(index, .cookie)
             }
@@ -131,9 +169,8 @@ public final class RealServerPool: Sendable {
                 return take(chosen.index, .scheduled)
             }
             // 4. Nobody can take it: the sorry server, if there is one.
-            if let fallback = service.fallback {
-                return Selection(serverIndex: nil, name: "fallback", address: fallback.address,
-                                 port: fallback.port ?? port, reason: .fallback, cookieValue: nil)
+            if let fallback = service.fallback, let fallbackSelected {
+                return Selection(serverIndex: nil, server: fallbackSelected, port: fallback.port ?? port, reason: .fallback)
             }
             return nil
         }
