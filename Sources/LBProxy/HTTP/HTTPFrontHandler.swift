@@ -133,7 +133,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// between 1 and 1.25 times `timeouts.idle` of silence in both directions.
     private static let idleChecksPerPeriod = 4
     private var idleCheckPeriod: TimeAmount {
-        .nanoseconds(TimeAmount(service.timeouts.idle).nanoseconds / Int64(Self.idleChecksPerPeriod))
+        .nanoseconds(runtime.clientTimeouts.idle.nanoseconds / Int64(Self.idleChecksPerPeriod))
     }
 
     /// Returns false if it closed the connection.
@@ -248,8 +248,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     private let clock: ConnectionClock
     var clockPosition: Int?
 
-    private func armTimer(_ duration: Duration, reason: String) {
-        armTimer(at: NIODeadline.now() + TimeAmount(duration), reason: reason)
+    private func armTimer(_ duration: TimeAmount, reason: String) {
+        armTimer(at: NIODeadline.now() + duration, reason: reason)
     }
 
     private func armTimer(at deadline: NIODeadline, reason: String) {
@@ -339,7 +339,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         case .head(let head):
             startRequest(head, context: context)
         case .body(let body):
-            armTimer(service.timeouts.body, reason: "request body stalled")
+            armTimer(runtime.clientTimeouts.body, reason: "request body stalled")
             forward(RequestBytes.body(body, chunked: requestChunked, allocator: context.channel.allocator), ended: false)
         case .end(let trailers):
             disarmTimer()
@@ -401,7 +401,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// Body bytes of a simple request, as they came (its Content-Length frames them).
     func requestBody(_ bytes: ByteBuffer) {
         activity &+= 1
-        armTimer(service.timeouts.body, reason: "request body stalled")
+        armTimer(runtime.clientTimeouts.body, reason: "request body stalled")
         forward(bytes, ended: false)
     }
 
@@ -420,7 +420,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// retry, then a real server.
     private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, headBytes: ByteBuffer,
                        chunked: Bool, hasBody: Bool, context: ChannelHandlerContext) {
-        armTimer(service.timeouts.body, reason: "request body stalled")
+        armTimer(runtime.clientTimeouts.body, reason: "request body stalled")
         clientKeepAlive = keepAlive
         clientIsHTTP10 = isHTTP10
         requestMethod = method
@@ -753,7 +753,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         }
         context.flush()
         if keepAlive {
-            armTimer(service.timeouts.header, reason: "request head not received in time")
+            armTimer(runtime.clientTimeouts.header, reason: "request head not received in time")
             replayPipelined(context: context)
         } else {
             // An answer before the request's end leaves the body timer armed: the connection is ending anyway.

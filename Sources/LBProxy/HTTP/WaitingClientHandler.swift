@@ -28,13 +28,13 @@ final class WaitingClientHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let timeouts = proxy.service.timeouts
+        let timeouts = proxy.runtime.clientTimeouts
         let now = NIODeadline.now()
-        headerDeadline = now + TimeAmount(timeouts.header)
+        headerDeadline = now + timeouts.header
         answerAtDeadline = timeouts.header <= timeouts.idle
         let clock = ConnectionClock.forLoop(context.eventLoop)
         self.clock = clock
-        clock.wake(self, at: now + TimeAmount(min(timeouts.header, timeouts.idle)))
+        clock.wake(self, at: now + min(timeouts.header, timeouts.idle))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
