@@ -113,6 +113,10 @@ struct RequestHeadScannerTests {
         "GET / HTTP/1.1\r\nX-Forwarded-For:\r\nX-Forwarded-For:\r\n\r\n",
         "DELETE /d HTTP/1.1\r\nConnection: close\r\nCookie: lbsrv=\"web-1\"\r\nCookie: other=1\r\n\r\n",
         "OPTIONS /o HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: a=1; lbsrv=0aade72225f76924; b=2\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: lbsrv = \"0aade72225f76924\"\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: lbsrv=0aade72225f7692\r\nCookie: lbsrv=0aade72225f76924\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: lbsrv=; lbsrv=0aade72225f76924\r\n\r\n",
     ])
     func simpleHeadsAreForwardedAsLLHTTPsReadingOfThem(_ text: String) throws {
         let (result, fields) = Self.scan(text)
@@ -134,6 +138,43 @@ struct RequestHeadScannerTests {
         #expect(head.keepAlive == parsed.isKeepAlive && head.method == parsed.method && head.isHTTP10 == (parsed.version.minor == 0))
         let cookie = ByteBuffer(string: text).withUnsafeReadableBytes { SimpleRequestHead.cookie(named: "lbsrv", in: fields, of: $0) }
         #expect(cookie == parsed.headers.cookie(named: "lbsrv"))
+        // The persistence cookie read in place is that String's reading (nil when it is not a value lb issues).
+        let persistence = ByteBuffer(string: text).withUnsafeReadableBytes {
+            SimpleRequestHead.persistenceCookie(named: "lbsrv", in: fields, of: $0)
+        }
+        #expect(persistence == parsed.headers.cookie(named: "lbsrv").flatMap(PersistenceCookie.init))
+        if text.contains("lbsrv=; lbsrv=0aade72225f76924") || text.contains("= \"0aade72225f76924\"") {
+            #expect(persistence == PersistenceCookie("0aade72225f76924"))
+        }
+    }
+
+    /// lb's cookie values are 16 hex digits, and only a value of 16 bytes can be one: every value the pool issues is
+    /// read back as itself, a value one byte longer, shorter or different is not.
+    @Test func persistenceCookiesAreTheValuesLBIssues() throws {
+        let service = try makeService("""
+              - name: viewer
+                vip: 192.0.2.10
+                ports: [80]
+                mode: l7-http
+                persistence: {type: http-cookie}
+                real_servers: [{name: web1, address: 192.0.2.20}, {name: web2, address: 192.0.2.21}]
+            """)
+        let pool = RealServerPool(service: service, cookieKey: Array(repeating: 7, count: 32))
+        var issued: [String] = []
+        for _ in 0..<4 {
+            let selection = try #require(pool.select(client: nil, port: 80))
+            let value = try #require(selection.cookieValue)
+            #expect(value.utf8.count == 16)
+            #expect(PersistenceCookie(value) == selection.cookie)
+            #expect(pool.select(client: nil, cookie: value, port: 80)?.name == selection.name, "\(value) names its server")
+            issued.append(value)
+        }
+        #expect(Set(issued).count == 2)
+        let value = issued[0]
+        #expect(PersistenceCookie(String(value.dropLast())) == nil)
+        #expect(PersistenceCookie(value + "0") == nil)
+        #expect(PersistenceCookie(String(value.dropLast()) + (value.last == "0" ? "1" : "0")) != PersistenceCookie(value))
+        #expect(PersistenceCookie(value.uppercased()) != PersistenceCookie(value) || value == value.uppercased())
     }
 }
 

@@ -44,7 +44,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     private var pendingRead = false
     /// Per request.
     private var clientKeepAlive = true
-    private var clientCookie: String?
+    private var clientCookie: PersistenceCookie?
     private var selection: Selection?
     /// A final (non-1xx) response head went to the client.
     private var responseStarted = false
@@ -364,8 +364,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
             }
             return
         }
-        var cookie: String?
-        if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name) }
+        var cookie: PersistenceCookie?
+        if case .httpCookie(let name) = service.persistence { cookie = head.headers.cookie(named: name).flatMap(PersistenceCookie.init) }
         // The body goes out exactly as lb's parser delimited it; the head is written from the client's fields.
         let headBytes = RequestBytes.forwarded(head, framing: framing, forwardedFor: forwardedFor,
                                                into: &requestHeads, allocator: context.channel.allocator)
@@ -386,10 +386,12 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         guard let context, case .idle = state else { return false }
         activity &+= 1
         followReload(on: context.eventLoop)
-        var cookie: String?
+        var cookie: PersistenceCookie?
         let forwardedFor = self.forwardedFor
         let headBytes = bytes.withUnsafeReadableBytes { raw in
-            if case .httpCookie(let name) = service.persistence { cookie = SimpleRequestHead.cookie(named: name, in: fields, of: raw) }
+            if case .httpCookie(let name) = service.persistence {
+                cookie = SimpleRequestHead.persistenceCookie(named: name, in: fields, of: raw)
+            }
             return RequestBytes.forwarded(simple: head, fields: fields, head: raw, forwardedFor: forwardedFor,
                                           into: &requestHeads, allocator: context.channel.allocator)
         }
@@ -418,7 +420,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// What both readers' requests have in common from here: the exchange's settings, the head's bytes kept for a
     /// retry, then a real server.
-    private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: String?, headBytes: ByteBuffer,
+    private func begin(method: HTTPMethod, isHTTP10: Bool, keepAlive: Bool, cookie: PersistenceCookie?, headBytes: ByteBuffer,
                        chunked: Bool, hasBody: Bool, context: ChannelHandlerContext) {
         armTimer(runtime.clientTimeouts.body, reason: "request body stalled")
         clientKeepAlive = keepAlive
@@ -660,7 +662,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
             // A 1.0 client closes unless told the connection stays open.
             outbound.connection = "keep-alive"
         }
-        if case .httpCookie(let name) = service.persistence, let value = selection?.cookieValue, value != clientCookie {
+        if case .httpCookie(let name) = service.persistence, let selection, let value = selection.cookieValue,
+           selection.cookie != clientCookie {
             outbound.setCookie = (name, value, secure: scheme == "https")
         }
         heldHead = outbound

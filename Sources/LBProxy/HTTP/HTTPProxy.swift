@@ -69,6 +69,11 @@ extension HTTPHeaders {
 /// The value of the first cookie named `name` in one Cookie field's value (spaces around the name and value, and
 /// quotes around the value, dropped); nil if there is none, or only empty ones.
 func cookieValue(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> String? {
+    cookieValueRange(named: name, in: bytes).map { String(decoding: UnsafeBufferPointer(rebasing: bytes[$0]), as: UTF8.self) }
+}
+
+/// Where that value is in `bytes`.
+func cookieValueRange(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> Range<Int>? {
     // The name's bytes are compared in place (a generic comparison of a String's UTF-8 view with a slice cost
     // about 260 instructions a pair, measured in process, and the viewer's browsers send several cookies).
     func equal(_ name: String, _ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
@@ -93,7 +98,7 @@ func cookieValue(named name: String, in bytes: UnsafeBufferPointer<UInt8>) -> St
                 while valueStart < valueEnd, isDropped(bytes[valueStart]) { valueStart += 1 }
                 while valueEnd > valueStart, isDropped(bytes[valueEnd - 1]) { valueEnd -= 1 }
                 // An empty value names no server: a later pair of the same name may.
-                if valueStart < valueEnd { return String(decoding: UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self) }
+                if valueStart < valueEnd { return valueStart..<valueEnd }
             }
         }
         pairStart = pairEnd + 1

@@ -29,6 +29,18 @@ package struct SimpleRequestHead: Equatable, Sendable {
         }
         return nil
     }
+
+    /// The same pair's value as a persistence cookie lb issued, if it is one (`PersistenceCookie`): no String made.
+    /// Nil if there is no such pair, or if the first is not a value lb issues (as that String would match no server).
+    static func persistenceCookie(named name: String, in fields: [FieldSpan], of head: UnsafeRawBufferPointer) -> PersistenceCookie? {
+        for field in fields where UnsafeRawBufferPointer(rebasing: head[field.name]).equalsIgnoringASCIICase("cookie") {
+            let value = UnsafeRawBufferPointer(rebasing: head[field.value]).assumingMemoryBound(to: UInt8.self)
+            if let range = cookieValueRange(named: name, in: value) {
+                return PersistenceCookie(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(value)[range]))
+            }
+        }
+        return nil
+    }
 }
 
 /// The outcome of looking at the start of what a client sent (`.notSimple` also for what is not a request at all).

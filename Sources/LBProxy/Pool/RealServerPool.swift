@@ -4,6 +4,27 @@ import LBTLS
 import NIOConcurrencyHelpers
 import NIOCore
 
+/// A persistence cookie's value as lb issues them (`RealServerPool.cookieValue`: 16 hex digits), held as two words.
+/// Finding a server by it is two comparisons, and reading it from a request makes no String: 16 bytes is one more than
+/// a Swift string keeps inline, so a String of it is allocated (and compared the slow way) on every request.
+public struct PersistenceCookie: Hashable, Sendable {
+    let first: UInt64
+    let second: UInt64
+
+    /// Nil unless `bytes` are 16 long: nothing else is a value lb issued, so nothing else names a server.
+    init?(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count == 16 else { return nil }
+        first = bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+        second = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+    }
+
+    init?(_ text: String) {
+        var text = text
+        guard let cookie = text.withUTF8({ PersistenceCookie(UnsafeRawBufferPointer($0)) }) else { return nil }
+        self = cookie
+    }
+}
+
 /// Where one client connection or request goes, and why.
 public struct Selection: Sendable, Equatable {
     public enum Reason: String, Sendable { case cookie, sticky, scheduled, fallback }
@@ -15,11 +36,14 @@ public struct Selection: Sendable, Equatable {
         let name: String
         let address: IPAddress
         let cookieValue: String?
+        /// The same value, for comparing with a client's.
+        let cookie: PersistenceCookie?
 
         init(name: String, address: IPAddress, cookieValue: String?) {
             self.name = name
             self.address = address
             self.cookieValue = cookieValue
+            cookie = cookieValue.flatMap(PersistenceCookie.init)
         }
     }
 
@@ -32,6 +56,8 @@ public struct Selection: Sendable, Equatable {
     public var reason: Reason
     /// The opaque id a persistence cookie carries for this server.
     public var cookieValue: String? { server.cookieValue }
+    /// The same, for comparing with the cookie a client sent.
+    var cookie: PersistenceCookie? { server.cookie }
 
     public init(serverIndex: Int?, name: String, address: IPAddress, port: UInt16, reason: Reason, cookieValue: String?) {
         self.init(serverIndex: serverIndex, server: Server(name: name, address: address, cookieValue: cookieValue),
@@ -124,6 +150,11 @@ public final class RealServerPool: Sendable {
     ///   - port: the VIP port the client used (servers without a port get this one).
     ///   - excluding: servers that already failed for this client (redispatch).
     public func select(client: IPAddress?, cookie: String? = nil, port: UInt16, excluding: Set<Int> = []) -> Selection? {
+        select(client: client, cookie: cookie.flatMap(PersistenceCookie.init), port: port, excluding: excluding)
+    }
+
+    /// As above, with the client's cookie as read from its request.
+    func select(client: IPAddress?, cookie: PersistenceCookie?, port: UInt16, excluding: Set<Int> = []) -> Selection? {
         let now = NIODeadline.now()
         return state.withLockedValue { state -> Selection? in
             func usable(_ index: Int) -> Bool {
@@ -143,7 +174,7 @@ public final class RealServerPool: Sendable {
             Self.sweepIfDue(&state, now: now)
             // 1. A cookie naming a server that takes its sessions wins (a draining one too); an unknown or dead one
             //    falls through to scheduling.
-            if let cookie, let index = state.members.firstIndex(where: { $0.selected.cookieValue == cookie }), usableWhenPinned(index) {
+            if let cookie, let index = state.members.firstIndex(where: { $0.selected.cookie == cookie }), usableWhenPinned(index) {
                 if let client { state.members[index].pinned[client] = now }
                 return take(index, .cookie)
             }
