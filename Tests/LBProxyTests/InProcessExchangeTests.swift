@@ -107,4 +107,23 @@ struct InProcessExchangeTests {
             #expect(!String(decoding: wire, as: UTF8.self).contains("200 OK"))
         }
     }
+
+    /// A client per request (`Connection: close`), as the benchmark's new-connection figure measures: each is set
+    /// up as lbd's listener sets one up, answered with `Connection: close`, and leaves the registry when it closes;
+    /// the real-server connection is the same kept-alive one throughout.
+    @Test func aNewConnectionPerRequestIsSetUpAnsweredAndClosed() throws {
+        let exchange = try InProcessExchange(service: try makeService(Self.viewerService),
+                                             request: "GET /study/1 HTTP/1.1\r\nHost: viewer\r\nConnection: close\r\n\r\n",
+                                             response: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        defer { exchange.finish() }
+        let before = exchange.registeredClients  // the harness's own kept-alive client, set up without the registry
+        for round in 1...3 {
+            try exchange.newConnectionExchange()
+            let response = String(buffer: exchange.lastResponseAtClient)
+            #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n") && response.contains("\r\nConnection: close\r\n"), "round \(round): \(response)")
+            #expect(response.hasSuffix("\r\n\r\nok"))
+            #expect(exchange.registeredDuringLastNewConnection == before + 1, "round \(round): the open connection was registered")
+            #expect(exchange.registeredClients == before, "round \(round): the closed connection left the registry")
+        }
+    }
 }

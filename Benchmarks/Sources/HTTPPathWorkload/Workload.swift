@@ -93,6 +93,20 @@ public enum HTTPPathWorkload {
         return exchange
     }
 
+    /// For new connections (`InProcessExchange.newConnectionExchange`): the request with `Connection: close`, plain
+    /// options, as `scripts/bench/l7` (b) sends it; the real-server connection is kept alive, warmed once.
+    public static func newConnectionsExchange() throws -> InProcessExchange {
+        let closing = request().replacingOccurrences(of: "Connection: keep-alive", with: "Connection: close")
+        let exchange = try InProcessExchange(service: service(.plain), request: closing, response: response)
+        try exchange.newConnectionExchange()
+        guard String(buffer: exchange.lastResponseAtClient).contains("Connection: close") else {
+            exchange.finish()
+            throw WorkloadError(description: "lb did not answer the closing request with Connection: close")
+        }
+        exchange.keepsLastMessages = false
+        return exchange
+    }
+
     public struct WorkloadError: Error, CustomStringConvertible {
         public let description: String
         public init(description: String) { self.description = description }

@@ -36,6 +36,7 @@ public final class InProcessExchange {
     /// The browser's end of an HTTPS connection (nil for plain HTTP).
     private let browser: EmbeddedChannel?
     private let runtime: ServiceRuntime
+    private let slot: ServiceSlot
     private let request: ByteBuffer
     private let response: ByteBuffer
     /// What the last exchange delivered, for checks (the benchmark does not read them).
@@ -53,6 +54,11 @@ public final class InProcessExchange {
             }
         }
     }
+
+    /// Client connections lbd's registry holds (for tests: a closed connection leaves it), and held while the last
+    /// `newConnectionExchange` was open.
+    var registeredClients: Int { runtime.activeConnections }
+    private(set) var registeredDuringLastNewConnection = 0
 
     /// Whether the client connection still holds `WaitingClientHandler` / `HTTPFrontHandler` (for tests).
     var clientIsWaiting: Bool { (try? client.pipeline.syncOperations.handler(type: WaitingClientHandler.self)) != nil }
@@ -88,7 +94,8 @@ public final class InProcessExchange {
         IdleConnections.forLoop(loop, pool: runtime.pool).put(backend, selection: selection, pool: runtime.pool)
 
         client = EmbeddedChannel(loop: loop)
-        try HTTPProxy(runtime: runtime, slot: ServiceSlot(runtime)).initialize(client: client)
+        slot = ServiceSlot(runtime)
+        try HTTPProxy(runtime: runtime, slot: slot).initialize(client: client)
         try client.connect(to: SocketAddress(ipAddress: "192.0.2.10", port: 80)).wait()
         // Set after the connect, which would make the VIP the peer.
         client.remoteAddress = try SocketAddress(ipAddress: "198.51.100.7", port: 40000)
@@ -120,6 +127,35 @@ public final class InProcessExchange {
         if keepsLastMessages { lastResponseAtClient = toClient; lastResponseOnClientWire = toBrowser }
     }
 
+    /// One request on a new client connection (a client that closes after each, `Connection: close`), as
+    /// `scripts/bench/l7` (b) makes them: the connection is set up as lbd's listener sets one up (admission, the
+    /// registry of clients, the pipeline), the request goes to the kept-alive real-server connection, the response
+    /// comes back, and the connection closes. Plain HTTP only. What reached the client is kept as for `exchange`.
+    public func newConnectionExchange() throws {
+        guard browser == nil else { throw Failure.setup("new connections are measured over plain HTTP") }
+        let fresh = EmbeddedChannel(loop: loop)
+        try lbSetsUpConnection(fresh)
+        if keepsLastMessages { registeredDuringLastNewConnection = runtime.activeConnections }
+        try fresh.connect(to: SocketAddress(ipAddress: "192.0.2.10", port: 80)).wait()
+        fresh.remoteAddress = try SocketAddress(ipAddress: "198.51.100.8", port: 40001)
+        fresh.localAddress = try SocketAddress(ipAddress: "192.0.2.10", port: 80)
+        _ = try lbHandlesRequest(request, on: fresh)
+        let toClient = try lbHandlesResponse(response, on: fresh)
+        if keepsLastMessages { lastResponseAtClient = toClient }
+        try lbClosesConnection(fresh)
+    }
+
+    @inline(never)
+    private func lbSetsUpConnection(_ channel: EmbeddedChannel) throws {
+        try runtime.initialize(client: channel, slot: slot)
+    }
+
+    @inline(never)
+    private func lbClosesConnection(_ channel: EmbeddedChannel) throws {
+        guard try channel.finish(acceptAlreadyClosed: true).isClean else { throw Failure.setup("the closed connection left output") }
+        loop.run()
+    }
+
     /// What the client sends on the wire for `plaintext`: itself, or the browser's TLS records.
     @inline(never)
     private func browserSends(_ plaintext: ByteBuffer) throws -> ByteBuffer {
@@ -130,17 +166,17 @@ public final class InProcessExchange {
 
     /// lb reads the client's bytes and sends the real server the request; what the server received.
     @inline(never)
-    private func lbHandlesRequest(_ bytes: ByteBuffer) throws -> ByteBuffer {
-        try client.writeInbound(bytes)
+    private func lbHandlesRequest(_ bytes: ByteBuffer, on client: EmbeddedChannel? = nil) throws -> ByteBuffer {
+        try (client ?? self.client).writeInbound(bytes)
         guard let toServer = try Self.concatenatedOutbound(of: server) else { throw Failure.noRequestAtServer }
         return toServer
     }
 
     /// lb reads the server's response and sends it to the client; what the client's socket received.
     @inline(never)
-    private func lbHandlesResponse(_ bytes: ByteBuffer) throws -> ByteBuffer {
+    private func lbHandlesResponse(_ bytes: ByteBuffer, on client: EmbeddedChannel? = nil) throws -> ByteBuffer {
         try server.writeInbound(bytes)
-        guard let toClient = try Self.concatenatedOutbound(of: client) else { throw Failure.noResponseAtClient }
+        guard let toClient = try Self.concatenatedOutbound(of: client ?? self.client) else { throw Failure.noResponseAtClient }
         return toClient
     }
 
