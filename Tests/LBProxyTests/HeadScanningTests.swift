@@ -119,4 +119,24 @@ struct HeadByteClassTests {
             #expect(isTargetByte(byte) == allowed.contains(byte), "byte \(byte)")
         }
     }
+
+    /// The in-place comparison the scanners classify names with agrees with the generic one for every byte value in
+    /// every position of the names lb looks for, and for shorter and longer names.
+    @Test func inPlaceNameComparisonAgreesWithTheGenericOne() {
+        let names: [StaticString] = ["host", "content-length", "x-forwarded-for", "te", "keep-alive", "close"]
+        for name in names {
+            let lower = name.withUTF8Buffer { Array($0) }
+            for position in lower.indices {
+                for byte in UInt8.min...UInt8.max {
+                    var bytes = lower
+                    bytes[position] = byte
+                    let fast = bytes.withUnsafeBytes { $0.equalsIgnoringASCIICase(name) }
+                    #expect(fast == bytesEqualIgnoringASCIICase(bytes, lowercase: lower), "\(name) with \(byte) at \(position)")
+                }
+            }
+            #expect(Array(lower.dropLast()).withUnsafeBytes { $0.equalsIgnoringASCIICase(name) } == false)
+            #expect((lower + [UInt8(ascii: "s")]).withUnsafeBytes { $0.equalsIgnoringASCIICase(name) } == false)
+            #expect(Array(String(decoding: lower, as: UTF8.self).uppercased().utf8).withUnsafeBytes { $0.equalsIgnoringASCIICase(name) })
+        }
+    }
 }
