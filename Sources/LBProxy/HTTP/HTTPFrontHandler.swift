@@ -546,9 +546,11 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
 
     /// Called when a response is complete on a kept-alive connection: serve what was pipelined behind it.
     private func replayPipelined(context: ChannelHandlerContext) {
-        let parts = pipelined
-        pipelined = []
-        for part in parts { handle(part, context: context) }
+        if !pipelined.isEmpty {
+            let parts = pipelined
+            pipelined = []
+            for part in parts { handle(part, context: context) }
+        }
         reader?.frontIsReady()
         // No channelReadComplete follows a replay: flush what was forwarded.
         if case .forwarding(let backend, _) = state { backend.flush() }
@@ -676,8 +678,8 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     private var responseChunked = false
 
     private func writeHeldHead() {
-        guard let head = heldHead, let context else { return }
-        heldHead = nil
+        // Moved out, not copied and then dropped (the head holds the server's fields and bytes).
+        guard let context, let head = heldHead.take() else { return }
         writeKeptResponseBytes(ResponseBytes.forwarded(head, into: &responseHeads, allocator: context.channel.allocator),
                                context: context)
     }
@@ -691,8 +693,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
         let small = size <= ResponseBytes.copyLimit
         // The head (if not yet sent), the chunk framing and a small body leave in one buffer.
         var framing: ByteBuffer
-        if let head = heldHead {
-            heldHead = nil
+        if let head = heldHead.take() {
             framing = ResponseBytes.forwarded(head, extra: small ? size + 12 : 12, into: &responseHeads,
                                               allocator: context.channel.allocator)
         } else if responseChunked {
@@ -733,8 +734,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// The response is complete: recycle the real-server connection if both sides allow it.
     func responseEnd(_ trailers: HTTPHeaders?, backendReusable: Bool) {
         guard let context, case .forwarding(let backend, let requestEnded) = state else { return }
-        let selection = self.selection
-        self.selection = nil
+        let selection = self.selection.take()
         if backendReusable, backendResponseDelimited, requestEnded, let selection, selection.serverIndex != nil {
             backend.front = nil
             idleConnections?.put(backend, selection: selection, pool: connector.pool)
@@ -836,8 +836,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     }
 
     private func finishSelection() {
-        if let selection { connector.pool.release(selection) }
-        selection = nil
+        if let selection = selection.take() { connector.pool.release(selection) }
     }
 
     // MARK: Errors
