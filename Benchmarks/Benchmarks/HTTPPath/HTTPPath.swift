@@ -10,6 +10,8 @@ let benchmarks: @Sendable () -> Void = {
         maxDuration: .seconds(5),
         maxIterations: 10_000)
 
+    // Over HTTPS the counts include the browser's end (its OpenSSL); scripts/bench/http-path-instructions counts
+    // lb's side alone.
     for options in HTTPPathWorkload.Options.allCases {
         Benchmark("l7-http request+response, \(options.rawValue)") { benchmark in
             let exchange = try HTTPPathWorkload.returningBrowserExchange(options)
