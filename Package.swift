@@ -227,12 +227,10 @@ let package = Package(
             ],
             path: "Tests/LBTestSupport"
         ),
-        // glibc's count of the bytes malloc has handed out, for tests that check memory is given back.
-        .target(name: "CMallocInUse", path: "Tests/CMallocInUse"),
         .testTarget(
             name: "LBProxyTests",
             dependencies: [
-                "LBProxy", "LBRuntime", "LBTLS", "LBTestSupport", "LBStrictHTTP", "CMallocInUse",
+                "LBProxy", "LBRuntime", "LBTLS", "LBTestSupport", "LBStrictHTTP",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

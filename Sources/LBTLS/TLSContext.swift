@@ -155,11 +155,7 @@ public final class TLSContext: @unchecked Sendable {
         guard lb_SSL_CTX_set_min_proto_version(context, lb_TLS1_2_VERSION()) == 1 else {
             throw TLSError("cannot require TLS 1.2")
         }
-        // A client connection (to a real server, a check) lets go of OpenSSL's record buffers (about 34 KB) whenever
-        // they are empty. A server connection keeps them while it is busy: allocating and freeing them for every
-        // record cost about 1,400 instructions a request (in process, callgrind), and `TLSHandler` frees them when
-        // the connection falls silent (`TLSReleaseKeptBuffers`), so an idle client connection holds none.
-        if role == .client { _ = lb_SSL_CTX_set_mode(context, lb_SSL_MODE_RELEASE_BUFFERS()) }
+        _ = lb_SSL_CTX_set_mode(context, lb_SSL_MODE_RELEASE_BUFFERS())
         _ = lb_SSL_CTX_set_options(context, lb_SSL_OP_NO_RENEGOTIATION())
     }
 

@@ -10,8 +10,8 @@ public struct TLSHandshakeCompleted: Sendable, Equatable {
 }
 
 /// Sent down a pipeline (`triggerUserOutboundEvent`) when its connection has fallen silent: `TLSHandler` lets go of
-/// the buffers it keeps for the next read and send, and of OpenSSL's record buffers (a server connection keeps them
-/// while busy), so an idle connection holds neither their memory nor the last request's plaintext.
+/// the buffers it keeps for the next read and send, so an idle connection holds neither their memory nor the last
+/// request's plaintext.
 public struct TLSReleaseKeptBuffers: Sendable {
     public init() {}
 }
@@ -273,8 +273,6 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         dropKeptBuffers()
-        // OpenSSL's record buffers too; it keeps them if they hold part of a record, which the next read completes.
-        if let ssl { _ = SSL_free_buffers(ssl) }
         promise?.succeed(())
     }
 
