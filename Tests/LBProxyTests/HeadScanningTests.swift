@@ -138,5 +138,8 @@ struct HeadByteClassTests {
             #expect((lower + [UInt8(ascii: "s")]).withUnsafeBytes { $0.equalsIgnoringASCIICase(name) } == false)
             #expect(Array(String(decoding: lower, as: UTF8.self).uppercased().utf8).withUnsafeBytes { $0.equalsIgnoringASCIICase(name) })
         }
+        // One-character names too.
+        #expect(Array("X".utf8).withUnsafeBytes { $0.equalsIgnoringASCIICase("x") })
+        #expect(!Array("y".utf8).withUnsafeBytes { $0.equalsIgnoringASCIICase("x") })
     }
 }

@@ -78,15 +78,17 @@ extension UnsafeRawBufferPointer {
     /// The same for bytes in place (a field name in a head lb scanned itself). Written out rather than through the
     /// generic comparison below: the scanners classify every field name with it, and the generic one's iterators
     /// cost about 70 instructions a call (measured in process); this one stops at the length or the first byte.
+    /// (`withUTF8Buffer` serves both of StaticString's forms; `utf8Start` traps for one held as a single scalar.)
     @inline(__always)
     func equalsIgnoringASCIICase(_ lowercase: StaticString) -> Bool {
-        guard count == lowercase.utf8CodeUnitCount else { return false }
-        let theirs = lowercase.utf8Start
-        for index in 0..<count {
-            let byte = self[index], lower = theirs[index]
-            guard byte == lower || (byte &- UInt8(ascii: "A") < 26 && byte | 0x20 == lower) else { return false }
+        lowercase.withUTF8Buffer { theirs in
+            guard count == theirs.count else { return false }
+            for index in 0..<count {
+                let byte = self[index], lower = theirs[index]
+                guard byte == lower || (byte &- UInt8(ascii: "A") < 26 && byte | 0x20 == lower) else { return false }
+            }
+            return true
         }
-        return true
     }
 }
 
