@@ -92,7 +92,7 @@ func cookieValueRange(named name: String, in bytes: UnsafeBufferPointer<UInt8>) 
             var nameStart = pairStart, nameEnd = equals
             while nameStart < nameEnd, isTrimmed(bytes[nameStart]) { nameStart += 1 }
             while nameEnd > nameStart, isTrimmed(bytes[nameEnd - 1]) { nameEnd -= 1 }
-            if nameEnd - nameStart == name.utf8.count, equal(name, UnsafeBufferPointer(rebasing: bytes[nameStart..<nameEnd])) {
+            if equal(name, UnsafeBufferPointer(rebasing: bytes[nameStart..<nameEnd])) {
                 var valueStart = equals + 1, valueEnd = pairEnd
                 func isDropped(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\"") }
                 while valueStart < valueEnd, isDropped(bytes[valueStart]) { valueStart += 1 }

@@ -23,20 +23,21 @@ package struct SimpleRequestHead: Equatable, Sendable {
     /// The first pair named `name` in the Cookie fields of a simple head, as `HTTPHeaders.cookie(named:)` reads it
     /// from llhttp's fields.
     package static func cookie(named name: String, in fields: [FieldSpan], of head: UnsafeRawBufferPointer) -> String? {
-        for field in fields where UnsafeRawBufferPointer(rebasing: head[field.name]).equalsIgnoringASCIICase("cookie") {
-            let value = UnsafeRawBufferPointer(rebasing: head[field.value]).assumingMemoryBound(to: UInt8.self)
-            if let found = cookieValue(named: name, in: value) { return found }
-        }
-        return nil
+        cookieValueBytes(named: name, in: fields, of: head).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The same pair's value as a persistence cookie lb issued, if it is one (`PersistenceCookie`): no String made.
     /// Nil if there is no such pair, or if the first is not a value lb issues (as that String would match no server).
     static func persistenceCookie(named name: String, in fields: [FieldSpan], of head: UnsafeRawBufferPointer) -> PersistenceCookie? {
+        cookieValueBytes(named: name, in: fields, of: head).flatMap(PersistenceCookie.init)
+    }
+
+    /// The bytes of that pair's value, which both of the above read (the fuzz target checks `cookie` against llhttp).
+    private static func cookieValueBytes(named name: String, in fields: [FieldSpan], of head: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         for field in fields where UnsafeRawBufferPointer(rebasing: head[field.name]).equalsIgnoringASCIICase("cookie") {
-            let value = UnsafeRawBufferPointer(rebasing: head[field.value]).assumingMemoryBound(to: UInt8.self)
-            if let range = cookieValueRange(named: name, in: value) {
-                return PersistenceCookie(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(value)[range]))
+            let value = UnsafeRawBufferPointer(rebasing: head[field.value])
+            if let range = cookieValueRange(named: name, in: value.assumingMemoryBound(to: UInt8.self)) {
+                return UnsafeRawBufferPointer(rebasing: value[range])
             }
         }
         return nil
