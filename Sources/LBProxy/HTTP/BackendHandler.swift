@@ -74,8 +74,8 @@ final class BackendHandler: ChannelDuplexHandler {
     static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
         let expected = ExpectedResponses()
         let backend = BackendHandler(expected: expected)
-        try pipeline.addHandler(RealServerResponseReader(backend: backend, expected: expected))
-        try pipeline.addHandler(backend)
+        try pipeline.addHandler(RealServerResponseReader(backend: backend, expected: expected), name: "response-reader")
+        try pipeline.addHandler(backend, name: "backend")
     }
 
     /// A response head of the simple form from `RealServerResponseReader`; false if nobody is waiting for it (the

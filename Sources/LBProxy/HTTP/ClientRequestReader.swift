@@ -122,7 +122,7 @@ final class ClientRequestReader: ChannelInboundHandler, RemovableChannelHandler 
     /// From here on NIO's parser reads the connection, starting with what is unread.
     private func handOverToParser(context: ChannelHandlerContext) {
         do {
-            try context.pipeline.syncOperations.addHandler(Self.parser(limits: parserLimits), position: .after(self))
+            try context.pipeline.syncOperations.addHandler(Self.parser(limits: parserLimits), name: "parser", position: .after(self))
         } catch {
             context.close(promise: nil)
             return

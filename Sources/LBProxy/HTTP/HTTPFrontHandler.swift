@@ -771,7 +771,7 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     /// Closes the connection without a reset while the client may still be sending: see `LingeringClose`, which
     /// goes in before the request reader, so nothing the client sends from here reaches a parser.
     private func closeLingering(context: ChannelHandlerContext) {
-        guard let reader, (try? context.pipeline.syncOperations.addHandler(LingeringClose(), position: .before(reader))) != nil else {
+        guard let reader, (try? context.pipeline.syncOperations.addHandler(LingeringClose(), name: "lingering-close", position: .before(reader))) != nil else {
             closeOnceWritten(context: context)
             return
         }

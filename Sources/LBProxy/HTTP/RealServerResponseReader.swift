@@ -194,7 +194,7 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
         let feed = ResponseParserFeed(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes,
                                                           informationalResponseStrategy: .forward))
         do {
-            try context.pipeline.syncOperations.addHandler(feed.makeHandler(), position: .after(self))
+            try context.pipeline.syncOperations.addHandler(feed.makeHandler(), name: "parser", position: .after(self))
         } catch {
             mode = .closed
             backend.failed(Failure.handOverFailed(error))

@@ -45,13 +45,13 @@ struct BackendConnector: Sendable {
                 do {
                     // Byte counts per real server (metrics), nearest the socket so they are wire bytes.
                     if let index = selection.serverIndex {
-                        try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), position: .first)
+                        try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), name: "byte-counter", position: .first)
                     }
                     // Then TLS, if the server wants it: everything above speaks plaintext.
                     let server = selection.serverIndex.map { pool.service.realServers[$0] }
                     if let (context, name) = backendTLS.context(for: server) {
                         try channel.pipeline.syncOperations.addHandler(
-                            TLSHandler(context: context, serverName: name, verifyAddress: selection.address.description))
+                            TLSHandler(context: context, serverName: name, verifyAddress: selection.address.description), name: "tls")
                     }
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)

@@ -19,7 +19,7 @@ struct TCPProxy: Sendable {
         let pool = connector.pool
         let early = EarlyClientInput()
         try channel.syncOptions?.setOption(.autoRead, value: false)
-        try channel.pipeline.syncOperations.addHandler(early)
+        try channel.pipeline.syncOperations.addHandler(early, name: "early-input")
         connector.connect(client: client, port: port, on: channel.eventLoop) { backend in
             backend.eventLoop.makeSucceededVoidFuture()
         }.whenComplete { [logger] result in
@@ -34,8 +34,11 @@ struct TCPProxy: Sendable {
                 // Same event loop as the client channel: the pipelines can be joined synchronously.
                 do {
                     let (front, back) = GlueHandler.matchedPair()
-                    try backend.pipeline.syncOperations.addHandler(back)
-                    try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(), front])
+                    try backend.pipeline.syncOperations.addHandler(back, name: "glue")
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(IdleStateHandler(allTimeout: idle), name: "idle-state")
+                    try sync.addHandler(IdleCloser(), name: "idle-closer")
+                    try sync.addHandler(front, name: "glue")
                     early.release()
                     try channel.syncOptions?.setOption(.autoRead, value: true)
                 } catch {
