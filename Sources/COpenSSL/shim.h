@@ -29,6 +29,11 @@ static inline size_t lb_BIO_pending(BIO *bio) {
     return BIO_ctrl_pending(bio);
 }
 
+// A BIO method's callbacks report "nothing to read yet" and clear that report through these macros.
+static inline void lb_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
+static inline void lb_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
+static inline int lb_BIO_TYPE_SOURCE_SINK(void) { return BIO_TYPE_SOURCE_SINK; }
+
 static inline long lb_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_mode(ctx, mode);
 }

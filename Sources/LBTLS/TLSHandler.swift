@@ -16,9 +16,9 @@ public struct TLSReleaseKeptBuffers: Sendable {
     public init() {}
 }
 
-/// TLS on a NIO channel with the system OpenSSL, through memory BIOs: ciphertext from the socket is written into
-/// OpenSSL's read BIO, plaintext comes out of SSL_read; plaintext writes go into SSL_write and the ciphertext is
-/// taken from the write BIO and sent on. OpenSSL never touches the socket, so NIO keeps control of I/O and
+/// TLS on a NIO channel with the system OpenSSL: OpenSSL reads the ciphertext from the socket out of the channel's
+/// buffers, and plaintext comes out of SSL_read; plaintext writes go into SSL_write, and the ciphertext OpenSSL
+/// writes is sent on (`TLSTransport`). OpenSSL never touches the socket, so NIO keeps control of I/O and
 /// backpressure. Closing sends close_notify first.
 public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
@@ -36,8 +36,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let tlsContext: TLSContext
     private let serverName: String?
     private var ssl: OpaquePointer?
-    private var readBIO: OpaquePointer?
-    private var writeBIO: OpaquePointer?
+    /// OpenSSL's I/O, read and written by its BIOs' callbacks during OpenSSL's calls.
+    var transport = TLSTransport()
     private var state = State.handshaking
     private var handshakeStarted = false
     /// Plaintext written before the handshake finished.
@@ -49,13 +49,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var unflushed: ByteBuffer?
     private var unflushedPromises: [EventLoopPromise<Void>] = []
     private static let recordSize = 16 * 1024
-    /// The buffers of the last plaintext read and the last ciphertext sent, written over by the next read or send
-    /// once nothing else holds them (the decoder above has consumed the read, the socket has written the send): a
-    /// kept-alive connection then takes no new buffer per exchange, and nothing still held is written over.
+    /// The buffer of the last plaintext read, written over by the next read once nothing else holds it (the
+    /// decoder above has consumed it), as the transport does with the last ciphertext sent: a kept-alive
+    /// connection then takes no new buffer per exchange, and nothing still held is written over.
     private var plaintextReads = ReusableBuffer()
-    private var ciphertextSends = ReusableBuffer()
     /// How many buffers are kept (for tests).
-    package var keptBuffers: Int { (plaintextReads.isKept ? 1 : 0) + (ciphertextSends.isKept ? 1 : 0) }
+    package var keptBuffers: Int { (plaintextReads.isKept ? 1 : 0) + (transport.keepsOutputBuffer ? 1 : 0) }
 
     /// How long a close waits for close_notify to be written (see `close`).
     private let closeNotifyWait: TimeAmount
@@ -74,17 +73,27 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
-        guard let ssl = SSL_new(tlsContext.context),
-              let readBIO = BIO_new(BIO_s_mem()), let writeBIO = BIO_new(BIO_s_mem())
-        else {
+        transport.allocator = context.channel.allocator
+        guard let ssl = SSL_new(tlsContext.context) else {
+            context.fireErrorCaught(TLSError("cannot create a TLS session"))
+            context.close(promise: nil)
+            return
+        }
+        guard let readBIO = TLSTransport.bio(for: self) else {
+            SSL_free(ssl)
+            context.fireErrorCaught(TLSError("cannot create a TLS session"))
+            context.close(promise: nil)
+            return
+        }
+        guard let writeBIO = TLSTransport.bio(for: self) else {
+            BIO_free(readBIO)
+            SSL_free(ssl)
             context.fireErrorCaught(TLSError("cannot create a TLS session"))
             context.close(promise: nil)
             return
         }
         SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL object now owns both BIOs
         self.ssl = ssl
-        self.readBIO = readBIO
-        self.writeBIO = writeBIO
         switch tlsContext.role {
         case .server:
             SSL_set_accept_state(ssl)
@@ -106,6 +115,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         freeSession()
     }
 
+    deinit {
+        // The session's BIOs point at this handler; NIO removes every handler before dropping it, but the
+        // session must never outlive it.
+        if let ssl { SSL_free(ssl) }
+    }
+
     public func channelActive(context: ChannelHandlerContext) {
         if tlsContext.role == .client { advanceHandshake(context: context) }
         context.fireChannelActive()
@@ -121,20 +136,11 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound: ciphertext in, plaintext up
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let readBIO, state != .closed else { return }
-        let cipher = unwrapInboundIn(data)
-        // A memory BIO takes everything unless memory runs out; anything less would silently drop ciphertext.
-        let accepted = cipher.withUnsafeReadableBytes { bytes -> Bool in
-            guard bytes.count > 0 else { return true }
-            lb_ERR_clear()
-            return BIO_write(readBIO, bytes.baseAddress, Int32(bytes.count)) == Int32(bytes.count)
-        }
-        guard accepted else {
-            fail(context: context, TLSError("TLS input of \(cipher.readableBytes) bytes could not be buffered"))
-            return
-        }
+        guard ssl != nil, state != .closed else { return }
+        transport.received(unwrapInboundIn(data))
         if state == .handshaking { advanceHandshake(context: context) }
         if state == .open || state == .outputClosed { readPlaintext(context: context) }
+        transport.releaseReadInput()
     }
 
     private func advanceHandshake(context: ChannelHandlerContext) {
@@ -165,12 +171,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let ssl else { return }
         while state == .open || state == .outputClosed {
-            // The plaintext is no longer than the ciphertext waiting in the read BIO (plus what OpenSSL decrypted
+            // The plaintext is no longer than the ciphertext received and not yet read (plus what OpenSSL decrypted
             // earlier): a buffer of that size, not of a whole record, for the small requests of a keep-alive
             // connection. With nothing waiting there is nothing to read.
             // (SSL_has_pending also counts a record OpenSSL holds in part; reading it needs more ciphertext.)
-            guard let readBIO else { return }
-            let available = lb_BIO_pending(readBIO) + Int(max(SSL_pending(ssl), 0))
+            guard self.ssl != nil else { return }  // freed by a close from above, during the last read
+            let available = transport.unreadInput + Int(max(SSL_pending(ssl), 0))
             guard available > 0 || SSL_has_pending(ssl) == 1 else {
                 sendCiphertext(context: context, promise: nil)  // e.g. TLS 1.3 key updates answered by OpenSSL
                 return
@@ -325,24 +331,17 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Moves whatever OpenSSL produced into the channel.
     private func sendCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
-        guard let writeBIO else {
+        guard ssl != nil else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        let pending = lb_BIO_pending(writeBIO)
-        guard pending > 0 else {
+        guard let ciphertext = transport.takeOutput() else {
             // Nothing to send (an empty write): its promise must still complete after the writes before it, which
             // may be queued in the channel (a caller that closes on it would otherwise cut them off).
             if let promise { context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise) }
             return
         }
-        var buffer = ciphertextSends.take(capacity: pending, allocator: context.channel.allocator)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { pointer in
-            lb_ERR_clear()
-            return Int(max(BIO_read(writeBIO, pointer.baseAddress, Int32(pending)), 0))
-        }
-        ciphertextSends.keep(buffer)
-        context.write(wrapOutboundOut(buffer), promise: promise)
+        context.write(wrapOutboundOut(ciphertext), promise: promise)
     }
 
     private func negotiatedProtocol(_ ssl: OpaquePointer) -> String? {
@@ -372,14 +371,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func dropKeptBuffers() {
         plaintextReads = ReusableBuffer()
-        ciphertextSends = ReusableBuffer()
+        transport.dropKeptBuffers()
     }
 
     private func freeSession() {
         dropKeptBuffers()
         if let ssl { SSL_free(ssl) }  // frees the BIOs too
         ssl = nil
-        readBIO = nil
-        writeBIO = nil
+        transport = TLSTransport()
     }
 }

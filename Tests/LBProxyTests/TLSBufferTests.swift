@@ -187,3 +187,75 @@ struct TLSOutputCloseTests {
         #expect(!connection.server.isActive)
     }
 }
+
+/// OpenSSL reads the ciphertext straight from the channel's buffers (`TLSTransport`): however the socket cuts the
+/// records, a byte at a time or several in one read, the handshake completes and every byte of plaintext arrives
+/// once, in order.
+@Suite("TLS transport")
+struct TLSTransportTests {
+    /// Client and server handlers on embedded channels, not yet connected.
+    static func pair() throws -> (client: EmbeddedChannel, server: EmbeddedChannel, reads: TLSBufferTests.Reads) {
+        let certificates = TLSBufferTests.certificates
+        let context = try TLSContext.server(certificateChain: certificates.appendingPathComponent("demo-viewer.pem").path,
+                                            privateKey: certificates.appendingPathComponent("demo-viewer.key").path)
+        let reads = TLSBufferTests.Reads()
+        let server = EmbeddedChannel()
+        try server.pipeline.syncOperations.addHandlers([TLSHandler(context: context), reads])
+        let client = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client()))
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        return (client, server, reads)
+    }
+
+    /// Everything `from` has sent, as one buffer.
+    static func sent(by channel: EmbeddedChannel) throws -> ByteBuffer {
+        var all = ByteBuffer()
+        while var bytes = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&bytes) }
+        return all
+    }
+
+    /// Plaintext the client has read.
+    static func clientReads(_ client: EmbeddedChannel) throws -> String {
+        var text = ""
+        while let bytes = try client.readInbound(as: ByteBuffer.self) { text += String(buffer: bytes) }
+        return text
+    }
+
+    @Test func recordsCutIntoSingleBytesAreReadWhole() throws {
+        let (client, server, reads) = try Self.pair()
+        // The handshake, then two requests, each flight given to the server a byte at a time.
+        for _ in 0..<4 {
+            var flight = try Self.sent(by: client)
+            while let byte = flight.readSlice(length: 1) { try server.writeInbound(byte) }
+            try client.writeInbound(try Self.sent(by: server))
+        }
+        try client.writeAndFlush(ByteBuffer(string: "GET /a HTTP/1.1\r\n\r\n")).wait()
+        try client.writeAndFlush(ByteBuffer(string: "GET /b HTTP/1.1\r\n\r\n")).wait()
+        var requests = try Self.sent(by: client)
+        #expect(requests.readableBytes > 80, "two records, each with its header and tag")
+        while let byte = requests.readSlice(length: 1) { try server.writeInbound(byte) }
+        #expect(reads.texts.joined() == "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        // And the answer, cut the same way on the client's side.
+        try server.writeAndFlush(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")).wait()
+        var answer = try Self.sent(by: server)
+        while let byte = answer.readSlice(length: 1) { try client.writeInbound(byte) }
+        #expect(try Self.clientReads(client) == "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
+    }
+
+    @Test func severalRecordsInOneReadAreAllRead() throws {
+        let (client, server, reads) = try Self.pair()
+        // The client's hello, then the server's answer, then the end of the client's handshake together with
+        // three requests it sent without waiting (TLS 1.3 allows it): one read for all of them.
+        try server.writeInbound(try Self.sent(by: client))
+        try client.writeInbound(try Self.sent(by: server))
+        for path in ["a", "b", "c"] { try client.writeAndFlush(ByteBuffer(string: "GET /\(path) HTTP/1.1\r\n\r\n")).wait() }
+        try server.writeInbound(try Self.sent(by: client))
+        #expect(reads.texts.joined() == "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+        // Two answers written before one flush leave as one record; both arrive.
+        server.write(ByteBuffer(string: "HTTP/1.1 204 No Content\r\n\r\n"), promise: nil)
+        server.write(ByteBuffer(string: "HTTP/1.1 204 No Content\r\n\r\n"), promise: nil)
+        server.flush()
+        try client.writeInbound(try Self.sent(by: server))
+        #expect(try Self.clientReads(client) == "HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    }
+}
