@@ -25,10 +25,6 @@ static inline void lb_ERR_clear(void) {
     if (ERR_peek_error() != 0) ERR_clear_error();
 }
 
-static inline size_t lb_BIO_pending(BIO *bio) {
-    return BIO_ctrl_pending(bio);
-}
-
 // A BIO method's callbacks report "nothing to read yet" and clear that report through these macros.
 static inline void lb_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
 static inline void lb_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }

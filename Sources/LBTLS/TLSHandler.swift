@@ -150,21 +150,31 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // call left there must not be read as this call's reason (SSL_get_error consults it).
         lb_ERR_clear()
         let result = SSL_do_handshake(ssl)
-        sendCiphertext(context: context, promise: nil)
-        context.flush()
+        // Everything the outcome needs is read from the session before its bytes go out: a write that fails (a
+        // peer that has reset) closes the channel at once, and channelInactive frees the session.
+        var completed: TLSHandshakeCompleted?
+        var failure: TLSError?
         if result == 1 {
+            completed = TLSHandshakeCompleted(negotiatedProtocol: negotiatedProtocol(ssl),
+                                              version: String(cString: SSL_get_version(ssl)))
+        } else {
+            let error = SSL_get_error(ssl, result)
+            if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
+                failure = TLSError.handshake(tlsContext.role, session: ssl)
+            }
+        }
+        sendCiphertext(context: context, promise: nil)  // the handshake's flight, or the alert of a failed one
+        context.flush()
+        guard self.ssl != nil, state == .handshaking else { return }  // closed by that flush
+        if let completed {
             state = .open
-            context.fireUserInboundEventTriggered(TLSHandshakeCompleted(negotiatedProtocol: negotiatedProtocol(ssl),
-                                                                        version: String(cString: SSL_get_version(ssl))))
+            context.fireUserInboundEventTriggered(completed)
             let writes = pendingWrites
             pendingWrites = []
             for (buffer, promise) in writes { encrypt(buffer, context: context, promise: promise) }
             if pendingFlush || !writes.isEmpty { context.flush() }
-            return
-        }
-        let error = SSL_get_error(ssl, result)
-        if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
-            fail(context: context, TLSError.handshake(tlsContext.role, session: ssl))
+        } else if let failure {
+            fail(context: context, failure)
         }
     }
 
@@ -178,7 +188,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             guard self.ssl != nil else { return }  // freed by a close from above, during the last read
             let available = transport.unreadInput + Int(max(SSL_pending(ssl), 0))
             guard available > 0 || SSL_has_pending(ssl) == 1 else {
-                sendCiphertext(context: context, promise: nil)  // e.g. TLS 1.3 key updates answered by OpenSSL
+                sendOpenSSLsOwn(context: context)
                 return
             }
             let capacity = min(max(available, 512), Self.recordSize)
@@ -197,7 +207,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let error = SSL_get_error(ssl, result)
             switch error {
             case SSL_ERROR_WANT_READ:
-                sendCiphertext(context: context, promise: nil)  // e.g. TLS 1.3 key updates answered by OpenSSL
+                sendOpenSSLsOwn(context: context)
                 return
             case SSL_ERROR_ZERO_RETURN:
                 // The peer sent close_notify: it will send nothing more.
@@ -329,19 +339,27 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         sendCiphertext(context: context, promise: promise)
     }
 
-    /// Moves whatever OpenSSL produced into the channel.
-    private func sendCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    /// What OpenSSL wrote of its own while reading (the refusal of a TLS 1.2 renegotiation, say) goes out at once,
+    /// not with the next response or the idle close. Nothing to send, nothing flushed (no system call).
+    private func sendOpenSSLsOwn(context: ChannelHandlerContext) {
+        if sendCiphertext(context: context, promise: nil) { context.flush() }
+    }
+
+    /// Moves whatever OpenSSL produced into the channel; whether there was anything.
+    @discardableResult
+    private func sendCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) -> Bool {
         guard ssl != nil else {
             promise?.fail(ChannelError.ioOnClosedChannel)
-            return
+            return false
         }
         guard let ciphertext = transport.takeOutput() else {
             // Nothing to send (an empty write): its promise must still complete after the writes before it, which
             // may be queued in the channel (a caller that closes on it would otherwise cut them off).
             if let promise { context.write(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise) }
-            return
+            return false
         }
         context.write(wrapOutboundOut(ciphertext), promise: promise)
+        return true
     }
 
     private func negotiatedProtocol(_ ssl: OpaquePointer) -> String? {
@@ -354,6 +372,9 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func fail(context: ChannelHandlerContext, _ error: TLSError) {
         state = .closed
+        // The alert OpenSSL wrote for the failure (a bad record MAC, a record too long) tells the peer why, as
+        // RFC 8446 asks, before the close. (The flush may close the channel and free the session itself.)
+        if sendCiphertext(context: context, promise: nil) { context.flush() }
         failPendingWrites(error)
         context.fireErrorCaught(error)
         context.close(promise: nil)

@@ -259,3 +259,74 @@ struct TLSTransportTests {
         #expect(try Self.clientReads(client) == "HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
     }
 }
+
+/// A socket write that fails closes a channel at once, in the middle of the handler's call: its channelInactive frees
+/// the TLS session. Nothing may read the session after such a write (found by attack: a ClientHello followed by a
+/// reset crashed lbd, the handshake's flush failing and SSL_get_error reading the freed session).
+@Suite("TLS session freed by a failed write")
+struct TLSFailedWriteTests {
+    /// Stands in for a socket whose peer has reset: the first flush that carries bytes closes the channel, as NIO
+    /// does when write(2) fails.
+    final class ResetSocket: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var written = 0
+        var closes = 0
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            written += unwrapOutboundIn(data).readableBytes
+            context.write(data, promise: promise)
+        }
+        func flush(context: ChannelHandlerContext) {
+            guard written > 0 else { return context.flush() }
+            closes += 1
+            context.close(promise: nil)
+        }
+    }
+
+    /// The client's first flight, from a real OpenSSL client.
+    static func clientHello() throws -> ByteBuffer {
+        let client = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client()))
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        return try TLSTransportTests.sent(by: client)
+    }
+
+    static func server() throws -> (EmbeddedChannel, ResetSocket, TLSBufferTests.Reads) {
+        let certificates = TLSBufferTests.certificates
+        let context = try TLSContext.server(certificateChain: certificates.appendingPathComponent("demo-viewer.pem").path,
+                                            privateKey: certificates.appendingPathComponent("demo-viewer.key").path)
+        let reset = ResetSocket()
+        let reads = TLSBufferTests.Reads()
+        let server = EmbeddedChannel()
+        try server.pipeline.syncOperations.addHandlers([reset, TLSHandler(context: context), reads])
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+        return (server, reset, reads)
+    }
+
+    @Test func aHandshakeWhoseAnswerCannotBeSentClosesCleanly() throws {
+        let (server, reset, reads) = try Self.server()
+        try server.writeInbound(try Self.clientHello())
+        #expect(reset.closes == 1, "the server's answer to the hello was flushed")
+        #expect(!server.isActive)
+        #expect(reads.texts.isEmpty)
+        // What arrives after the close is ignored, not read from a freed session.
+        try? server.writeInbound(try Self.clientHello())
+        #expect(!server.isActive)
+    }
+
+    /// A record that does not decrypt (here, one byte of a request changed on the way) ends the connection with the
+    /// alert OpenSSL writes for it, as RFC 8446 asks, not with a silent close.
+    @Test func aRecordThatDoesNotDecryptIsAnsweredWithAnAlert() throws {
+        let connection = try TLSBufferTests.Connection()
+        try connection.client.writeAndFlush(ByteBuffer(string: "GET /a HTTP/1.1\r\n\r\n")).wait()
+        var record = try TLSTransportTests.sent(by: connection.client)
+        let last = record.writerIndex - 1
+        record.setInteger(record.getInteger(at: last, as: UInt8.self)! ^ 0x01, at: last)  // the tag's last byte
+        #expect(throws: (any Error).self) { try connection.server.writeInbound(record) }
+        #expect(connection.reads.texts.isEmpty)
+        #expect(!connection.server.isActive)
+        let alert = try TLSTransportTests.sent(by: connection.server)
+        #expect(alert.readableBytes > 0, "the server sent nothing before closing")
+        // The client reads it as the end of the connection.
+        _ = try? connection.client.writeInbound(alert)
+        #expect(!connection.client.isActive)
+    }
+}
