@@ -9,11 +9,12 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
     }
 
     /// A failed handshake, with OpenSSL's reasons said the way an operator looks for them.
-    static func handshake(_ role: TLSContext.Role, session: OpaquePointer) -> TLSError {
+    static func handshake(_ role: TLSContext.Role, verifies: Bool, session: OpaquePointer) -> TLSError {
         var reasons = drainOpenSSLErrors()
-        // A rejected certificate is recorded on the session, whether or not the error queue says so.
+        // A rejected certificate is recorded on the session, whether or not the error queue says so. OpenSSL records
+        // its verdict without verification too (`verify: none`), where it is not why the handshake failed.
         let verification = SSL_get_verify_result(session)
-        if role == .client, verification != X509_V_OK {
+        if role == .client, verifies, verification != X509_V_OK {
             reasons = "certificate verify failed: \(String(cString: X509_verify_cert_error_string(verification)))"
         }
         var error = TLSError(description: "TLS handshake failed: \(reasons)")

@@ -43,6 +43,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Plaintext written before the handshake finished.
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var pendingFlush = false
+    /// The alert of a failure is written but not yet flushed (see `fail`).
+    private var alertUnsent = false
     /// Small plaintext writes since the last flush (an HTTP response's head, body and end are three), encrypted
     /// together at the flush: one TLS record and one socket write instead of one per write. Writes that would make
     /// it larger than a record are encrypted at once, in order.
@@ -160,7 +162,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             let error = SSL_get_error(ssl, result)
             if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
-                failure = TLSError.handshake(tlsContext.role, session: ssl)
+                failure = TLSError.handshake(tlsContext.role, verifies: tlsContext.verifies, session: ssl)
             }
         }
         sendCiphertext(context: context, promise: nil)  // the handshake's flight, or the alert of a failed one
@@ -316,6 +318,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if mode == .all, state == .outputClosed { state = .closed }
+        flushAlert(context: context)  // a handler above closing on the error `fail` passed up
         context.close(mode: mode, promise: promise)
     }
 
@@ -373,11 +376,21 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func fail(context: ChannelHandlerContext, _ error: TLSError) {
         state = .closed
         // The alert OpenSSL wrote for the failure (a bad record MAC, a record too long) tells the peer why, as
-        // RFC 8446 asks, before the close. (The flush may close the channel and free the session itself.)
-        if sendCiphertext(context: context, promise: nil) { context.flush() }
+        // RFC 8446 asks, before the close. It is flushed after the error has reached the handlers above: the flush
+        // may close the channel at once (a peer that has reset), and they must see the error before the close, or
+        // a real server's failure would look like a clean close of a kept-alive connection (retried, not counted).
+        alertUnsent = sendCiphertext(context: context, promise: nil)
         failPendingWrites(error)
         context.fireErrorCaught(error)
+        flushAlert(context: context)
         context.close(promise: nil)
+    }
+
+    /// Sends the alert of a failure, if the close the error led to above has not gone out already.
+    private func flushAlert(context: ChannelHandlerContext) {
+        guard alertUnsent else { return }
+        alertUnsent = false
+        context.flush()
     }
 
     private func failPendingWrites(_ error: Error) {

@@ -271,12 +271,14 @@ struct TLSFailedWriteTests {
         typealias OutboundIn = ByteBuffer
         var written = 0
         var closes = 0
+        /// Whether the peer has reset yet.
+        var armed = true
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-            written += unwrapOutboundIn(data).readableBytes
+            if armed { written += unwrapOutboundIn(data).readableBytes }
             context.write(data, promise: promise)
         }
         func flush(context: ChannelHandlerContext) {
-            guard written > 0 else { return context.flush() }
+            guard armed, written > 0 else { return context.flush() }
             closes += 1
             context.close(promise: nil)
         }
@@ -328,5 +330,65 @@ struct TLSFailedWriteTests {
         // The client reads it as the end of the connection.
         _ = try? connection.client.writeInbound(alert)
         #expect(!connection.client.isActive)
+    }
+
+    /// What the handlers above see, in order.
+    final class Events: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var seen: [String] = []
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) { seen.append("read") }
+        func errorCaught(context: ChannelHandlerContext, error: Error) { seen.append("error") }
+        func channelInactive(context: ChannelHandlerContext) { seen.append("inactive") }
+    }
+
+    /// A record that does not decrypt, from a peer that has reset by the time the alert is flushed: the handlers
+    /// above get the error before the close (a real server's connection must end as failed, not as a clean close
+    /// of a kept-alive connection, which lb would retry without counting a failure).
+    @Test func theErrorReachesTheHandlersAboveBeforeTheClose() throws {
+        let certificates = TLSBufferTests.certificates
+        let context = try TLSContext.server(certificateChain: certificates.appendingPathComponent("demo-viewer.pem").path,
+                                            privateKey: certificates.appendingPathComponent("demo-viewer.key").path)
+        let reset = ResetSocket()
+        reset.armed = false
+        let events = Events()
+        let server = EmbeddedChannel()
+        try server.pipeline.syncOperations.addHandlers([reset, TLSHandler(context: context), events])
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+        let client = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client()))
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        for _ in 0..<3 {
+            try server.writeInbound(try TLSTransportTests.sent(by: client))
+            try client.writeInbound(try TLSTransportTests.sent(by: server))
+        }
+        try client.writeAndFlush(ByteBuffer(string: "GET /a HTTP/1.1\r\n\r\n")).wait()
+        var record = try TLSTransportTests.sent(by: client)
+        let last = record.writerIndex - 1
+        record.setInteger(record.getInteger(at: last, as: UInt8.self)! ^ 0x01, at: last)
+        reset.armed = true
+        _ = try? server.writeInbound(record)
+        #expect(reset.closes == 1, "the alert was flushed")
+        #expect(events.seen == ["error", "inactive"])
+    }
+
+    /// With `verify: none` OpenSSL still records its verdict on the certificate; a handshake that fails for
+    /// another reason (here the server's last handshake record arrives damaged) is reported with that reason, not
+    /// as a certificate that was not accepted.
+    @Test func aFailedHandshakeWithoutVerificationGivesItsOwnReason() throws {
+        let certificates = TLSBufferTests.certificates
+        let context = try TLSContext.server(certificateChain: certificates.appendingPathComponent("demo-viewer.pem").path,
+                                            privateKey: certificates.appendingPathComponent("demo-viewer.key").path)
+        let server = EmbeddedChannel(handler: TLSHandler(context: context))
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+        let client = EmbeddedChannel(handler: TLSHandler(context: try TLSContext.client(verify: false, caFile: nil,
+                                                                                        certificate: nil, key: nil)))
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
+        try server.writeInbound(try TLSTransportTests.sent(by: client))
+        var flight = try TLSTransportTests.sent(by: server)
+        let last = flight.writerIndex - 1
+        flight.setInteger(flight.getInteger(at: last, as: UInt8.self)! ^ 0x01, at: last)  // the Finished record's tag
+        let error = #expect(throws: (any Error).self) { try client.writeInbound(flight) }
+        let reason = "\(error.map { "\($0)" } ?? "")"
+        #expect(reason.contains("TLS handshake failed"), "\(reason)")
+        #expect(!reason.contains("certificate"), "\(reason)")
     }
 }
