@@ -76,20 +76,11 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     public func handlerAdded(context: ChannelHandlerContext) {
         transport.allocator = context.channel.allocator
-        guard let ssl = SSL_new(tlsContext.context) else {
-            context.fireErrorCaught(TLSError("cannot create a TLS session"))
-            context.close(promise: nil)
-            return
-        }
-        guard let readBIO = TLSTransport.bio(for: self) else {
-            SSL_free(ssl)
-            context.fireErrorCaught(TLSError("cannot create a TLS session"))
-            context.close(promise: nil)
-            return
-        }
-        guard let writeBIO = TLSTransport.bio(for: self) else {
-            BIO_free(readBIO)
-            SSL_free(ssl)
+        let session = SSL_new(tlsContext.context), reads = TLSTransport.bio(for: self), writes = TLSTransport.bio(for: self)
+        guard let ssl = session, let readBIO = reads, let writeBIO = writes else {
+            if let reads { BIO_free(reads) }
+            if let writes { BIO_free(writes) }
+            if let session { SSL_free(session) }
             context.fireErrorCaught(TLSError("cannot create a TLS session"))
             context.close(promise: nil)
             return
@@ -181,13 +172,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func readPlaintext(context: ChannelHandlerContext) {
-        guard let ssl else { return }
         while state == .open || state == .outputClosed {
             // The plaintext is no longer than the ciphertext received and not yet read (plus what OpenSSL decrypted
             // earlier): a buffer of that size, not of a whole record, for the small requests of a keep-alive
             // connection. With nothing waiting there is nothing to read.
             // (SSL_has_pending also counts a record OpenSSL holds in part; reading it needs more ciphertext.)
-            guard self.ssl != nil else { return }  // freed by a close from above, during the last read
+            guard let ssl else { return }  // freed by a close from above, during the last read
             let available = transport.unreadInput + Int(max(SSL_pending(ssl), 0))
             guard available > 0 || SSL_has_pending(ssl) == 1 else {
                 sendOpenSSLsOwn(context: context)
