@@ -207,6 +207,7 @@ let package = Package(
         .testTarget(name: "LBNetfilterTests", dependencies: ["LBNetfilter"]),
         .testTarget(name: "LBLinksTests", dependencies: ["LBLinks"]),
         .testTarget(name: "LBRuntimeTests", dependencies: ["LBRuntime"]),
+        .testTarget(name: "LBSystemTests", dependencies: ["LBSystem"]),
         .testTarget(
             name: "LBHighAvailabilityTests",
             dependencies: [
@@ -255,6 +256,6 @@ let package = Package(
             ]
         ),
         // Drives the built lbctl/lbd binaries as a user would (exit codes, output).
-        .testTarget(name: "CLITests", dependencies: ["lbctl", "lbd"]),
+        .testTarget(name: "CLITests", dependencies: ["lbctl", "lbd", "LBTestSupport"]),
     ]
 )

@@ -15,6 +15,10 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+int lb_spawn_actions_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 /// Marks every descriptor from 3 up close-on-exec, so the program inherits none of lbd's sockets.
 static void cloexec_from_3(void) {
 #ifdef SYS_close_range

@@ -1,3 +1,4 @@
+import CSpawn
 import Glibc
 
 /// Runs one of lbd's own helper programs (iptables-restore, ip) with arguments (no shell), feeds it `input`, and
@@ -40,6 +41,10 @@ public enum Subprocess {
         posix_spawn_file_actions_adddup2(&actions, stdinPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
+        // And nothing else of lbd's: SwiftNIO opens its sockets without close-on-exec, so a program started while
+        // lbd closes a listener or a connection would hold it open for as long as it runs (a removed service still
+        // accepting connections nobody serves; a client waiting for a FIN). The descriptors above are 0–2 by now.
+        lb_spawn_actions_close_from(&actions, 3)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -1,4 +1,5 @@
 import Foundation
+import LBTestSupport
 import Testing
 
 /// Runs the built `lbctl` and `lbd` as an operator would: exit status, standard output, standard error.
@@ -246,7 +247,7 @@ struct CLITests {
     /// lbd runs the Layer 7 services until SIGTERM, then drains and exits 0.
     @Test func lbdServesUntilSIGTERM() throws {
         let scratch = try Scratch()
-        let port = 19_000 + Int(getpid() % 900)  // below the blocks LBProxyTests use (20000-30000)
+        let port = Int(Ports.block())
         let file = try scratch.write("run.yaml", """
             virtual_services:
               - name: demo-tcp
@@ -285,7 +286,7 @@ struct CLITests {
     @Test(.enabled(if: !FileManager.default.fileExists(atPath: "/proc/net/ip_vs"), "needs a kernel without IPVS"))
     func layer4WithoutIPVSStartsNothing() throws {
         let scratch = try Scratch()
-        let port = 19_000 + Int(getpid() % 900)
+        let port = Int(Ports.block())
         let file = try scratch.write("l4.yaml", """
             virtual_services:
               - name: proxied

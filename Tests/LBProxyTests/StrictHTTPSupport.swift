@@ -62,7 +62,7 @@ final class RawBackend: @unchecked Sendable {
     fileprivate func recordConnection() { record { $0._connections += 1 } }
     fileprivate func recordClosedByPeer() { record { $0._closedByPeer += 1 } }
 
-    func stop() throws { try channel?.close().wait() }
+    func stop() throws { try closeListener(channel, port: port) }
 
     private var open: [Channel] = []
     fileprivate func recordOpen(_ channel: Channel) { record { $0.open.append(channel) } }

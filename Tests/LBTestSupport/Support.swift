@@ -121,9 +121,20 @@ public final class HTTPBackend: @unchecked Sendable {
     }
 
     public func stop() throws {
-        try channel?.close().wait()
+        try closeListener(channel, port: port)
         channel = nil
     }
+}
+
+/// Closes a test server's listener and waits until its port refuses connections. SwiftNIO's sockets are not
+/// close-on-exec: a program this test process is starting at that moment (lbd, lbctl, ip…) holds a copy of the
+/// listener from its fork to its exec, and a connection made then is accepted and reset, not refused — a test that
+/// stops a server to see lb route around it would see that reset instead.
+public func closeListener(_ channel: Channel?, port: UInt16) throws {
+    guard let channel else { return }
+    try channel.close().wait()
+    let deadline = ContinuousClock.now + .seconds(5)
+    while acceptsConnections(port: port), ContinuousClock.now < deadline { usleep(2_000) }
 }
 
 /// Answers every request with 200 and the backend's name; echoes X-Forwarded-For and the body size back. A request
@@ -198,7 +209,7 @@ public final class EchoBackend: @unchecked Sendable {
             .bind(host: "127.0.0.1", port: Int(port)).wait()
     }
 
-    public func stop() throws { try channel?.close().wait() }
+    public func stop() throws { try closeListener(channel, port: port) }
 }
 
 final class EchoHandler: ChannelInboundHandler {

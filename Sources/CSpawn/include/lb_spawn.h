@@ -1,5 +1,6 @@
 #ifndef LB_SPAWN_H
 #define LB_SPAWN_H
+#include <spawn.h>
 #include <sys/types.h>
 
 /// Starts `path` (an absolute path) confined for an external health check, and returns its pid, or -errno.
@@ -12,5 +13,9 @@
 /// thread that lives as long as the child should.
 pid_t lb_spawn_confined(const char *path, char *const argv[], char *const envp[], int output_fd,
                         uid_t uid, gid_t gid, int die_with_parent);
+
+/// Adds "close every descriptor from `from` up" to `actions` (glibc's posix_spawn_file_actions_addclosefrom_np,
+/// which Swift's Glibc module does not show). Returns 0 or an errno value.
+int lb_spawn_actions_close_from(posix_spawn_file_actions_t *actions, int from);
 
 #endif
