@@ -33,6 +33,8 @@ final class RawBackend: @unchecked Sendable {
     private var _invalid: [String] = []
     private var _connections = 0
     private var _closedByPeer = 0
+    private var _bytesReceived = 0
+    private var _bytesSent = 0
     private var channel: Channel?
     let reply: @Sendable (_ request: StrictRequest, _ indexOnConnection: Int) -> Reply
 
@@ -61,6 +63,11 @@ final class RawBackend: @unchecked Sendable {
     fileprivate func recordInvalid(_ reason: String) { record { $0._invalid.append(reason) } }
     fileprivate func recordConnection() { record { $0._connections += 1 } }
     fileprivate func recordClosedByPeer() { record { $0._closedByPeer += 1 } }
+    fileprivate func recordReceived(_ count: Int) { record { $0._bytesReceived += count } }
+    fileprivate func recordSent(_ text: String) { record { $0._bytesSent += text.utf8.count } }
+    /// Every byte read from lb, and every byte of the replies written to it.
+    var bytesReceived: Int { lock.lock(); defer { lock.unlock() }; return _bytesReceived }
+    var bytesSent: Int { lock.lock(); defer { lock.unlock() }; return _bytesSent }
 
     func stop() throws { try closeListener(channel, port: port) }
 
@@ -104,6 +111,7 @@ final class RawBackendHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
+        backend.recordReceived(bytes.readableBytes)
         buffer += bytes.readBytes(length: bytes.readableBytes) ?? []
         while !closing, !buffer.isEmpty {
             switch strictParseRequest(buffer) {
@@ -121,9 +129,11 @@ final class RawBackendHandler: ChannelInboundHandler {
                 index += 1
                 switch reply {
                 case .send(let text):
+                    backend.recordSent(text)
                     context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
                 case .sendAndClose(let text):
                     closing = true
+                    backend.recordSent(text)
                     context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text))).whenComplete { _ in
                         context.close(promise: nil)
                     }

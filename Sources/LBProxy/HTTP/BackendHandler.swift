@@ -19,11 +19,24 @@ final class BackendHandler: ChannelDuplexHandler {
     /// The requests sent and not yet answered, which the readers of responses must know (a response to HEAD has no
     /// body whatever its Content-Length says).
     private let expected: ExpectedResponses
+    /// The connection's wire bytes, when it is plain (this handler writes every byte, the reader below it reads
+    /// every byte); nil when a `ByteCounter` below TLS counts them, for the fallback server (not counted), and once
+    /// the connection is closed (a write then never reaches the socket).
+    private var meter: ServerByteMeter?
 
-    init(expected: ExpectedResponses) { self.expected = expected }
+    init(expected: ExpectedResponses, meter: ServerByteMeter?) {
+        self.expected = expected
+        self.meter = meter
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        meter?.flush()
+        self.context = nil
+    }
+
+    /// Bytes the reader below took from the socket (all of them, whatever it then does with them).
+    func countReceived(_ count: Int) { meter?.received(count) }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
     var channel: Channel? { context?.channel }
@@ -31,12 +44,14 @@ final class BackendHandler: ChannelDuplexHandler {
     /// Starts a request: its head's bytes (`RequestBytes.forwarded`) and its method, for the response's reader.
     func writeHead(method: HTTPMethod, bytes: ByteBuffer) {
         expected.requestWritten(method)
+        meter?.sent(bytes.readableBytes)
         context?.write(wrapOutboundOut(bytes), promise: nil)
         hasUnflushedWrites = true
     }
 
     /// More of the request: body bytes, framed as its head stated.
     func write(_ bytes: ByteBuffer) {
+        meter?.sent(bytes.readableBytes)
         context?.write(wrapOutboundOut(bytes), promise: nil)
         hasUnflushedWrites = true
     }
@@ -49,6 +64,7 @@ final class BackendHandler: ChannelDuplexHandler {
     func flush() {
         guard hasUnflushedWrites else { return }
         hasUnflushedWrites = false
+        meter?.flushIfDue()
         context?.flush()
     }
 
@@ -71,9 +87,9 @@ final class BackendHandler: ChannelDuplexHandler {
     /// between this handler and the socket); interim 1xx responses are passed up so they can reach the client. No
     /// outbound header validator: what lb writes was read by llhttp or lb's reader under the same rules, or is lb's
     /// own (see `HTTPProxy`).
-    static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+    static func addClientCodec(to pipeline: ChannelPipeline.SynchronousOperations, meter: ServerByteMeter?) throws {
         let expected = ExpectedResponses()
-        let backend = BackendHandler(expected: expected)
+        let backend = BackendHandler(expected: expected, meter: meter)
         try pipeline.addHandler(RealServerResponseReader(backend: backend, expected: expected), name: "response-reader")
         try pipeline.addHandler(backend, name: "backend")
     }
@@ -124,6 +140,7 @@ final class BackendHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        meter?.flushIfDue()
         front?.responseFlush()
     }
 
@@ -156,6 +173,8 @@ final class BackendHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         isClosed = true
+        meter?.flush()
+        meter = nil
         front?.backendFailed(nil)
     }
 

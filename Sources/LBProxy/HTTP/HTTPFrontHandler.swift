@@ -464,9 +464,9 @@ final class HTTPFrontHandler: ChannelDuplexHandler, ClockedConnection {
     private func connectFresh(to chosen: Selection, client: IPAddress?, port: UInt16) {
         guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        connector.connect(to: chosen, client: client, port: port, on: context.eventLoop) { channel in
+        connector.connect(to: chosen, client: client, port: port, on: context.eventLoop, countsWireBytes: true) { channel, meter in
             do {
-                try BackendHandler.addClientCodec(to: channel.pipeline.syncOperations)
+                try BackendHandler.addClientCodec(to: channel.pipeline.syncOperations, meter: meter)
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)

@@ -87,7 +87,8 @@ public final class InProcessExchange {
         self.response = ByteBuffer(string: response)
 
         server = EmbeddedChannel(loop: loop)
-        try BackendHandler.addClientCodec(to: server.pipeline.syncOperations)
+        // Counted as lbd counts a plain real-server connection's bytes.
+        try BackendHandler.addClientCodec(to: server.pipeline.syncOperations, meter: ServerByteMeter(pool: runtime.pool, index: 0))
         try server.connect(to: SocketAddress(ipAddress: "192.0.2.20", port: 80)).wait()
         let backend = try server.pipeline.syncOperations.handler(type: BackendHandler.self)
         guard let selection = runtime.pool.select(client: nil, port: 80) else { throw Failure.setup("no server selected") }

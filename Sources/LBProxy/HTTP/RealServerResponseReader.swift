@@ -112,6 +112,7 @@ final class RealServerResponseReader: ChannelInboundHandler, RemovableChannelHan
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        backend.countReceived(unwrapInboundIn(data).readableBytes)
         switch mode {
         case .parser:
             expected.read { context.fireChannelRead(data) }

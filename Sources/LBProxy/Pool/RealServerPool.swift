@@ -337,13 +337,11 @@ extension IPAddress {
     }
 }
 
-/// Counts the bytes of one real-server connection and hands them to the pool every megabyte, every second and at
-/// the end, so the pool's lock is not taken per read.
-final class ByteCounter: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// The bytes of one real-server connection, as they cross its socket, handed to the pool every megabyte, every
+/// second (checked once per read batch and once per flush of writes) and at the end, so the pool's lock is not
+/// taken per read. Kept by `ByteCounter` at the socket (under TLS, and under l7-tcp's glue), or by the l7-http
+/// backend handler itself when the connection is plain (one handler fewer on every read and write).
+struct ServerByteMeter {
     private let pool: RealServerPool
     private let index: Int
     private var toServer: UInt64 = 0
@@ -355,33 +353,65 @@ final class ByteCounter: ChannelDuplexHandler {
         self.index = index
     }
 
-    private func flushIfLarge() {
-        if toServer + fromServer >= 1 << 20 { flushCounts(); return }
-        let now = NIODeadline.now()
-        if now - lastFlush >= .seconds(1) { flushCounts(); lastFlush = now }
+    /// Bytes written to the server; handed over at once past a megabyte, else by `flushIfDue` at the flush.
+    mutating func sent(_ count: Int) {
+        toServer &+= UInt64(count)
+        if toServer &+ fromServer >= 1 << 20 { flush() }
     }
 
-    private func flushCounts() {
-        guard toServer + fromServer > 0 else { return }
+    /// Bytes read from the server; the pool gets them by `flushIfDue` (once per read batch).
+    mutating func received(_ count: Int) {
+        fromServer &+= UInt64(count)
+    }
+
+    /// Hands the counts over if a megabyte has gathered or a second has passed since the last time.
+    mutating func flushIfDue() {
+        if toServer &+ fromServer >= 1 << 20 { flush(); return }
+        let now = NIODeadline.now()
+        if now - lastFlush >= .seconds(1) { flush(); lastFlush = now }
+    }
+
+    mutating func flush() {
+        guard toServer &+ fromServer > 0 else { return }
         pool.addBytes(index: index, toServer: toServer, fromServer: fromServer)
         toServer = 0
         fromServer = 0
     }
+}
+
+/// Counts a real-server connection's wire bytes where the handler that speaks to the server does not see them
+/// (below TLS, and under l7-tcp's glue).
+final class ByteCounter: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var meter: ServerByteMeter
+
+    init(meter: ServerByteMeter) { self.meter = meter }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        fromServer += UInt64(unwrapInboundIn(data).readableBytes)
-        flushIfLarge()
+        meter.received(unwrapInboundIn(data).readableBytes)
         context.fireChannelRead(data)
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        meter.flushIfDue()
+        context.fireChannelReadComplete()
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        toServer += UInt64(unwrapOutboundIn(data).readableBytes)
-        flushIfLarge()
+        meter.sent(unwrapOutboundIn(data).readableBytes)
         context.write(data, promise: promise)
     }
 
+    func flush(context: ChannelHandlerContext) {
+        meter.flushIfDue()  // a connection that only sends (an upload, an l7-tcp stream one way) is counted too
+        context.flush()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        flushCounts()
+        meter.flush()
         context.fireChannelInactive()
     }
 }

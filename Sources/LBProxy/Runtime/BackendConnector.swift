@@ -14,21 +14,25 @@ struct BackendConnector: Sendable {
     var backendTLS = BackendTLSContexts.none
 
     /// Connects on `eventLoop` (the client's, so both channels share one thread and need no locks).
-    /// `configure` sets up the new channel's pipeline before it becomes active.
+    /// `configure` sets up the new channel's pipeline before it becomes active. The real server's wire bytes are
+    /// counted by a `ByteCounter` at the bottom of the pipeline, unless the caller `countsWireBytes` itself: then
+    /// `configure` is given the meter to keep when the connection is plain (nil when TLS is between, or for the
+    /// fallback server, which has no counts).
     func connect(
-        client: IPAddress?, cookie: String? = nil, port: UInt16, on eventLoop: EventLoop,
-        configure: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+        client: IPAddress?, cookie: String? = nil, port: UInt16, on eventLoop: EventLoop, countsWireBytes: Bool,
+        configure: @escaping @Sendable (Channel, ServerByteMeter?) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<(Channel, Selection)> {
         guard let selection = pool.select(client: client, cookie: cookie, port: port) else {
             return eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: pool.service.name))
         }
-        return connect(to: selection, client: client, port: port, on: eventLoop, excluding: [], configure: configure)
+        return connect(to: selection, client: client, port: port, on: eventLoop, excluding: [],
+                       countsWireBytes: countsWireBytes, configure: configure)
     }
 
     /// Connects to an already chosen server (its active count taken), falling back to others if it refuses.
     func connect(
         to selection: Selection, client: IPAddress?, port: UInt16, on eventLoop: EventLoop, excluding: Set<Int> = [],
-        configure: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+        countsWireBytes: Bool, configure: @escaping @Sendable (Channel, ServerByteMeter?) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<(Channel, Selection)> {
         let target: SocketAddress
         do {
@@ -42,21 +46,29 @@ struct BackendConnector: Sendable {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)  // NIO's default too; at IPPROTO_TCP, not SOL_SOCKET
             .channelInitializer { [pool, backendTLS] channel in
+                let server = selection.serverIndex.map { pool.service.realServers[$0] }
+                let tls = backendTLS.context(for: server)
+                var meterAbove: ServerByteMeter?
                 do {
-                    // Byte counts per real server (metrics), nearest the socket so they are wire bytes.
+                    // Byte counts per real server (metrics), of the bytes on the wire: by the caller's handler
+                    // when it sees them all (a plain l7-http connection), else by a ByteCounter at the socket.
                     if let index = selection.serverIndex {
-                        try channel.pipeline.syncOperations.addHandler(ByteCounter(pool: pool, index: index), name: "byte-counter", position: .first)
+                        let meter = ServerByteMeter(pool: pool, index: index)
+                        if countsWireBytes, tls == nil {
+                            meterAbove = meter
+                        } else {
+                            try channel.pipeline.syncOperations.addHandler(ByteCounter(meter: meter), name: "byte-counter", position: .first)
+                        }
                     }
                     // Then TLS, if the server wants it: everything above speaks plaintext.
-                    let server = selection.serverIndex.map { pool.service.realServers[$0] }
-                    if let (context, name) = backendTLS.context(for: server) {
+                    if let (context, name) = tls {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSHandler(context: context, serverName: name, verifyAddress: selection.address.description), name: "tls")
                     }
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
-                return configure(channel)
+                return configure(channel, meterAbove)
             }
         // Transparent: the connection leaves from the client's own address (IP_TRANSPARENT lets a socket bind a
         // non-local address; lb's TPROXY rule and policy route bring the server's replies back to this socket).
@@ -85,7 +97,8 @@ struct BackendConnector: Sendable {
                 guard let next = pool.select(client: client, port: port, excluding: excluded) else {
                     return eventLoop.makeFailedFuture(ProxyError.noServerAvailable(service: pool.service.name))
                 }
-                return connect(to: next, client: client, port: port, on: eventLoop, excluding: excluded, configure: configure)
+                return connect(to: next, client: client, port: port, on: eventLoop, excluding: excluded,
+                               countsWireBytes: countsWireBytes, configure: configure)
             }
     }
 

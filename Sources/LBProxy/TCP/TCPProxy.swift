@@ -20,7 +20,7 @@ struct TCPProxy: Sendable {
         let early = EarlyClientInput()
         try channel.syncOptions?.setOption(.autoRead, value: false)
         try channel.pipeline.syncOperations.addHandler(early, name: "early-input")
-        connector.connect(client: client, port: port, on: channel.eventLoop) { backend in
+        connector.connect(client: client, port: port, on: channel.eventLoop, countsWireBytes: false) { backend, _ in
             backend.eventLoop.makeSucceededVoidFuture()
         }.whenComplete { [logger] result in
             switch result {
